@@ -1,0 +1,117 @@
+"""Experiment configs: the paper's sizes, and clear errors for bad keys and values."""
+
+import dataclasses
+import importlib
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import base
+from transformer.config import ConfigError, from_config_dict
+from transformer.model import build_model
+
+CONFIG_NAMES = sorted(
+    p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
+    if p.stem != "__init__"
+)
+
+
+def count_params(config_name: str, vocab_size: int) -> int:
+    cfg = from_config_dict(importlib.import_module(f"configs.{config_name}").get_config())
+    model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    tokens = jnp.ones((1, 8), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens))
+    return sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes)))
+
+
+@pytest.mark.parametrize("name, millions", [("base", 65), ("big", 213)])
+def test_parameter_counts_match_table_3(name, millions):
+    count = count_params(name, vocab_size=37_000)
+    assert abs(count / 1e6 - millions) / millions < 0.04, count
+
+
+def test_base_and_big_carry_the_papers_hyperparameters():
+    b = from_config_dict(base.get_config())
+    m = b.model
+    assert (m.num_encoder_layers, m.d_model, m.d_ff, m.num_heads) == (6, 512, 2048, 8)
+    assert (m.head_dim_k, m.head_dim_v, m.dropout_rate, b.label_smoothing) == (64, 64, 0.1, 0.1)
+    assert (b.warmup_steps, b.adam_b1, b.adam_b2, b.adam_eps) == (4000, 0.9, 0.98, 1e-9)
+    big = from_config_dict(importlib.import_module("configs.big").get_config())
+    m = big.model
+    assert (m.num_decoder_layers, m.d_model, m.d_ff, m.num_heads) == (6, 1024, 4096, 16)
+    assert (m.head_dim_k, m.head_dim_v, m.dropout_rate) == (64, 64, 0.3)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_config_file_validates(name):
+    from_config_dict(importlib.import_module(f"configs.{name}").get_config())
+
+
+def with_change(path: str, value):
+    config = base.get_config()
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    with node.ignore_type():
+        node[leaf] = value
+    return config
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    config = base.get_config()
+    config.model.num_layer = 2
+    with pytest.raises(ConfigError, match=r"model\.num_layer'.*model\.num_decoder_layers|"
+                       r"model\.num_layer'.*model\.num_encoder_layers"):
+        from_config_dict(config)
+
+
+def test_missing_key_is_named():
+    config = base.get_config()
+    del config.model["d_ff"]
+    with pytest.raises(ConfigError, match=r"Missing config key 'model\.d_ff'"):
+        from_config_dict(config)
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("model.num_heads", 3, r"model\.num_heads=3: must divide model\.d_model=512"),
+        ("model.dropout_rate", -0.1, r"model\.dropout_rate=-0\.1: must be in \[0, 1\)"),
+        ("model.attention_dropout_rate", 1.0, r"model\.attention_dropout_rate"),
+        ("label_smoothing", -0.5, r"label_smoothing=-0\.5"),
+        ("model.d_model", 0, r"model\.d_model=0: must be positive"),
+        ("model.activation", "swish", r"model\.activation='swish' must be one of"),
+        ("model.normalization", "sandwich", r"model\.normalization"),
+        ("model.num_encoder_layers", "6", r"model\.num_encoder_layers='6' must be of type int"),
+        ("batch_size", 100, r"grad_accum_steps=1|batch_size"),
+        ("grad_accum_steps", 3, r"grad_accum_steps=3: must divide batch_size=1024"),
+        ("warmup_steps", -1, r"warmup_steps=-1"),
+        ("data.max_length", 512, r"data\.max_length=512: exceeds model\.max_len=256"),
+        ("mesh.data", 0, r"mesh\.data=0"),
+        ("adam_b2", 1.5, r"adam_b2=1\.5"),
+    ],
+)
+def test_bad_values_raise_an_error_naming_the_key(path, value, message):
+    config = with_change(path, value)
+    if path == "batch_size":
+        config.grad_accum_steps = 8  # 100 is not divisible by 8.
+    with pytest.raises(ConfigError, match=message):
+        from_config_dict(config)
+
+
+def test_explicit_head_sizes_need_not_divide_d_model():
+    config = with_change("model.num_heads", 3)
+    config.model.d_k = 32
+    config.model.d_v = 64
+    cfg = from_config_dict(config)
+    assert (cfg.model.head_dim_k, cfg.model.head_dim_v) == (32, 64)
+
+
+def test_decoder_only_model_must_not_declare_encoder_layers():
+    config = with_change("model.kind", "decoder_only")
+    with pytest.raises(ConfigError, match=r"model\.num_encoder_layers=6: must be 0"):
+        from_config_dict(config)

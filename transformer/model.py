@@ -1,0 +1,301 @@
+"""The Transformer of "Attention Is All You Need": encoder-decoder and decoder-only models.
+
+Both are assembled from the same layers. Sublayers follow the paper's post-LN order,
+`LayerNorm(x + Dropout(Sublayer(x)))`, or pre-LN, `x + Dropout(Sublayer(LayerNorm(x)))` with a
+final LayerNorm after each stack, chosen by `config.normalization`.
+
+Packed batches: optional `*_segmentation` ids (0 = padding) keep attention inside a segment,
+and `*_positions` restart at 0 for every segment.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from transformer.config import ModelConfig
+from transformer.layers import (
+    BATCH,
+    EMBED,
+    LENGTH,
+    Embed,
+    FeedForward,
+    MultiHeadAttention,
+    PositionalEncoding,
+    causal_mask,
+    compute_dtype,
+    constrain,
+    layer_norm,
+    padding_mask,
+    segment_mask,
+)
+from transformer.special_tokens import BOS_ID, PAD_ID
+
+Array = jax.Array
+
+
+def shift_right(targets: Array, positions: Array) -> Array:
+    """Decoder input: targets moved one step right, BOS at the start of every segment.
+
+    targets, positions: [batch, length] -> [batch, length].
+    """
+    shifted = jnp.pad(targets, ((0, 0), (1, 0)), constant_values=BOS_ID)[:, :-1]
+    return jnp.where(positions == 0, BOS_ID, shifted)
+
+
+def default_positions(tokens: Array) -> Array:
+    """[batch, length]: 0, 1, 2, ... in every row (an unpacked batch)."""
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+
+
+def self_attention_mask(tokens: Array, segmentation: Array | None, causal: bool) -> Array:
+    """[batch, 1, length, length] bool for self-attention over `tokens` [batch, length]."""
+    mask = padding_mask(tokens, tokens, PAD_ID)
+    if segmentation is not None:
+        mask &= segment_mask(segmentation, segmentation)
+    if causal:
+        mask &= causal_mask(tokens.shape[1])
+    return mask
+
+
+def _pre(config: ModelConfig, norm: nn.LayerNorm, x: Array) -> Array:
+    return norm(x) if config.normalization == "pre" else x
+
+
+def _post(config: ModelConfig, norm: nn.LayerNorm, x: Array) -> Array:
+    return norm(x) if config.normalization == "post" else x
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention and feed-forward sublayers (section 3.1)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+        """x: [batch, length, d_model]; mask: [batch, 1, length, length] -> same as x."""
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+        norm = layer_norm(cfg, "self_attention_norm")
+        h = _pre(cfg, norm, x)
+        h = MultiHeadAttention(cfg, name="self_attention")(h, h, mask, deterministic)
+        x = _post(cfg, norm, x + dropout(h))
+
+        norm = layer_norm(cfg, "ffn_norm")
+        h = FeedForward(cfg, name="ffn")(_pre(cfg, norm, x))
+        x = _post(cfg, norm, x + dropout(h))
+        return constrain(x, (BATCH, LENGTH, EMBED))
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, encoder-decoder attention (skipped in a decoder-only model)
+    and feed-forward sublayers (section 3.1)."""
+
+    config: ModelConfig
+    cross_attention: bool
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        self_mask: Array,
+        encoded: Array | None,
+        cross_mask: Array | None,
+        deterministic: bool,
+    ) -> Array:
+        """x: [batch, length, d_model]; encoded: [batch, src_len, d_model] -> same as x."""
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+        norm = layer_norm(cfg, "self_attention_norm")
+        h = _pre(cfg, norm, x)
+        h = MultiHeadAttention(cfg, name="self_attention")(h, h, self_mask, deterministic)
+        x = _post(cfg, norm, x + dropout(h))
+
+        if self.cross_attention:
+            norm = layer_norm(cfg, "cross_attention_norm")
+            h = MultiHeadAttention(cfg, name="cross_attention")(
+                _pre(cfg, norm, x), encoded, cross_mask, deterministic
+            )
+            x = _post(cfg, norm, x + dropout(h))
+
+        norm = layer_norm(cfg, "ffn_norm")
+        h = FeedForward(cfg, name="ffn")(_pre(cfg, norm, x))
+        x = _post(cfg, norm, x + dropout(h))
+        return constrain(x, (BATCH, LENGTH, EMBED))
+
+
+class Encoder(nn.Module):
+    """Embedding + positions + N encoder layers."""
+
+    config: ModelConfig
+    embed: Embed
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array,
+        segmentation: Array | None,
+        deterministic: bool,
+    ) -> Array:
+        """tokens, positions, segmentation: [batch, length] -> [batch, length, d_model]."""
+        cfg = self.config
+        x = self.embed(tokens) + PositionalEncoding(cfg, name="positions")(positions)
+        x = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x)
+        x = constrain(x, (BATCH, LENGTH, EMBED))
+        mask = self_attention_mask(tokens, segmentation, causal=False)
+        for i in range(cfg.num_encoder_layers):
+            x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, deterministic)
+        if cfg.normalization == "pre":
+            x = layer_norm(cfg, "final_norm")(x)
+        return x
+
+
+class Decoder(nn.Module):
+    """Embedding + positions + N decoder layers + pre-softmax projection."""
+
+    config: ModelConfig
+    embed: Embed
+
+    @nn.compact
+    def __call__(
+        self,
+        decoder_input: Array,
+        positions: Array,
+        segmentation: Array | None,
+        encoded: Array | None,
+        cross_mask: Array | None,
+        deterministic: bool,
+    ) -> Array:
+        """decoder_input, positions, segmentation: [batch, length];
+        encoded: [batch, src_len, d_model] or None (decoder-only).
+        Returns logits [batch, length, vocab] in float32."""
+        cfg = self.config
+        x = self.embed(decoder_input) + PositionalEncoding(cfg, name="positions")(positions)
+        x = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x)
+        x = constrain(x, (BATCH, LENGTH, EMBED))
+        self_mask = self_attention_mask(decoder_input, segmentation, causal=True)
+        for i in range(cfg.num_decoder_layers):
+            x = DecoderLayer(cfg, cross_attention=encoded is not None, name=f"layer_{i}")(
+                x, self_mask, encoded, cross_mask, deterministic
+            )
+        if cfg.normalization == "pre":
+            x = layer_norm(cfg, "final_norm")(x)
+        if cfg.tie_output_embedding:
+            logits = self.embed.attend(x)
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=compute_dtype(cfg),
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.xavier_uniform(), ("embed", "vocab")
+                ),
+                name="logits",
+            )(x).astype(jnp.float32)
+        return constrain(logits, (BATCH, LENGTH, "activation_vocab"))
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder for translation: source tokens -> next-token logits for the target."""
+
+    config: ModelConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+        if cfg.share_embeddings:
+            self.embed = Embed(cfg.vocab_size, cfg)
+            source_embed = target_embed = self.embed
+        else:
+            self.source_embed = Embed(cfg.vocab_size, cfg)
+            self.target_embed = Embed(cfg.vocab_size, cfg)
+            source_embed, target_embed = self.source_embed, self.target_embed
+        self.encoder = Encoder(cfg, source_embed)
+        self.decoder = Decoder(cfg, target_embed)
+
+    def encode(
+        self,
+        inputs: Array,
+        inputs_positions: Array | None = None,
+        inputs_segmentation: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """inputs: [batch, src_len] -> [batch, src_len, d_model]."""
+        if inputs_positions is None:
+            inputs_positions = default_positions(inputs)
+        return self.encoder(inputs, inputs_positions, inputs_segmentation, deterministic)
+
+    def decode(
+        self,
+        encoded: Array,
+        inputs: Array,
+        decoder_input: Array,
+        targets_positions: Array | None = None,
+        inputs_segmentation: Array | None = None,
+        targets_segmentation: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """encoded: [batch, src_len, d_model]; inputs: [batch, src_len] (for its padding);
+        decoder_input: [batch, tgt_len]. Returns logits [batch, tgt_len, vocab] float32."""
+        if targets_positions is None:
+            targets_positions = default_positions(decoder_input)
+        cross_mask = padding_mask(decoder_input, inputs, PAD_ID)
+        if targets_segmentation is not None and inputs_segmentation is not None:
+            cross_mask &= segment_mask(targets_segmentation, inputs_segmentation)
+        return self.decoder(
+            decoder_input, targets_positions, targets_segmentation, encoded, cross_mask,
+            deterministic,
+        )
+
+    def __call__(
+        self,
+        inputs: Array,
+        targets: Array,
+        inputs_positions: Array | None = None,
+        targets_positions: Array | None = None,
+        inputs_segmentation: Array | None = None,
+        targets_segmentation: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """inputs: [batch, src_len]; targets: [batch, tgt_len] (teacher forcing).
+        Returns logits [batch, tgt_len, vocab] float32 predicting `targets`."""
+        if targets_positions is None:
+            targets_positions = default_positions(targets)
+        encoded = self.encode(inputs, inputs_positions, inputs_segmentation, deterministic)
+        return self.decode(
+            encoded, inputs, shift_right(targets, targets_positions), targets_positions,
+            inputs_segmentation, targets_segmentation, deterministic,
+        )
+
+
+class DecoderOnlyLM(nn.Module):
+    """GPT-style language model: the decoder stack without encoder-decoder attention."""
+
+    config: ModelConfig
+
+    def setup(self) -> None:
+        self.embed = Embed(self.config.vocab_size, self.config)
+        self.decoder = Decoder(self.config, self.embed)
+
+    def __call__(
+        self,
+        targets: Array,
+        targets_positions: Array | None = None,
+        targets_segmentation: Array | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        """targets: [batch, length]. Returns logits [batch, length, vocab] predicting them."""
+        if targets_positions is None:
+            targets_positions = default_positions(targets)
+        return self.decoder(
+            shift_right(targets, targets_positions), targets_positions, targets_segmentation,
+            None, None, deterministic,
+        )
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model that `config.kind` names."""
+    if config.vocab_size <= 0:
+        raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) first.")
+    return Transformer(config) if config.kind == "encoder_decoder" else DecoderOnlyLM(config)

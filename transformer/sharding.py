@@ -1,0 +1,72 @@
+"""The device mesh and the placement of parameters and batches through logical axis names.
+
+Model code names logical axes ("embed", "heads", "activation_batch", ...); the config's
+`logical_axis_rules` map them to the mesh axes below. Flax applies the first rule whose mesh
+axis is still free, so later rules act as fallbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from transformer.config import MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, Any]]
+
+
+def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
+    """Axis sizes in MESH_AXES order, with a -1 axis taking the remaining devices."""
+    sizes = dataclasses.asdict(config)
+    known = math.prod(s for s in sizes.values() if s != -1)
+    for axis, size in sizes.items():
+        if size == -1:
+            if num_devices % known:
+                raise ValueError(
+                    f"mesh: {num_devices} devices do not divide by the fixed axes ({known})."
+                )
+            sizes[axis] = num_devices // known
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices; "
+            f"{num_devices} are available. Set one axis to -1 to fill the rest."
+        )
+    return shape
+
+
+def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all hosts)."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = mesh_shape(config, len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def logical_shardings(logical_specs: Any, mesh: Mesh, rules: Rules) -> Any:
+    """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, list(rules))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """Sharding of a [batch, length] input array: batch over the data-parallel axes."""
+    spec = nn.logical_to_mesh_axes(("activation_batch", None), list(rules))
+    return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Assembles each process's rows into global arrays sharded over the mesh."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()
+    }
