@@ -77,6 +77,7 @@ def get_config() -> ConfigDict:
     data.source = "embedded"
     data.vocab_size = 37_000  # Section 5.1: a shared source-target vocabulary of ~37K.
     data.max_length = 64
+    data.packing = False
     data.embedded = ConfigDict(
         dict(corpus_seed=0, num_train=200_000, num_validation=1_000, num_test=1_000)
     )

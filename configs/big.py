@@ -1,6 +1,6 @@
 """Transformer big (Vaswani et al. 2017, Table 3 row "big").
 
-  python train.py --config configs/big.py --workdir /tmp/transformer_big
+python train.py --config configs/big.py --workdir /tmp/transformer_big
 """
 
 from ml_collections import ConfigDict

@@ -1,6 +1,6 @@
 """A small Transformer on the embedded English -> German-like task: minutes on a laptop CPU.
 
-  python train.py --config configs/quickstart.py --workdir /tmp/quickstart
+python train.py --config configs/quickstart.py --workdir /tmp/quickstart
 """
 
 from ml_collections import ConfigDict
@@ -10,13 +10,15 @@ from configs import base
 
 def get_config() -> ConfigDict:
     config = base.get_config()
-    config.num_train_steps = 1200
-    config.batch_size = 64
-    config.learning_rate_scale = 2.0
+    config.num_train_steps = 1000
+    config.batch_size = 16  # Packed rows of 64 tokens: about 80 sentence pairs.
+    # The paper's schedule peaks at d_model^-0.5 * warmup^-0.5, 6e-3 here; 0.4 of that trains
+    # this small post-LN model stably.
+    config.learning_rate_scale = 0.4
     config.warmup_steps = 200
     config.log_every_steps = 50
-    config.eval_every_steps = 400
-    config.checkpoint_every_steps = 400
+    config.eval_every_steps = 250
+    config.checkpoint_every_steps = 250
     config.keep_checkpoints = 2
 
     config.model.num_encoder_layers = 2
@@ -26,8 +28,9 @@ def get_config() -> ConfigDict:
     config.model.num_heads = 4
     config.model.max_len = 64
 
-    config.data.vocab_size = 1024
-    config.data.max_length = 32
+    config.data.vocab_size = 1024  # The corpus has about 700 word types.
+    config.data.max_length = 64
+    config.data.packing = True
     config.data.embedded.num_train = 50_000
     config.data.embedded.num_validation = 500
     config.data.embedded.num_test = 1_000

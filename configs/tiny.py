@@ -1,6 +1,6 @@
 """A seconds-long smoke run on the embedded task: the configuration the tests train.
 
-  python train.py --config configs/tiny.py --workdir /tmp/tiny
+python train.py --config configs/tiny.py --workdir /tmp/tiny
 """
 
 from ml_collections import ConfigDict
@@ -13,6 +13,7 @@ def get_config() -> ConfigDict:
     config.num_train_steps = 40
     config.batch_size = 32
     config.warmup_steps = 20
+    config.learning_rate_scale = 1.0
     config.log_every_steps = 10
     config.eval_every_steps = 20
     config.checkpoint_every_steps = 20

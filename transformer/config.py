@@ -71,6 +71,7 @@ class DataConfig:
     source: Literal["embedded"]
     vocab_size: int  # Upper bound on the shared source/target vocabulary.
     max_length: int  # Tokens per sentence including EOS; longer pairs are dropped.
+    packing: bool  # Training rows of max_length tokens hold several pairs each.
     embedded: EmbeddedTaskConfig
 
 
@@ -89,7 +90,7 @@ class Config:
 
     seed: int
     num_train_steps: int
-    batch_size: int  # Sentence pairs per optimizer step, across all devices and hosts.
+    batch_size: int  # Sequences per optimizer step, all hosts together (packed: rows).
     grad_accum_steps: int  # Micro-batches per step; batch_size must divide evenly.
     learning_rate_scale: float  # Multiplies the paper's schedule; 1.0 is the paper.
     warmup_steps: int
@@ -125,7 +126,7 @@ def _build(cls: type, node: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
     names = {f.name for f in fields}
-    for key in node.keys():
+    for key in node:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
@@ -177,25 +178,45 @@ def _check_values(cfg: Config) -> None:
     for key in ("d_model", "d_ff", "num_heads", "num_decoder_layers", "max_len"):
         require(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")
     if m.kind == "encoder_decoder":
-        require(m.num_encoder_layers > 0, "model.num_encoder_layers", m.num_encoder_layers,
-                "must be positive for an encoder-decoder model")
+        require(
+            m.num_encoder_layers > 0,
+            "model.num_encoder_layers",
+            m.num_encoder_layers,
+            "must be positive for an encoder-decoder model",
+        )
     else:
-        require(m.num_encoder_layers == 0, "model.num_encoder_layers", m.num_encoder_layers,
-                "must be 0 for a decoder-only model")
+        require(
+            m.num_encoder_layers == 0,
+            "model.num_encoder_layers",
+            m.num_encoder_layers,
+            "must be 0 for a decoder-only model",
+        )
     for key in ("d_k", "d_v"):
         value = getattr(m, key)
         if value is None:
-            require(m.d_model % m.num_heads == 0, "model.num_heads", m.num_heads,
-                    f"must divide model.d_model={m.d_model} while model.{key} is unset")
+            require(
+                m.d_model % m.num_heads == 0,
+                "model.num_heads",
+                m.num_heads,
+                f"must divide model.d_model={m.d_model} while model.{key} is unset",
+            )
         else:
             require(value > 0, f"model.{key}", value, "must be positive")
     for key in ("dropout_rate", "attention_dropout_rate"):
         value = getattr(m, key)
         require(0.0 <= value < 1.0, f"model.{key}", value, "must be in [0, 1)")
-    require(m.layer_norm_epsilon > 0, "model.layer_norm_epsilon", m.layer_norm_epsilon,
-            "must be positive")
-    require(cfg.data.max_length <= m.max_len, "data.max_length", cfg.data.max_length,
-            f"exceeds model.max_len={m.max_len}, the longest position the model encodes")
+    require(
+        m.layer_norm_epsilon > 0,
+        "model.layer_norm_epsilon",
+        m.layer_norm_epsilon,
+        "must be positive",
+    )
+    require(
+        cfg.data.max_length <= m.max_len,
+        "data.max_length",
+        cfg.data.max_length,
+        f"exceeds model.max_len={m.max_len}, the longest position the model encodes",
+    )
 
     d = cfg.data
     require(d.vocab_size > 4, "data.vocab_size", d.vocab_size, "must exceed the 4 special tokens")
@@ -204,18 +225,37 @@ def _check_values(cfg: Config) -> None:
         value = getattr(d.embedded, key)
         require(value > 0, f"data.embedded.{key}", value, "must be positive")
 
-    for key in ("num_train_steps", "batch_size", "grad_accum_steps", "warmup_steps",
-                "log_every_steps", "eval_batch_size", "checkpoint_every_steps",
-                "keep_checkpoints"):
+    for key in (
+        "num_train_steps",
+        "batch_size",
+        "grad_accum_steps",
+        "warmup_steps",
+        "log_every_steps",
+        "eval_batch_size",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+    ):
         require(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be positive")
     for key in ("eval_every_steps", "num_samples_to_print", "grad_clip_norm"):
         require(getattr(cfg, key) >= 0, key, getattr(cfg, key), "must not be negative")
-    require(cfg.batch_size % cfg.grad_accum_steps == 0, "grad_accum_steps", cfg.grad_accum_steps,
-            f"must divide batch_size={cfg.batch_size}")
-    require(cfg.learning_rate_scale > 0, "learning_rate_scale", cfg.learning_rate_scale,
-            "must be positive")
-    require(0.0 <= cfg.label_smoothing < 1.0, "label_smoothing", cfg.label_smoothing,
-            "must be in [0, 1)")
+    require(
+        cfg.batch_size % cfg.grad_accum_steps == 0,
+        "grad_accum_steps",
+        cfg.grad_accum_steps,
+        f"must divide batch_size={cfg.batch_size}",
+    )
+    require(
+        cfg.learning_rate_scale > 0,
+        "learning_rate_scale",
+        cfg.learning_rate_scale,
+        "must be positive",
+    )
+    require(
+        0.0 <= cfg.label_smoothing < 1.0,
+        "label_smoothing",
+        cfg.label_smoothing,
+        "must be in [0, 1)",
+    )
     for key in ("adam_b1", "adam_b2"):
         require(0.0 <= getattr(cfg, key) < 1.0, key, getattr(cfg, key), "must be in [0, 1)")
     require(cfg.adam_eps > 0, "adam_eps", cfg.adam_eps, "must be positive")
@@ -225,5 +265,9 @@ def _check_values(cfg: Config) -> None:
     for axis, size in sizes.items():
         require(size == -1 or size > 0, f"mesh.{axis}", size, "must be positive or -1")
     for rule in cfg.logical_axis_rules:
-        require(len(rule) == 2 and isinstance(rule[0], str), "logical_axis_rules", rule,
-                "each rule is a (logical_name, mesh_axes) pair")
+        require(
+            len(rule) == 2 and isinstance(rule[0], str),
+            "logical_axis_rules",
+            rule,
+            "each rule is a (logical_name, mesh_axes) pair",
+        )

@@ -31,7 +31,9 @@ class MetricWriter:
         self.enabled = enabled
         if enabled:
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+            # Held open for the whole run; close() releases it.
+            path = os.path.join(workdir, "metrics.jsonl")
+            self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
         if not self.enabled:

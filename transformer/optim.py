@@ -23,9 +23,7 @@ def paper_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> optax
 
 def make_optimizer(config: Config) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Adam(b1, b2, eps) on the paper's schedule, after optional global-norm clipping."""
-    schedule = paper_schedule(
-        config.model.d_model, config.warmup_steps, config.learning_rate_scale
-    )
+    schedule = paper_schedule(config.model.d_model, config.warmup_steps, config.learning_rate_scale)
     adam = optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
     if config.grad_clip_norm > 0:
         adam = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)

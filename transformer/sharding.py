@@ -37,7 +37,7 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
     shape = tuple(sizes[a] for a in MESH_AXES)
     if math.prod(shape) != num_devices:
         raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices; "
+            f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {math.prod(shape)} devices; "
             f"{num_devices} are available. Set one axis to -1 to fill the rest."
         )
     return shape
@@ -67,6 +67,4 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Assembles each process's rows into global arrays sharded over the mesh."""
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()
-    }
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}

@@ -1,4 +1,4 @@
-"""Training: state creation on the mesh, the jit-compiled step, and the loop.
+"""Training: the sharded state and compiled steps on a mesh, and the loop that drives them.
 
 `run(config, workdir)` is everything `train.py` does. The state is created already sharded
 (`jax.eval_shape` gives shapes and logical axes; `jax.jit(init, out_shardings=...)` builds it in
@@ -15,140 +15,88 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from absl import logging
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from transformer import checkpoint, sharding
-from transformer.config import Config, ConfigError, ModelConfig, from_config_dict
+from transformer.config import Config, ConfigError, from_config_dict
 from transformer.data.tasks import Task, load_task
 from transformer.evaluation import evaluate_translation
-from transformer.loss import loss_and_metrics
 from transformer.metrics import MetricWriter, summarize
 from transformer.model import build_model
 from transformer.optim import make_optimizer
-
-Batch = dict[str, jax.Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a resumed run needs besides the data position, which is the step."""
-
-    step: jax.Array  # int32 scalar: optimizer updates done.
-    params: Any
-    opt_state: Any
+from transformer.train_step import TrainState, make_eval_step, make_train_step, model_inputs
 
 
-def model_inputs(kind: str, batch: Batch) -> Batch:
-    """The batch fields the model of `kind` consumes (a language model reads targets only)."""
-    if kind == "decoder_only":
-        return {k: v for k, v in batch.items() if k.startswith("targets")}
-    return batch
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A model, its sharded state layout and its compiled-on-first-call steps on one mesh."""
+
+    config: Config
+    model: nn.Module
+    mesh: jax.sharding.Mesh
+    state_shardings: Any  # TrainState of NamedShardings.
+    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct carrying those shardings.
+    batch_sharding: jax.sharding.NamedSharding
+    init: Callable[[jax.Array], TrainState]  # rng -> sharded initial state.
+    train_step: Callable  # (state, batch) -> (state, summed metrics); donates the state.
+    eval_step: Callable  # (params, batch) -> summed metrics.
 
 
-def make_train_step(
-    config: Config, model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """The train step: gradients of the token-normalised loss, then one Adam update.
-
-    With grad_accum_steps = A, the batch is cut into A strided micro-batches (so each keeps
-    its share of every device) and their summed gradients are normalised by the total
-    non-padding token count, exactly as one large batch would be.
-    """
-    accum = config.grad_accum_steps
-    base_key = jax.random.key(config.seed)
-
-    def micro_step(params, batch, rng):
-        def loss_fn(p):
-            logits = model.apply(
-                {"params": p}, **model_inputs(config.model.kind, batch),
-                deterministic=False, rngs={"dropout": rng},
-            )
-            return loss_and_metrics(
-                logits, batch["targets"], config.label_smoothing, config.cross_entropy
-            )
-
-        (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return grads, sums
-
-    def train_step(state: TrainState, batch: Batch):
-        rng = jax.random.fold_in(base_key, state.step)
-        if accum == 1:
-            grads, sums = micro_step(state.params, batch, rng)
-        else:
-            # [batch, ...] -> [accum, batch / accum, ...] with micro-batch a = rows a, a+A, ...
-            micro = jax.tree.map(
-                lambda x: jnp.swapaxes(x.reshape(-1, accum, *x.shape[1:]), 0, 1), batch
-            )
-
-            def body(carry, xs):
-                mb, i = xs
-                grads, sums = micro_step(state.params, mb, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
-            zeros = jax.tree.map(
-                jnp.zeros_like, jax.eval_shape(micro_step, state.params, batch_head(micro), rng)
-            )
-            (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-        grads = jax.tree.map(lambda g: g / jnp.maximum(sums["tokens"], 1.0), grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(sums, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    return train_step
-
-
-def batch_head(micro: Batch) -> Batch:
-    """The first micro-batch of a stacked [accum, ...] batch (for shape inference)."""
-    return jax.tree.map(lambda x: x[0], micro)
-
-
-def make_eval_step(config: Config, model: nn.Module) -> Callable[[Any, Batch], dict[str, Any]]:
-    """Summed loss metrics of a batch with dropout off."""
-
-    def eval_step(params, batch):
-        logits = model.apply({"params": params}, **model_inputs(config.model.kind, batch))
-        _, sums = loss_and_metrics(
-            logits, batch["targets"], config.label_smoothing, config.cross_entropy
-        )
-        return sums
-
-    return eval_step
-
-
-def abstract_train_state(
-    config: Config, model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
-) -> tuple[Callable[[jax.Array], TrainState], Any, Any]:
-    """(init_fn, shardings, abstract state) where the abstract state carries its shardings."""
+def build(config: Config, mesh: jax.sharding.Mesh) -> Setup:
+    """Builds model, optimizer, shardings and jitted steps; config.model.vocab_size is set."""
+    model = build_model(config.model)
+    tx, schedule = make_optimizer(config)
     length = config.data.max_length
-    dummy = {"inputs": jnp.ones((1, length), jnp.int32), "targets": jnp.ones((1, length), jnp.int32)}
+    dummy = {
+        "inputs": jnp.ones((1, length), jnp.int32),
+        "targets": jnp.ones((1, length), jnp.int32),
+    }
 
-    def init_fn(rng: jax.Array) -> TrainState:
+    def init_boxed(rng: jax.Array) -> TrainState:
         params = model.init({"params": rng}, **model_inputs(config.model.kind, dummy))["params"]
         return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
 
-    boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
-    shardings = sharding.logical_shardings(
+    with mesh_context(mesh, config):
+        boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
+    state_shardings = sharding.logical_shardings(
         nn.get_partition_spec(boxed), mesh, config.logical_axis_rules
     )
-    abstract = jax.tree.map(
+    abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         jax.tree.map(
             lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
             boxed,
             is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
         ),
-        shardings,
+        state_shardings,
     )
-    return (lambda rng: nn.meta.unbox(init_fn(rng))), shardings, abstract
+    batch_sharding = sharding.batch_sharding(mesh, config.logical_axis_rules)
+    replicated = sharding.replicated(mesh)
+    return Setup(
+        config=config,
+        model=model,
+        mesh=mesh,
+        state_shardings=state_shardings,
+        abstract_state=abstract_state,
+        batch_sharding=batch_sharding,
+        init=jax.jit(lambda rng: nn.meta.unbox(init_boxed(rng)), out_shardings=state_shardings),
+        train_step=jax.jit(
+            make_train_step(config, model, tx, schedule),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        ),
+        eval_step=jax.jit(
+            make_eval_step(config, model),
+            in_shardings=(state_shardings.params, batch_sharding),
+            out_shardings=replicated,
+        ),
+    )
 
 
 def count_params(params: Any) -> int:
@@ -177,7 +125,8 @@ def write_resolved_config(config_dict: ConfigDict, workdir: str) -> None:
         for section in ("model", "data"):
             if old.get(section) != new.get(section):
                 changed = sorted(
-                    k for k in set(old.get(section, {})) | set(new.get(section, {}))
+                    k
+                    for k in set(old.get(section, {})) | set(new.get(section, {}))
                     if old.get(section, {}).get(k) != new.get(section, {}).get(k)
                 )
                 raise ConfigError(
@@ -194,107 +143,83 @@ def write_resolved_config(config_dict: ConfigDict, workdir: str) -> None:
 def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the experiment in `config_dict`, writing everything to `workdir`.
 
-    Returns the final evaluation results (test BLEU for translation).
+    Returns the final test results (loss metrics, plus BLEU and chrF for translation).
     """
     config = from_config_dict(config_dict)
-    is_chief = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     write_resolved_config(config_dict, workdir)
-
     task = load_task(config.data, workdir)
     config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, vocab_size=task.tokenizer.vocab_size)
     )
-    model = build_model(config.model)
-    tx, schedule = make_optimizer(config)
     mesh = sharding.make_mesh(config.mesh)
-    logging.info("Mesh %s over %d devices.", dict(mesh.shape), mesh.size)
-
-    with mesh_context(mesh, config):
-        init_fn, state_shardings, abstract_state = abstract_train_state(config, model, tx, mesh)
-        ckpt = checkpoint.Checkpointer(
-            os.path.join(workdir, "checkpoints"), config.checkpoint_every_steps,
-            config.keep_checkpoints,
-        )
-        meta = checkpoint_meta(config)
-        latest = ckpt.latest_step()
-        if latest is None:
-            state = jax.jit(init_fn, out_shardings=state_shardings)(jax.random.key(config.seed))
-        else:
-            state = ckpt.restore(latest, abstract_state, meta)
-            logging.info("Resumed from %s/%d.", ckpt.directory, latest)
-        start_step = int(state.step)
-        print(
-            f"Model: {config.model.kind}, {count_params(state.params):,} parameters; "
-            f"vocabulary {config.model.vocab_size}; mesh {dict(mesh.shape)}; "
-            + (f"resuming at step {start_step}." if start_step else "starting from scratch.")
-        )
-
-        batch_sharding = sharding.batch_sharding(mesh, config.logical_axis_rules)
-        metrics_sharding = sharding.replicated(mesh)
-        train_step = jax.jit(
-            make_train_step(config, model, tx, schedule),
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, metrics_sharding),
-            donate_argnums=0,
-        )
-        eval_step = jax.jit(
-            make_eval_step(config, model),
-            in_shardings=(state_shardings.params, batch_sharding),
-            out_shardings=metrics_sharding,
-        )
-        writer = MetricWriter(workdir, enabled=is_chief)
-        try:
-            state = _train_loop(
-                config, task, state, train_step, eval_step, ckpt, meta, writer, batch_sharding,
-                start_step,
+    setup = build(config, mesh)
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        config.checkpoint_every_steps,
+        config.keep_checkpoints,
+    )
+    meta = checkpoint_meta(config)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    try:
+        with mesh_context(mesh, config):
+            latest = ckpt.latest_step()
+            if latest is None:
+                state = setup.init(jax.random.key(config.seed))
+            else:
+                state = ckpt.restore(latest, setup.abstract_state, meta)
+            start = int(state.step)
+            print(
+                f"Model: {config.model.kind}, {count_params(state.params):,} parameters, "
+                f"vocabulary {config.model.vocab_size}; mesh {dict(mesh.shape)}; "
+                + (f"resuming from {ckpt.directory}/{start}." if start else "from scratch.")
             )
+            state = _train_loop(setup, task, state, ckpt, meta, writer)
             if ckpt.latest_step() != int(state.step):
                 ckpt.save(int(state.step), state, meta, force=True)
-            ckpt.wait_until_finished()
-            results = _final_evaluation(config, model, state.params, task, eval_step, batch_sharding)
+            results = _final_evaluation(setup, state.params, task)
             writer.write(int(state.step), "test", results)
-        finally:
-            ckpt.wait_until_finished()
-            ckpt.close()
-            writer.close()
+    finally:
+        ckpt.wait_until_finished()
+        ckpt.close()
+        writer.close()
     return results
 
 
 def _train_loop(
-    config: Config,
+    setup: Setup,
     task: Task,
     state: TrainState,
-    train_step: Callable,
-    eval_step: Callable,
     ckpt: checkpoint.Checkpointer,
     meta: dict[str, Any],
     writer: MetricWriter,
-    batch_sharding: jax.sharding.NamedSharding,
-    start_step: int,
 ) -> TrainState:
-    """Steps from `start_step` to config.num_train_steps, logging, evaluating, checkpointing."""
-    batches = task.train_batches(config.batch_size, config.seed)
-    eval_data = [
-        sharding.global_batch(b, batch_sharding)
-        for b in task.eval_batches("validation", config.eval_batch_size)
-    ]
-    is_chief = jax.process_index() == 0
-    pending: list[dict[str, jax.Array]] = []
-    last_time, last_step = time.perf_counter(), start_step
+    """Steps from state.step to config.num_train_steps, logging, evaluating, checkpointing.
+
+    Metrics stay on the device between log steps, so the loop never waits on a step.
+    """
+    config = setup.config
+    start = int(state.step)
+    batches = task.train_batches(config.batch_size, config.seed, config.data.packing)
     bar = tqdm(
-        total=config.num_train_steps, initial=start_step, disable=not is_chief,
-        dynamic_ncols=True, desc="train",
+        total=config.num_train_steps,
+        initial=start,
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+        desc="train",
     )
-    if start_step < config.num_train_steps:
-        # Compile ahead of the loop, so neither the first step nor tokens/s include it.
-        compile_start = time.perf_counter()
-        first = sharding.global_batch(batches(start_step), batch_sharding)
-        train_step = train_step.lower(state, first).compile()
-        bar.write(f"Compiled the train step in {time.perf_counter() - compile_start:.1f} s.")
-        last_time = time.perf_counter()
-    for step in range(start_step, config.num_train_steps):
-        batch = sharding.global_batch(batches(step), batch_sharding)
+    if start >= config.num_train_steps:
+        bar.close()
+        return state
+    # Compile ahead of the loop, so that neither the first step nor tokens/s include it.
+    compile_start = time.perf_counter()
+    first = sharding.global_batch(batches(start), setup.batch_sharding)
+    train_step = setup.train_step.lower(state, first).compile()
+    bar.write(f"Compiled the train step in {time.perf_counter() - compile_start:.1f} s.")
+    pending: list[dict[str, jax.Array]] = []
+    last_time, last_step = time.perf_counter(), start
+    for step in range(start, config.num_train_steps):
+        batch = sharding.global_batch(batches(step), setup.batch_sharding)
         state, metrics = train_step(state, batch)
         pending.append(metrics)
         done = step + 1
@@ -319,8 +244,7 @@ def _train_loop(
         if config.eval_every_steps and (
             done % config.eval_every_steps == 0 or done == config.num_train_steps
         ):
-            valid = summarize(jax.device_get([eval_step(state.params, b) for b in eval_data]))
-            valid.pop("tokens")
+            valid = evaluate_loss(setup, state.params, task, "validation")
             writer.write(done, "validation", valid)
             bar.write(
                 f"step {done}: validation loss {valid['loss']:.3f}, "
@@ -331,27 +255,36 @@ def _train_loop(
     return state
 
 
-def _final_evaluation(
-    config: Config,
-    model: nn.Module,
-    params: Any,
-    task: Task,
-    eval_step: Callable,
-    batch_sharding: jax.sharding.NamedSharding,
-) -> dict[str, float]:
-    """Test-split results: perplexity always; greedy translations and BLEU for translation."""
-    test_data = [sharding.global_batch(b, batch_sharding) for b in task.eval_batches("test", config.eval_batch_size)]
-    results = summarize(jax.device_get([eval_step(params, b) for b in test_data]))
+def evaluate_loss(setup: Setup, params: Any, task: Task, split: str) -> dict[str, float]:
+    """Per-token loss, NLL, perplexity and accuracy of `split` with dropout off."""
+    sums = [
+        setup.eval_step(params, sharding.global_batch(b, setup.batch_sharding))
+        for b in task.eval_batches(split, setup.config.eval_batch_size)
+    ]
+    results = summarize(jax.device_get(sums))
     results.pop("tokens")
-    if config.model.kind == "encoder_decoder":
-        scores, hypotheses = evaluate_translation(config, model, params, task, "test", batch_sharding)
-        results.update(scores)
-        split = task.splits["test"]
-        for i in range(min(config.num_samples_to_print, len(hypotheses))):
-            print(f"\nsource:     {split.sources[i]}\nreference:  {split.references[i]}\n"
-                  f"hypothesis: {hypotheses[i]}")
-        print(f"\nTest BLEU {scores['bleu']:.2f} (sacreBLEU, greedy), chrF {scores['chrf']:.2f}, "
-              f"perplexity {results['perplexity']:.3f} on {len(split)} sentences.")
-    else:
+    return results
+
+
+def _final_evaluation(setup: Setup, params: Any, task: Task) -> dict[str, float]:
+    """Test results: loss metrics always; greedy translations and BLEU for translation."""
+    config = setup.config
+    results = evaluate_loss(setup, params, task, "test")
+    if config.model.kind != "encoder_decoder":
         print(f"\nTest perplexity {results['perplexity']:.3f}.")
+        return results
+    scores, hypotheses = evaluate_translation(
+        config, setup.model, params, task, "test", setup.batch_sharding
+    )
+    results.update(scores)
+    split = task.splits["test"]
+    for i in range(min(config.num_samples_to_print, len(hypotheses))):
+        print(
+            f"\nsource:     {split.sources[i]}\nreference:  {split.references[i]}\n"
+            f"hypothesis: {hypotheses[i]}"
+        )
+    print(
+        f"\nTest BLEU {scores['bleu']:.2f} (sacreBLEU, greedy), chrF {scores['chrf']:.2f}, "
+        f"perplexity {results['perplexity']:.3f} on {len(split)} sentences."
+    )
     return results

@@ -11,7 +11,7 @@ from absl import logging
 from transformer.config import DataConfig
 from transformer.data import embedded
 from transformer.data.pipeline import EncodedSplit, TrainBatches, encode_split, eval_batches
-from transformer.data.tokenizer import WordTokenizer
+from transformer.data.tokenizer import WordTokenizer, join_words
 
 VOCAB_FILE = "vocab.txt"
 
@@ -25,10 +25,15 @@ class Task:
     tokenizer: WordTokenizer
     splits: dict[str, EncodedSplit]
 
-    def train_batches(self, batch_size: int, seed: int) -> TrainBatches:
+    def train_batches(self, batch_size: int, seed: int, packing: bool) -> TrainBatches:
         """Step-indexed shuffled batches; this process gets its rows of each."""
         return TrainBatches(
-            self.splits["train"], batch_size, seed, jax.process_index(), jax.process_count()
+            self.splits["train"],
+            batch_size,
+            seed,
+            packing,
+            jax.process_index(),
+            jax.process_count(),
         )
 
     def eval_batches(self, split: str, batch_size: int):
@@ -44,7 +49,12 @@ def load_task(config: DataConfig, workdir: str) -> Task:
     if config.source != "embedded":
         raise ValueError(f"Unknown data.source {config.source!r}.")
     e = config.embedded
-    pairs = embedded.generate_splits(e.corpus_seed, e.num_train, e.num_validation, e.num_test)
+    generated = embedded.generate_splits(e.corpus_seed, e.num_train, e.num_validation, e.num_test)
+    # The generator emits space-separated tokens; present it as natural text, like any corpus.
+    pairs = {
+        name: [(join_words(src.split()), join_words(tgt.split())) for src, tgt in split]
+        for name, split in generated.items()
+    }
 
     vocab_path = os.path.join(workdir, VOCAB_FILE)
     if os.path.exists(vocab_path):
@@ -67,6 +77,9 @@ def load_task(config: DataConfig, workdir: str) -> Task:
         if splits[name].num_dropped:
             logging.warning(
                 "%s: dropped %d of %d pairs longer than data.max_length=%d tokens.",
-                name, splits[name].num_dropped, len(split_pairs), config.max_length,
+                name,
+                splits[name].num_dropped,
+                len(split_pairs),
+                config.max_length,
             )
     return Task(tokenizer=tokenizer, splits=splits)

@@ -1,19 +1,32 @@
-"""A word-level tokenizer for space-delimited text, built from a corpus with no download.
+"""A word-level tokenizer built from a corpus, with no download.
 
-The embedded task's sentences are already tokenized (punctuation is its own word), so a
-vocabulary of whole words is exact and keeps sequences short. Ids 0-3 are the project's
-special tokens (`transformer.special_tokens`).
+Words and punctuation marks are separate tokens. For the embedded task's closed vocabulary
+this is exact and keeps sequences short. Ids 0-3 are the project's special tokens
+(`transformer.special_tokens`).
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import re
 from collections.abc import Iterable, Sequence
 
 from transformer.special_tokens import EOS_ID, NUM_SPECIAL, PAD_ID, UNK_ID
 
 _SPECIAL_TOKENS = ("<pad>", "</s>", "<s>", "<unk>")
+_WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
+_SPACE_BEFORE_MARK = re.compile(r" ([.,;:!?])")
+
+
+def split_words(text: str) -> list[str]:
+    """'der Mann schläft, weil' -> ['der', 'Mann', 'schläft', ',', 'weil']."""
+    return _WORD_OR_MARK.findall(text)
+
+
+def join_words(words: Iterable[str]) -> str:
+    """Inverse of split_words for text whose marks follow a word: no space before , . etc."""
+    return _SPACE_BEFORE_MARK.sub(r"\1", " ".join(words))
 
 
 class WordTokenizer:
@@ -31,7 +44,7 @@ class WordTokenizer:
     def build(cls, sentences: Iterable[str], max_vocab_size: int) -> WordTokenizer:
         """The most frequent words of `sentences` (ties alphabetical), at most
         `max_vocab_size` entries including the special tokens."""
-        counts = collections.Counter(w for s in sentences for w in s.split())
+        counts = collections.Counter(w for s in sentences for w in split_words(s))
         ranked = sorted(counts, key=lambda w: (-counts[w], w))
         return cls(list(_SPECIAL_TOKENS) + ranked[: max_vocab_size - NUM_SPECIAL])
 
@@ -53,10 +66,10 @@ class WordTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Word ids of `text` followed by EOS."""
-        return [self._ids.get(w, UNK_ID) for w in text.split()] + [EOS_ID]
+        return [self._ids.get(w, UNK_ID) for w in split_words(text)] + [EOS_ID]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids` up to the first EOS, without padding."""
+        """Detokenized text of `ids` up to the first EOS, without padding."""
         words = []
         for i in ids:
             i = int(i)
@@ -64,4 +77,4 @@ class WordTokenizer:
                 break
             if i != PAD_ID:
                 words.append(self.words[i])
-        return " ".join(words)
+        return join_words(words)

@@ -1,0 +1,106 @@
+"""The train state and the pure, jit-able train and eval steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from transformer.config import Config
+from transformer.loss import loss_and_metrics
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data position, which is the step."""
+
+    step: jax.Array  # int32 scalar: optimizer updates done.
+    params: Any
+    opt_state: Any
+
+
+def model_inputs(kind: str, batch: Batch) -> Batch:
+    """The batch fields the model of `kind` consumes (a language model reads targets only)."""
+    if kind == "decoder_only":
+        return {k: v for k, v in batch.items() if k.startswith("targets")}
+    return batch
+
+
+def make_train_step(
+    config: Config, model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The train step: gradients of the token-normalised loss, then one Adam update.
+
+    With grad_accum_steps = A, the batch is cut into A strided micro-batches (so each keeps
+    its share of every device) and their summed gradients are normalised by the total
+    non-padding token count, exactly as one large batch would be.
+    """
+    accum = config.grad_accum_steps
+    base_key = jax.random.key(config.seed)
+
+    def micro_step(params, batch, rng):
+        def loss_fn(p):
+            logits = model.apply(
+                {"params": p},
+                **model_inputs(config.model.kind, batch),
+                deterministic=False,
+                rngs={"dropout": rng},
+            )
+            return loss_and_metrics(
+                logits, batch["targets"], config.label_smoothing, config.cross_entropy
+            )
+
+        (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, sums
+
+    def train_step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(base_key, state.step)
+        if accum == 1:
+            grads, sums = micro_step(state.params, batch, rng)
+        else:
+            # [batch, ...] -> [accum, batch / accum, ...] with micro-batch a = rows a, a+A, ...
+            micro = jax.tree.map(
+                lambda x: jnp.swapaxes(x.reshape(-1, accum, *x.shape[1:]), 0, 1), batch
+            )
+
+            def body(carry, xs):
+                mb, i = xs
+                grads, sums = micro_step(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+            zeros = jax.tree.map(
+                jnp.zeros_like, jax.eval_shape(micro_step, state.params, batch_head(micro), rng)
+            )
+            (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+        grads = jax.tree.map(lambda g: g / jnp.maximum(sums["tokens"], 1.0), grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(sums, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def batch_head(micro: Batch) -> Batch:
+    """The first micro-batch of a stacked [accum, ...] batch (for shape inference)."""
+    return jax.tree.map(lambda x: x[0], micro)
+
+
+def make_eval_step(config: Config, model: nn.Module) -> Callable[[Any, Batch], dict[str, Any]]:
+    """Summed loss metrics of a batch with dropout off."""
+
+    def eval_step(params, batch):
+        logits = model.apply({"params": params}, **model_inputs(config.model.kind, batch))
+        _, sums = loss_and_metrics(
+            logits, batch["targets"], config.label_smoothing, config.cross_entropy
+        )
+        return sums
+
+    return eval_step
