@@ -14,7 +14,8 @@ from transformer.config import ConfigError, from_config_dict
 from transformer.model import build_model
 
 CONFIG_NAMES = sorted(
-    p.stem for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
+    p.stem
+    for p in pathlib.Path(__file__).parent.parent.joinpath("configs").glob("*.py")
     if p.stem != "__init__"
 )
 
@@ -64,8 +65,11 @@ def with_change(path: str, value):
 def test_unknown_key_is_named_with_a_suggestion():
     config = base.get_config()
     config.model.num_layer = 2
-    with pytest.raises(ConfigError, match=r"model\.num_layer'.*model\.num_decoder_layers|"
-                       r"model\.num_layer'.*model\.num_encoder_layers"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.num_layer'.*model\.num_decoder_layers|"
+        r"model\.num_layer'.*model\.num_encoder_layers",
+    ):
         from_config_dict(config)
 
 

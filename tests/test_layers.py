@@ -74,9 +74,7 @@ def test_masks_shapes_and_values():
     assert padding_mask(tokens, tokens).shape == (1, 1, 3, 3)
     np.testing.assert_array_equal(causal_mask(3)[0, 0], np.tril(np.ones((3, 3), bool)))
     seg = jnp.array([[1, 1, 2]])
-    np.testing.assert_array_equal(
-        segment_mask(seg, seg)[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
-    )
+    np.testing.assert_array_equal(segment_mask(seg, seg)[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
 
 
 def test_multi_head_attention_module_matches_projections_by_hand():
@@ -93,8 +91,7 @@ def test_multi_head_attention_module_matches_projections_by_hand():
     q = np.einsum("bld,dhk->blhk", x, params["query"])
     k = np.einsum("bld,dhk->blhk", y, params["key"])
     v = np.einsum("bld,dhk->blhk", y, params["value"])
-    ref = np.einsum("blhk,hkd->bld", np_attention(q, k, v, np.asarray(mask)),
-                    params["out"])
+    ref = np.einsum("blhk,hkd->bld", np_attention(q, k, v, np.asarray(mask)), params["out"])
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 

@@ -16,8 +16,14 @@ from transformer.model import DecoderOnlyLM, EncoderLayer, Transformer, build_mo
 def model_config(**overrides):
     cfg = from_config_dict(base.get_config()).model
     small = dict(
-        num_encoder_layers=2, num_decoder_layers=2, d_model=16, d_ff=32, num_heads=2,
-        vocab_size=40, max_len=32, dropout_rate=0.0,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        d_model=16,
+        d_ff=32,
+        num_heads=2,
+        vocab_size=40,
+        max_len=32,
+        dropout_rate=0.0,
     )
     return dataclasses.replace(cfg, **{**small, **overrides})
 
@@ -70,7 +76,9 @@ def test_packed_segments_do_not_attend_to_each_other():
     src = jnp.array([[5, 6, 7, 8, 1, 9, 10, 1, 0]])
     tgt = jnp.array([[11, 12, 13, 1, 14, 15, 16, 17, 1, 0]])
     packed = model.apply(
-        variables, src, tgt,
+        variables,
+        src,
+        tgt,
         inputs_positions=jnp.array([[0, 1, 2, 3, 4, 0, 1, 2, 0]]),
         targets_positions=jnp.array([[0, 1, 2, 3, 0, 1, 2, 3, 4, 0]]),
         inputs_segmentation=jnp.array([[1, 1, 1, 1, 1, 2, 2, 2, 0]]),
@@ -102,8 +110,10 @@ def np_encoder_layer(x, p, cfg):
 
     def ffn(h):
         f = p["ffn"]
-        return np.maximum(h @ f["wi"]["kernel"] + f["wi"]["bias"], 0) @ f["wo"]["kernel"] + f[
-            "wo"]["bias"]
+        return (
+            np.maximum(h @ f["wi"]["kernel"] + f["wi"]["bias"], 0) @ f["wo"]["kernel"]
+            + f["wo"]["bias"]
+        )
 
     ln1 = lambda h: np_layer_norm(h, p["self_attention_norm"], cfg.layer_norm_epsilon)  # noqa: E731
     ln2 = lambda h: np_layer_norm(h, p["ffn_norm"], cfg.layer_norm_epsilon)  # noqa: E731
@@ -122,12 +132,11 @@ def test_encoder_layer_follows_post_ln_or_pre_ln_order(normalization):
     mask = jnp.ones((1, 1, 5, 5), bool)
     params = init(layer, x, mask, True)["params"]
     # Non-trivial LayerNorm parameters, so their placement matters.
-    params = jax.tree.map(
-        lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), params
-    )
+    params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), params)
     out = layer.apply({"params": params}, x, mask, True)
-    ref = np_encoder_layer(np.asarray(x[0], np.float64),
-                           jax.tree.map(lambda v: np.asarray(v, np.float64), params), cfg)
+    ref = np_encoder_layer(
+        np.asarray(x[0], np.float64), jax.tree.map(lambda v: np.asarray(v, np.float64), params), cfg
+    )
     np.testing.assert_allclose(out[0], ref, rtol=1e-4, atol=1e-4)
 
 
@@ -172,8 +181,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
     cfg32 = model_config()
     cfg16 = model_config(dtype="bfloat16")
     variables = init(Transformer(cfg32), SRC, TGT)
-    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(
-        init(Transformer(cfg16), SRC, TGT)))
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(init(Transformer(cfg16), SRC, TGT)))
     out32 = Transformer(cfg32).apply(variables, SRC, TGT)
     out16 = Transformer(cfg16).apply(variables, SRC, TGT)
     assert out16.dtype == jnp.float32

@@ -50,8 +50,9 @@ def test_smoothed_cross_entropy_matches_reference(formulation, eps):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 5, 11)) * 3
     targets = rng.integers(0, 11, size=(3, 5))
-    got = smoothed_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(targets), eps,
-                                 formulation)
+    got = smoothed_cross_entropy(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(targets), eps, formulation
+    )
     np.testing.assert_allclose(got, np_smoothed_ce(logits, targets, eps), rtol=1e-5, atol=1e-5)
 
 

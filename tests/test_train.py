@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
@@ -241,3 +242,32 @@ def test_cli_reports_bad_config_values_by_key_and_writes_nothing(tmp_path):
         "--config.model.num_layers=3",
     )
     assert out.returncode != 0 and "num_layers" in out.stderr
+
+
+def test_bfloat16_training_tracks_float32_and_keeps_float32_master_weights(task_and_config):
+    task, config = task_and_config
+    devices = jax.devices()[:1]
+    losses, _, _ = run_steps(config, task, MeshConfig(1, 1, 1), devices, 3)
+    bf16 = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="bfloat16"))
+    bf16_losses, bf16_params, _ = run_steps(bf16, task, MeshConfig(1, 1, 1), devices, 3)
+    np.testing.assert_allclose(bf16_losses, losses, rtol=0.02)
+    assert all(p.dtype == np.float32 for p in jax.tree.leaves(bf16_params))
+
+
+def test_gradient_clipping_bounds_the_gradient_adam_sees(task_and_config):
+    task, config = task_and_config
+    clipped = dataclasses.replace(config, grad_clip_norm=0.01)
+    _, _, state = run_steps(clipped, task, MeshConfig(1, 1, 1), jax.devices()[:1], 1)
+    _, _, unclipped_state = run_steps(config, task, MeshConfig(1, 1, 1), jax.devices()[:1], 1)
+
+    def first_moment_norm(s):
+        adam = next(
+            x
+            for x in jax.tree.leaves(s.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+            if hasattr(x, "mu")
+        )
+        return float(optax.tree.norm(adam.mu))
+
+    # After one step mu = (1 - b1) * g, so its norm is (1 - b1) * |g|.
+    assert first_moment_norm(state) == pytest.approx((1 - config.adam_b1) * 0.01, rel=1e-3)
+    assert first_moment_norm(unclipped_state) > 10 * first_moment_norm(state)

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from transformer.config import ModelConfig
 
@@ -91,16 +92,34 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate d_k (queries, keys) and d_v (values).
 
     Projections have no biases, as in the paper's QW^Q, KW^K, VW^V and W^O.
+
+    With `decode=True` the module attends incrementally, keeping keys and values in the "cache"
+    collection. The first such call only creates the cache (sized by its inputs) and otherwise
+    attends as usual; later calls each bring one new query position:
+      - self-attention (`static_kv=False`) appends that position's key and value to the cache
+        and attends over the cached positions up to and including it;
+      - encoder-decoder attention (`static_kv=True`) projects `inputs_kv`, the same encoder
+        output at every step, on the creating call only, and attends over those keys thereafter.
+    Parameters are the same with and without decoding.
     """
 
     config: ModelConfig
+    static_kv: bool = False  # In decode mode: inputs_kv is fixed; project it once.
 
     @nn.compact
     def __call__(
-        self, inputs_q: Array, inputs_kv: Array, mask: Array, deterministic: bool
+        self,
+        inputs_q: Array,
+        inputs_kv: Array,
+        mask: Array,
+        deterministic: bool,
+        decode: bool = False,
     ) -> Array:
         """inputs_q: [batch, q_len, d_model]; inputs_kv: [batch, kv_len, d_model];
-        mask: [batch, 1, q_len, kv_len] bool. Returns [batch, q_len, d_model]."""
+        mask: [batch, 1, q_len, kv_len] bool. Returns [batch, q_len, d_model].
+
+        Decode steps: q_len = 1; for self-attention kv_len = 1 and the mask covers the cache,
+        [batch, 1, 1, max_length]."""
         cfg = self.config
         dtype = compute_dtype(cfg)
         h, d_k, d_v = cfg.num_heads, cfg.head_dim_k, cfg.head_dim_v
@@ -112,28 +131,64 @@ class MultiHeadAttention(nn.Module):
             )
             return self.param(name, _init(init, names), shape, jnp.float32).astype(dtype)
 
+        def project(x: Array, w: Array) -> Array:  # [b, l, d_model] -> [b, l, h, d_k or d_v]
+            y = jnp.einsum("bld,dhk->blhk", x.astype(dtype), w)
+            return constrain(y, (BATCH, LENGTH, HEADS, None))
+
         w_q = kernel("query", (cfg.d_model, h, d_k), ("embed", "heads", "kv"), (0,))
         w_k = kernel("key", (cfg.d_model, h, d_k), ("embed", "heads", "kv"), (0,))
         w_v = kernel("value", (cfg.d_model, h, d_v), ("embed", "heads", "kv"), (0,))
         w_o = kernel("out", (h, d_v, cfg.d_model), ("heads", "kv", "embed"), (0, 1))
-        query = jnp.einsum("bld,dhk->blhk", inputs_q.astype(dtype), w_q)  # [b, q_len, h, d_k]
-        key = jnp.einsum("bld,dhk->blhk", inputs_kv.astype(dtype), w_k)  # [b, kv_len, h, d_k]
-        value = jnp.einsum("bld,dhk->blhk", inputs_kv.astype(dtype), w_v)  # [b, kv_len, h, d_v]
-        query = constrain(query, (BATCH, LENGTH, HEADS, None))
-        key = constrain(key, (BATCH, LENGTH, HEADS, None))
-        value = constrain(value, (BATCH, LENGTH, HEADS, None))
+        query = project(inputs_q, w_q)  # [batch, q_len, heads, d_k]
+        if decode and self.static_kv:
+            # Lazy initialisers: the encoder output is projected on the creating call only.
+            key = self.variable("cache", "cached_key", project, inputs_kv, w_k).value
+            value = self.variable("cache", "cached_value", project, inputs_kv, w_v).value
+        else:
+            key = project(inputs_kv, w_k)  # [batch, kv_len, heads, d_k]
+            value = project(inputs_kv, w_v)  # [batch, kv_len, heads, d_v]
+            if decode:
+                key, value, mask = self._append_to_cache(key, value, mask)
 
         dropout_rng = None
         if not deterministic and cfg.attention_dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
         out, weights = dot_product_attention(
-            query, key, value, mask, dropout_rate=cfg.attention_dropout_rate,
+            query,
+            key,
+            value,
+            mask,
+            dropout_rate=cfg.attention_dropout_rate,
             dropout_rng=dropout_rng,
         )  # [batch, q_len, heads, d_v]
         # Kept for attention maps: `apply(..., mutable=["intermediates"])` returns them.
         self.sow("intermediates", "attention_weights", weights)
         out = jnp.einsum("blhk,hkd->bld", out, w_o)  # [batch, q_len, d_model]
         return constrain(out, (BATCH, LENGTH, EMBED))
+
+    def _append_to_cache(self, key: Array, value: Array, mask: Array) -> tuple[Array, Array, Array]:
+        """Writes one step's key/value [batch, 1, heads, d] at the cache index and returns the
+        whole cache [batch, max_length, heads, d] with `mask` limited to positions <= index.
+
+        On the call that creates the cache (zeros, [batch, max_length, ...] from that call's
+        inputs) everything is returned unchanged."""
+        is_initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if not is_initialized:
+            return key, value, mask
+        if key.shape[1] != 1:
+            raise ValueError(f"decode steps take one position at a time, got {key.shape[1]}")
+        i = cache_index.value
+        cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, i, axis=1)
+        cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value, i, axis=1)
+        cache_index.value = i + 1
+        # Slots past the index are not written yet: the new query must not see them.
+        mask = mask & (jnp.arange(cached_key.value.shape[1]) <= i)[None, None, None, :]
+        key = constrain(cached_key.value, (BATCH, LENGTH, HEADS, None))
+        value = constrain(cached_value.value, (BATCH, LENGTH, HEADS, None))
+        return key, value, mask
 
 
 # ------------------------------------------------------------------- feed-forward

@@ -6,6 +6,10 @@ final LayerNorm after each stack, chosen by `config.normalization`.
 
 Packed batches: optional `*_segmentation` ids (0 = padding) keep attention inside a segment,
 and `*_positions` restart at 0 for every segment.
+
+Incremental decoding: the models' `decode` methods take `decode=True` to run the decoder one
+token at a time over a "cache" collection of keys and values (see `transformer.decode`). The
+parameters are the same in both modes, so any checkpoint decodes.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from transformer.config import ModelConfig
 from transformer.layers import (
@@ -103,19 +108,21 @@ class DecoderLayer(nn.Module):
         encoded: Array | None,
         cross_mask: Array | None,
         deterministic: bool,
+        decode: bool = False,
     ) -> Array:
-        """x: [batch, length, d_model]; encoded: [batch, src_len, d_model] -> same as x."""
+        """x: [batch, length, d_model]; encoded: [batch, src_len, d_model] -> same as x.
+        decode: incremental decoding, see `MultiHeadAttention`."""
         cfg = self.config
         dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
         norm = layer_norm(cfg, "self_attention_norm")
         h = _pre(cfg, norm, x)
-        h = MultiHeadAttention(cfg, name="self_attention")(h, h, self_mask, deterministic)
+        h = MultiHeadAttention(cfg, name="self_attention")(h, h, self_mask, deterministic, decode)
         x = _post(cfg, norm, x + dropout(h))
 
         if self.cross_attention:
             norm = layer_norm(cfg, "cross_attention_norm")
-            h = MultiHeadAttention(cfg, name="cross_attention")(
-                _pre(cfg, norm, x), encoded, cross_mask, deterministic
+            h = MultiHeadAttention(cfg, static_kv=True, name="cross_attention")(
+                _pre(cfg, norm, x), encoded, cross_mask, deterministic, decode
             )
             x = _post(cfg, norm, x + dropout(h))
 
@@ -167,18 +174,27 @@ class Decoder(nn.Module):
         encoded: Array | None,
         cross_mask: Array | None,
         deterministic: bool,
+        decode: bool = False,
     ) -> Array:
         """decoder_input, positions, segmentation: [batch, length];
         encoded: [batch, src_len, d_model] or None (decoder-only).
-        Returns logits [batch, length, vocab] in float32."""
+        Returns logits [batch, length, vocab] in float32.
+
+        decode=True: after the call that creates the cache, each call is one step with length 1
+        (the newest token and its position) on unpacked rows (segmentation None)."""
         cfg = self.config
         x = self.embed(decoder_input) + PositionalEncoding(cfg, name="positions")(positions)
         x = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x)
         x = constrain(x, (BATCH, LENGTH, EMBED))
-        self_mask = self_attention_mask(decoder_input, segmentation, causal=True)
+        if decode:
+            if segmentation is not None:
+                raise ValueError("Incremental decoding takes unpacked rows: no segmentation.")
+            self_mask = self._decode_self_mask(decoder_input)
+        else:
+            self_mask = self_attention_mask(decoder_input, segmentation, causal=True)
         for i in range(cfg.num_decoder_layers):
             x = DecoderLayer(cfg, cross_attention=encoded is not None, name=f"layer_{i}")(
-                x, self_mask, encoded, cross_mask, deterministic
+                x, self_mask, encoded, cross_mask, deterministic, decode
             )
         if cfg.normalization == "pre":
             x = layer_norm(cfg, "final_norm")(x)
@@ -195,6 +211,27 @@ class Decoder(nn.Module):
                 name="logits",
             )(x).astype(jnp.float32)
         return constrain(logits, (BATCH, LENGTH, "activation_vocab"))
+
+    def _decode_self_mask(self, decoder_input: Array) -> Array:
+        """Self-attention mask of one decode step, [batch, 1, 1, max_length]: the new token
+        [batch, 1] against every token fed so far.
+
+        The attention cache alone would make it causal; caching the tokens too masks PAD
+        queries and keys exactly as the full model does, so both give the same logits. The
+        call that creates the cache gets the full model's mask for its [batch, max_length]."""
+        is_initialized = self.has_variable("cache", "cached_tokens")
+        tokens = self.variable(
+            "cache", "cached_tokens", jnp.full, decoder_input.shape, PAD_ID, jnp.int32
+        )
+        cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if not is_initialized:
+            return self_attention_mask(decoder_input, None, causal=True)
+        tokens.value = lax.dynamic_update_slice_in_dim(
+            tokens.value, decoder_input.astype(jnp.int32), cache_index.value, axis=1
+        )
+        cache_index.value += 1
+        # Slots not fed yet still hold PAD, so the padding mask is also the causal one.
+        return padding_mask(decoder_input, tokens.value, PAD_ID)
 
 
 class Transformer(nn.Module):
@@ -235,17 +272,30 @@ class Transformer(nn.Module):
         inputs_segmentation: Array | None = None,
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
+        decode: bool = False,
     ) -> Array:
         """encoded: [batch, src_len, d_model]; inputs: [batch, src_len] (for its padding);
-        decoder_input: [batch, tgt_len]. Returns logits [batch, tgt_len, vocab] float32."""
+        decoder_input: [batch, tgt_len]. Returns logits [batch, tgt_len, vocab] float32.
+
+        decode=True: incremental decoding with the "cache" collection mutable. The first call
+        creates the cache from a [batch, max_length] decoder_input (and projects `encoded` for
+        cross-attention); each later call feeds one token, decoder_input and targets_positions
+        [batch, 1], and returns its logits [batch, 1, vocab]."""
         if targets_positions is None:
+            if decode:
+                raise ValueError("Decode steps need targets_positions, the new token's position.")
             targets_positions = default_positions(decoder_input)
         cross_mask = padding_mask(decoder_input, inputs, PAD_ID)
         if targets_segmentation is not None and inputs_segmentation is not None:
             cross_mask &= segment_mask(targets_segmentation, inputs_segmentation)
         return self.decoder(
-            decoder_input, targets_positions, targets_segmentation, encoded, cross_mask,
+            decoder_input,
+            targets_positions,
+            targets_segmentation,
+            encoded,
+            cross_mask,
             deterministic,
+            decode,
         )
 
     def __call__(
@@ -264,8 +314,13 @@ class Transformer(nn.Module):
             targets_positions = default_positions(targets)
         encoded = self.encode(inputs, inputs_positions, inputs_segmentation, deterministic)
         return self.decode(
-            encoded, inputs, shift_right(targets, targets_positions), targets_positions,
-            inputs_segmentation, targets_segmentation, deterministic,
+            encoded,
+            inputs,
+            shift_right(targets, targets_positions),
+            targets_positions,
+            inputs_segmentation,
+            targets_segmentation,
+            deterministic,
         )
 
 
@@ -288,9 +343,37 @@ class DecoderOnlyLM(nn.Module):
         """targets: [batch, length]. Returns logits [batch, length, vocab] predicting them."""
         if targets_positions is None:
             targets_positions = default_positions(targets)
+        return self.decode(
+            shift_right(targets, targets_positions),
+            targets_positions,
+            targets_segmentation,
+            deterministic,
+        )
+
+    def decode(
+        self,
+        decoder_input: Array,
+        targets_positions: Array | None = None,
+        targets_segmentation: Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> Array:
+        """decoder_input: [batch, length], already shifted right (BOS first).
+        Returns logits [batch, length, vocab] float32.
+
+        decode=True: incremental decoding as in `Transformer.decode`, without an encoder."""
+        if targets_positions is None:
+            if decode:
+                raise ValueError("Decode steps need targets_positions, the new token's position.")
+            targets_positions = default_positions(decoder_input)
         return self.decoder(
-            shift_right(targets, targets_positions), targets_positions, targets_segmentation,
-            None, None, deterministic,
+            decoder_input,
+            targets_positions,
+            targets_segmentation,
+            None,
+            None,
+            deterministic,
+            decode,
         )
 
 

@@ -1,0 +1,251 @@
+"""Incremental (key/value-cached) decoding against the full, non-cached model."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from transformer import sharding
+from transformer.config import MeshConfig, from_config_dict
+from transformer.decode import greedy_decode, greedy_decode_lm, init_cache
+from transformer.layers import MultiHeadAttention, causal_mask
+from transformer.model import DecoderOnlyLM, Transformer, shift_right
+from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
+
+MAX_LENGTH = 12
+
+
+def model_config(**overrides):
+    cfg = from_config_dict(base.get_config()).model
+    # An untied output layer and a small vocabulary: a randomly initialised model then emits
+    # varied tokens and EOS, instead of copying its input token as tied embeddings make it do.
+    small = dict(
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        d_model=16,
+        d_ff=32,
+        num_heads=2,
+        vocab_size=8,
+        max_len=32,
+        dropout_rate=0.0,
+        tie_output_embedding=False,
+    )
+    return dataclasses.replace(cfg, **{**small, **overrides})
+
+
+def init(model, *args, **kwargs):
+    return nn.meta.unbox(model.init(jax.random.key(0), *args, **kwargs))
+
+
+def random_sources(vocab_size, lengths, seed=3):
+    """[len(lengths), max(lengths)]: random words, EOS last, PAD after."""
+    width = max(lengths)
+    words = jax.random.randint(jax.random.key(seed), (len(lengths), width), 4, vocab_size)
+    col, length = np.arange(width), np.asarray(lengths)[:, None]
+    return jnp.asarray(np.where(col < length - 1, words, np.where(col == length - 1, EOS_ID, 0)))
+
+
+SRC_LENGTHS = [7, 6, 5, 3, 2, 1, 7, 4]
+
+
+def reference_greedy(model, variables, inputs, max_length):
+    """Greedy decoding by re-running the whole model on every prefix (no cache)."""
+    batch = inputs.shape[0]
+    tokens = np.full((batch, max_length), PAD_ID, np.int32)
+    done = np.zeros(batch, bool)
+    for i in range(max_length):
+        # Targets 0..i (the last a placeholder): shifted right, logits[:, i] predicts target i.
+        logits = model.apply(variables, inputs, jnp.asarray(tokens[:, : i + 1]))
+        next_token = np.where(done, PAD_ID, np.argmax(logits[:, i], axis=-1))
+        tokens[:, i] = next_token
+        done |= next_token == EOS_ID
+        if done.all():
+            break
+    return tokens
+
+
+def assert_pad_after_eos(tokens):
+    for row in np.asarray(tokens):
+        eos = np.flatnonzero(row == EOS_ID)
+        if eos.size:
+            assert np.all(row[eos[0] + 1 :] == PAD_ID), row
+
+
+@pytest.mark.parametrize("normalization", ["post", "pre"])
+def test_cached_greedy_decoding_matches_full_model_argmax(normalization):
+    model = Transformer(model_config(normalization=normalization))
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    got = jax.jit(lambda p, x: greedy_decode(model, p, x, MAX_LENGTH))(variables["params"], src)
+    assert got.shape == (len(SRC_LENGTHS), MAX_LENGTH) and got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, reference_greedy(model, variables, src, MAX_LENGTH))
+    assert len(np.unique(got)) > 3  # Not a degenerate model that repeats one token.
+
+
+def test_after_eos_only_pad_and_unfinished_rows_fill_the_buffer():
+    model = Transformer(model_config(normalization="pre"))
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    tokens = np.asarray(greedy_decode(model, variables["params"], src, MAX_LENGTH))
+    finished = (tokens == EOS_ID).any(axis=1)
+    # The seed gives rows that finish at different steps and at least one that never does.
+    assert finished.any() and not finished.all()
+    assert len({int(np.argmax(row == EOS_ID)) for row in tokens[finished]}) > 1
+    assert_pad_after_eos(tokens)
+    assert np.all(tokens[~finished] != PAD_ID)
+
+
+def test_pad_emitted_before_eos_is_masked_as_in_the_full_model():
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    # Make PAD a likely argmax, so the decoder has PAD tokens among its inputs.
+    logits_kernel = variables["params"]["decoder"]["logits"]["kernel"]
+    variables["params"]["decoder"]["logits"]["kernel"] = logits_kernel.at[:, PAD_ID].set(
+        logits_kernel[:, 4]
+    )
+    got = np.asarray(greedy_decode(model, variables["params"], src, MAX_LENGTH))
+    eos = np.where((got == EOS_ID).any(1), np.argmax(got == EOS_ID, 1), MAX_LENGTH)
+    assert (got[np.arange(MAX_LENGTH) < eos[:, None]] == PAD_ID).any()
+    np.testing.assert_array_equal(got, reference_greedy(model, variables, src, MAX_LENGTH))
+
+
+TGT = jnp.array(
+    [
+        [5, 6, 7, 4, 5, 1, 0, 0, 0, 0],
+        [4, 4, 1, 0, 0, 0, 0, 0, 0, 0],
+        [7, 6, 5, 4, 7, 6, 5, 4, 7, 1],
+    ]
+)
+
+
+def step_logits(model, params, cache, decoder_input, decode_args):
+    """Feeds decoder_input [batch, length] one token per step; logits [batch, length, vocab]."""
+    step = jax.jit(
+        lambda cache, token, position: model.apply(
+            {"params": params, "cache": cache},
+            *decode_args,
+            token,
+            position,
+            decode=True,
+            method=type(model).decode,
+            mutable=["cache"],
+        )
+    )
+    out = []
+    for i in range(decoder_input.shape[1]):
+        position = jnp.full((decoder_input.shape[0], 1), i)
+        logits, state = step(cache, decoder_input[:, i : i + 1], position)
+        cache = state["cache"]
+        out.append(logits)
+    return jnp.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize("normalization", ["post", "pre"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_cached_step_logits_equal_full_model_logits(normalization, tied):
+    model = Transformer(model_config(normalization=normalization, tie_output_embedding=tied))
+    src = random_sources(8, SRC_LENGTHS[:3])
+    variables = init(model, src, TGT)
+    full = model.apply(variables, src, TGT)
+    params = variables["params"]
+    encoded = model.apply(variables, src, method=Transformer.encode)
+    cache = init_cache(model, params, 3, MAX_LENGTH, encoded, src)
+    decoder_input = shift_right(TGT, jnp.broadcast_to(jnp.arange(TGT.shape[1]), TGT.shape))
+    cached = step_logits(model, params, cache, decoder_input, (encoded, src))
+    np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["post", "pre"])
+def test_language_model_cached_step_logits_equal_full_model_logits(normalization):
+    model = DecoderOnlyLM(
+        model_config(kind="decoder_only", num_encoder_layers=0, normalization=normalization)
+    )
+    variables = init(model, TGT)
+    full = model.apply(variables, TGT)
+    cache = init_cache(model, variables["params"], 3, MAX_LENGTH)
+    decoder_input = jnp.pad(TGT, ((0, 0), (1, 0)), constant_values=BOS_ID)[:, :-1]
+    cached = step_logits(model, variables["params"], cache, decoder_input, ())
+    np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_language_model_greedy_continues_prompts_of_different_lengths():
+    model = DecoderOnlyLM(model_config(kind="decoder_only", num_encoder_layers=0))
+    variables = init(model, TGT)
+    prompts = jnp.array([[5, 6, 7], [4, 0, 0], [0, 0, 0]])
+    got = np.asarray(greedy_decode_lm(model, variables["params"], prompts, MAX_LENGTH))
+    assert list(got[0, :3]) == [5, 6, 7] and got[1, 0] == 4
+    assert_pad_after_eos(got)
+    # Reference: after each row's prompt, the full model's argmax on the prefix so far.
+    want = np.zeros_like(got)
+    want[:, :3] = prompts
+    done = np.zeros(3, bool)
+    for i in range(MAX_LENGTH):
+        logits = model.apply(variables, jnp.asarray(want[:, : i + 1]))
+        prompted = (i < 3) & (want[:, i] != PAD_ID)
+        want[:, i] = np.where(done, PAD_ID, np.where(prompted, want[:, i], logits[:, i].argmax(-1)))
+        done |= want[:, i] == EOS_ID
+    np.testing.assert_array_equal(got, want)
+
+
+def test_cache_shapes_and_parameters_are_those_of_the_full_model():
+    cfg = model_config(d_k=3, d_v=5)
+    model = Transformer(cfg)
+    src = random_sources(8, SRC_LENGTHS[:3])
+    variables = init(model, src, TGT)
+    encoded = model.apply(variables, src, method=Transformer.encode)
+    cache = init_cache(model, variables["params"], 3, MAX_LENGTH, encoded, src)["decoder"]
+    assert cache["cached_tokens"].shape == (3, MAX_LENGTH)
+    layer = cache["layer_0"]
+    assert layer["self_attention"]["cached_key"].shape == (3, MAX_LENGTH, cfg.num_heads, 3)
+    assert layer["self_attention"]["cached_value"].shape == (3, MAX_LENGTH, cfg.num_heads, 5)
+    assert layer["cross_attention"]["cached_value"].shape == (3, src.shape[1], cfg.num_heads, 5)
+    # decode=True creates the same parameters, so a trained checkpoint decodes.
+    lm = DecoderOnlyLM(model_config(kind="decoder_only", num_encoder_layers=0))
+    positions = jnp.broadcast_to(jnp.arange(10), TGT.shape)
+    decode_init = init(lm, TGT, positions, decode=True, method=DecoderOnlyLM.decode)
+    plain = jax.tree.map(jnp.shape, init(lm, TGT)["params"])
+    assert jax.tree.map(jnp.shape, decode_init["params"]) == plain
+
+
+def test_greedy_decoding_on_a_sharded_mesh_matches_a_single_device():
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS)
+    params = init(model, src, src)["params"]
+    single = greedy_decode(model, params, src, MAX_LENGTH)
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    rules = list(base.LOGICAL_AXIS_RULES)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        decode = jax.jit(
+            lambda p, x: greedy_decode(model, p, x, MAX_LENGTH),
+            in_shardings=(None, sharding.batch_sharding(mesh, rules)),
+        )
+        np.testing.assert_array_equal(decode(params, src), single)
+
+
+def test_self_attention_cache_alone_keeps_decoding_causal():
+    cfg = model_config(d_k=3, d_v=5)
+    module = MultiHeadAttention(cfg)
+    x = jax.random.normal(jax.random.key(1), (2, 6, cfg.d_model))
+    params = init(module, x, x, causal_mask(6), True)["params"]
+    full = module.apply({"params": params}, x, x, causal_mask(6), True)
+    # Sized by a [batch, max_length] call; later steps pass no mask of their own.
+    _, state = module.apply({"params": params}, x, x, causal_mask(6), True, True, mutable=["cache"])
+    cache, steps = state["cache"], []
+    for i in range(6):
+        out, state = module.apply(
+            {"params": params, "cache": cache},
+            x[:, i : i + 1],
+            x[:, i : i + 1],
+            jnp.ones((2, 1, 1, 6), bool),
+            True,
+            True,
+            mutable=["cache"],
+        )
+        cache = state["cache"]
+        steps.append(out)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
