@@ -51,7 +51,10 @@ def loss_and_metrics(
     """
     weights = (targets != PAD_ID).astype(jnp.float32)
     loss = smoothed_cross_entropy(logits, targets, label_smoothing, formulation)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
+    # -log p[target] without a [batch, length, vocab] log-softmax (XLA shares the reductions
+    # with the "integer" loss).
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     loss_sum = jnp.sum(loss * weights)
     return loss_sum, {
