@@ -183,7 +183,7 @@ def test_checkpoint_roundtrip_restores_identical_state(task_and_config, tmp_path
         state.params,
     )
     other = dataclasses.replace(config.model, d_model=64)
-    with pytest.raises(CheckpointMismatchError, match=r"model\.d_model: checkpoint 32, now 64"):
+    with pytest.raises(CheckpointMismatchError, match=r"model\.d_model: 32 -> 64"):
         ckpt.restore(2, setup.abstract_state, {"model": dataclasses.asdict(other)})
     ckpt.close()
 
@@ -271,3 +271,13 @@ def test_gradient_clipping_bounds_the_gradient_adam_sees(task_and_config):
     # After one step mu = (1 - b1) * g, so its norm is (1 - b1) * |g|.
     assert first_moment_norm(state) == pytest.approx((1 - config.adam_b1) * 0.01, rel=1e-3)
     assert first_moment_norm(unclipped_state) > 10 * first_moment_norm(state)
+
+
+def test_decoder_only_language_model_trains_through_the_same_loop(tmp_path, capsys):
+    config = tiny_config(**{"model.kind": "decoder_only", "model.num_encoder_layers": 0})
+    results = trainer.run(config, str(tmp_path))
+    train = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5
+    assert "bleu" not in results and results["perplexity"] > 1.0
+    out = capsys.readouterr().out
+    assert "Test perplexity" in out and "generated:" in out

@@ -13,6 +13,8 @@ from typing import Any
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from transformer.config import differences
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was written for a different model than the one being restored."""
@@ -66,15 +68,10 @@ class Checkpointer:
 
 def check_meta(saved: dict[str, Any], expected: dict[str, Any], where: str) -> None:
     """Raises CheckpointMismatchError listing every key whose value differs."""
-    diffs = []
-    for section in sorted(set(saved) | set(expected)):
-        old, new = saved.get(section, {}), expected.get(section, {})
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                diffs.append(f"{section}.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+    diffs = differences(saved, expected)
     if diffs:
         raise CheckpointMismatchError(
-            f"The checkpoint at {where} belongs to a different model:\n  "
+            f"The checkpoint at {where} belongs to a different model (checkpoint -> now):\n  "
             + "\n  ".join(diffs)
             + "\nUse a new --workdir, or the config that wrote this one."
         )

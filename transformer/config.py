@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from ml_collections import ConfigDict
@@ -110,6 +111,18 @@ class Config:
     logical_axis_rules: tuple[tuple[str, Any], ...]
     model: ModelConfig
     data: DataConfig
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, as "key: old -> new"."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return found
 
 
 def from_config_dict(config: ConfigDict) -> Config:

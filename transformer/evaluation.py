@@ -12,8 +12,9 @@ from jax.experimental import multihost_utils
 from transformer import sharding
 from transformer.config import Config
 from transformer.data.tasks import Task
-from transformer.decode import greedy_decode
-from transformer.model import Transformer
+from transformer.decode import greedy_decode, greedy_decode_lm
+from transformer.model import DecoderOnlyLM, Transformer
+from transformer.special_tokens import EOS_ID, PAD_ID
 
 
 def translate_split(
@@ -51,3 +52,24 @@ def evaluate_translation(
     bleu = sacrebleu.corpus_bleu(hypotheses, [references])
     chrf = sacrebleu.corpus_chrf(hypotheses, [references])
     return {"bleu": bleu.score, "chrf": chrf.score}, hypotheses
+
+
+def continue_prompts(
+    config: Config,
+    model: DecoderOnlyLM,
+    params: Any,
+    task: Task,
+    split: str,
+    num_samples: int,
+    prompt_tokens: int = 3,
+) -> list[tuple[str, str]]:
+    """(prompt, greedy continuation) for the first `prompt_tokens` tokens of the first
+    `num_samples` target sentences of `split` (a decoder-only model's samples)."""
+    targets = task.splits[split].targets[:num_samples, :prompt_tokens]
+    prompts = np.where(targets == EOS_ID, PAD_ID, targets)  # a short sentence: prompt only
+    decode = jax.jit(lambda p, x: greedy_decode_lm(model, p, x, config.data.max_length))
+    outputs = np.asarray(decode(params, prompts))
+    return [
+        (task.tokenizer.decode(prompt), task.tokenizer.decode(out))
+        for prompt, out in zip(prompts, outputs, strict=True)
+    ]

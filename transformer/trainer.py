@@ -23,9 +23,9 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from transformer import checkpoint, sharding
-from transformer.config import Config, ConfigError, from_config_dict
+from transformer.config import Config, ConfigError, differences, from_config_dict
 from transformer.data.tasks import Task, load_task
-from transformer.evaluation import evaluate_translation
+from transformer.evaluation import continue_prompts, evaluate_translation
 from transformer.metrics import MetricWriter, summarize
 from transformer.model import build_model
 from transformer.optim import make_optimizer
@@ -122,22 +122,19 @@ def write_resolved_config(config_dict: ConfigDict, workdir: str) -> None:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
-        for section in ("model", "data"):
-            if old.get(section) != new.get(section):
-                changed = sorted(
-                    k
-                    for k in set(old.get(section, {})) | set(new.get(section, {}))
-                    if old.get(section, {}).get(k) != new.get(section, {}).get(k)
-                )
-                raise ConfigError(
-                    f"--workdir {workdir} was created with a different config.{section} "
-                    f"(changed: {', '.join(f'{section}.{k}' for k in changed)}). Use a new "
-                    "--workdir, or the same model and data settings to resume."
-                )
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+        changed = differences(
+            {k: old.get(k) for k in ("model", "data")}, {k: new.get(k) for k in ("model", "data")}
+        )
+        if changed:
+            raise ConfigError(
+                f"--workdir {workdir} was created with different model or data settings "
+                f"({'; '.join(changed)}). Use a new --workdir, or the same settings to resume."
+            )
+    if jax.process_index() == 0:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(new, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
 
 
 def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
@@ -270,8 +267,13 @@ def _final_evaluation(setup: Setup, params: Any, task: Task) -> dict[str, float]
     """Test results: loss metrics always; greedy translations and BLEU for translation."""
     config = setup.config
     results = evaluate_loss(setup, params, task, "test")
-    if config.model.kind != "encoder_decoder":
-        print(f"\nTest perplexity {results['perplexity']:.3f}.")
+    if config.model.kind == "decoder_only":
+        samples = continue_prompts(
+            config, setup.model, params, task, "test", config.num_samples_to_print
+        )
+        for prompt, text in samples:
+            print(f"\nprompt:     {prompt}\ngenerated:  {text}")
+        print(f"\nTest perplexity {results['perplexity']:.3f} (target side, teacher-forced).")
         return results
     scores, hypotheses = evaluate_translation(
         config, setup.model, params, task, "test", setup.batch_sharding
