@@ -281,3 +281,13 @@ def test_decoder_only_language_model_trains_through_the_same_loop(tmp_path, caps
     assert "bleu" not in results and results["perplexity"] > 1.0
     out = capsys.readouterr().out
     assert "Test perplexity" in out and "generated:" in out
+
+
+def test_checkpointer_saves_on_its_interval_and_keeps_the_newest(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), every_steps=2, keep=2)
+    state = {"w": np.arange(4.0)}
+    saved = [step for step in range(1, 9) if ckpt.save(step, state, {"model": {}})]
+    ckpt.wait_until_finished()
+    assert saved == [2, 4, 6, 8]
+    assert ckpt.all_steps() == [6, 8] and ckpt.latest_step() == 8
+    ckpt.close()
