@@ -1,7 +1,5 @@
 """Incremental (key/value-cached) decoding against the full, non-cached model."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,31 +8,21 @@ import pytest
 
 from configs import base
 from transformer import sharding
-from transformer.config import MeshConfig, from_config_dict
+from transformer.config import MeshConfig
 from transformer.decode import greedy_decode, greedy_decode_lm, init_cache
 from transformer.layers import MultiHeadAttention, causal_mask
 from transformer.model import DecoderOnlyLM, Transformer, shift_right
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
+from .model_configs import small_model_config
+
 MAX_LENGTH = 12
 
 
 def model_config(**overrides):
-    cfg = from_config_dict(base.get_config()).model
     # An untied output layer and a small vocabulary: a randomly initialised model then emits
     # varied tokens and EOS, instead of copying its input token as tied embeddings make it do.
-    small = dict(
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        d_model=16,
-        d_ff=32,
-        num_heads=2,
-        vocab_size=8,
-        max_len=32,
-        dropout_rate=0.0,
-        tie_output_embedding=False,
-    )
-    return dataclasses.replace(cfg, **{**small, **overrides})
+    return small_model_config(**{"vocab_size": 8, "tie_output_embedding": False, **overrides})
 
 
 def init(model, *args, **kwargs):

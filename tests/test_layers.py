@@ -1,15 +1,11 @@
 """Attention, masks, feed-forward and positional encodings against NumPy references."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
-from transformer.config import from_config_dict
 from transformer.layers import (
     MultiHeadAttention,
     causal_mask,
@@ -19,11 +15,7 @@ from transformer.layers import (
     sinusoidal_table,
 )
 
-
-def small_model_config(**overrides):
-    cfg = from_config_dict(base.get_config()).model
-    fields = dict(d_model=16, d_ff=32, num_heads=2, vocab_size=50, max_len=32)
-    return dataclasses.replace(cfg, **{**fields, **overrides})
+from .model_configs import small_model_config
 
 
 def np_softmax(x):

@@ -1,31 +1,16 @@
 """Model-level behaviour: causality, padding, packing, LayerNorm placement, sharing, dtypes."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
-from transformer.config import from_config_dict
 from transformer.model import DecoderOnlyLM, EncoderLayer, Transformer, build_model
 
+from .model_configs import small_model_config
 
-def model_config(**overrides):
-    cfg = from_config_dict(base.get_config()).model
-    small = dict(
-        num_encoder_layers=2,
-        num_decoder_layers=2,
-        d_model=16,
-        d_ff=32,
-        num_heads=2,
-        vocab_size=40,
-        max_len=32,
-        dropout_rate=0.0,
-    )
-    return dataclasses.replace(cfg, **{**small, **overrides})
+model_config = small_model_config
 
 
 def init(model, *args):
