@@ -58,7 +58,7 @@ def train_step(formulation: str, workdir: str):
     )
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     setup = trainer.build(config, mesh)
-    batch = task.train_batches(config.batch_size, 0, config.data.packing)(0)
+    batch = task.train_batches(config.batch_size, 0)(0)
     with trainer.mesh_context(mesh, config):
         state = setup.init(jax.random.key(0))
         batch = sharding.global_batch(batch, setup.batch_sharding)

@@ -75,9 +75,11 @@ def get_config() -> ConfigDict:
 
     config.data = data = ConfigDict()
     data.source = "embedded"
+    data.tokenizer = "word"  # The paper: byte-pair encoding ("bpe") on WMT.
     data.vocab_size = 37_000  # Section 5.1: a shared source-target vocabulary of ~37K.
     data.max_length = 64
-    data.packing = False
+    data.overlong = "drop"
+    data.batching = "sentences"
     data.embedded = ConfigDict(
         dict(corpus_seed=0, num_train=200_000, num_validation=1_000, num_test=1_000)
     )

@@ -30,7 +30,7 @@ def get_config() -> ConfigDict:
 
     config.data.vocab_size = 1024  # The corpus has about 700 word types.
     config.data.max_length = 64
-    config.data.packing = True
+    config.data.batching = "packed"
     config.data.embedded.num_train = 50_000
     config.data.embedded.num_validation = 500
     config.data.embedded.num_test = 1_000

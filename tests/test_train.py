@@ -45,7 +45,9 @@ def run_steps(config, task, mesh_config, devices, num_steps):
     config = dataclasses.replace(config, mesh=mesh_config)
     mesh = sharding.make_mesh(mesh_config, devices)
     setup = trainer.build(config, mesh)
-    batches = task.train_batches(config.batch_size, config.seed, config.data.packing)
+    batches = task.train_batches(
+        config.batch_size, config.seed, sharding.batch_shards(mesh, config.logical_axis_rules)
+    )
     losses = []
     with trainer.mesh_context(mesh, config):
         state = setup.init(jax.random.key(config.seed))

@@ -66,14 +66,32 @@ class EmbeddedTaskConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where sentences come from and how they are tokenized and cut."""
+class TextFilesConfig:
+    """Aligned UTF-8 files `{directory}/{lang}.{split}.txt` (transformer.data.text_files)."""
 
-    source: Literal["embedded"]
-    vocab_size: int  # Upper bound on the shared source/target vocabulary.
-    max_length: int  # Tokens per sentence including EOS; longer pairs are dropped.
-    packing: bool  # Training rows of max_length tokens hold several pairs each.
-    embedded: EmbeddedTaskConfig
+    directory: str
+    source_lang: str
+    target_lang: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where sentences come from, how they are tokenized, cut and batched.
+
+    Exactly one source section (`embedded`, `text_files`) is set: the one `source` names.
+    """
+
+    source: Literal["embedded", "text_files"]
+    tokenizer: Literal["word", "bpe", "unigram"]  # Whole words, or a SentencePiece model.
+    vocab_size: int  # Shared source/target vocabulary (an upper bound for "word").
+    max_length: int  # Tokens per sentence including EOS (per row when packed).
+    overlong: Literal["drop", "truncate"]  # Pairs with a side over max_length.
+    # "sentences": batch_size pairs per step; "packed": batch_size rows of max_length tokens,
+    # several pairs each; "tokens": about batch_size tokens per side, pairs of similar length
+    # bucketed together.
+    batching: Literal["sentences", "packed", "tokens"]
+    embedded: EmbeddedTaskConfig | None = None
+    text_files: TextFilesConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,19 +155,20 @@ def _build(cls: type, node: Any, prefix: str) -> Any:
     if not isinstance(node, (ConfigDict, dict)):
         raise ConfigError(f"config.{prefix.rstrip('.')} must be a section, got {node!r}")
     hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-    names = {f.name for f in fields}
+    # Fields with a default are set at run time (vocab_size), or optional sections (None).
+    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+    sections = {f.name for f in dataclasses.fields(cls) if f.default is None}
+    names = required | sections
     for key in node:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"Unknown config key '{prefix}{key}'{hint}.")
     values = {}
-    for f in fields:
-        key = prefix + f.name
-        if f.name not in node:
-            raise ConfigError(f"Missing config key '{key}'.")
-        values[f.name] = _convert(hints[f.name], node[f.name], key)
+    for name in sorted(required | (sections & set(node.keys()))):
+        if name not in node:
+            raise ConfigError(f"Missing config key '{prefix}{name}'.")
+        values[name] = _convert(hints[name], node[name], prefix + name)
     return cls(**values)
 
 
@@ -234,9 +253,35 @@ def _check_values(cfg: Config) -> None:
     d = cfg.data
     require(d.vocab_size > 4, "data.vocab_size", d.vocab_size, "must exceed the 4 special tokens")
     require(d.max_length > 1, "data.max_length", d.max_length, "must be at least 2")
-    for key in ("num_train", "num_validation", "num_test"):
-        value = getattr(d.embedded, key)
-        require(value > 0, f"data.embedded.{key}", value, "must be positive")
+    for section in ("embedded", "text_files"):
+        present = getattr(d, section) is not None
+        if section == d.source:
+            require(present, f"data.{section}", None, f"must be set when data.source={section!r}")
+        else:
+            require(
+                not present,
+                f"data.{section}",
+                "...",
+                f"is unused with data.source={d.source!r}; remove it",
+            )
+    if d.embedded is not None:
+        for key in ("num_train", "num_validation", "num_test"):
+            value = getattr(d.embedded, key)
+            require(value > 0, f"data.embedded.{key}", value, "must be positive")
+    require(
+        (d.source == "embedded") == (d.tokenizer == "word"),
+        "data.tokenizer",
+        d.tokenizer,
+        "use 'word' for the embedded task and 'bpe' or 'unigram' for real corpora",
+    )
+    if d.batching == "tokens":
+        require(
+            cfg.batch_size >= d.max_length,
+            "batch_size",
+            cfg.batch_size,
+            f"with data.batching='tokens' it counts tokens and must hold one "
+            f"data.max_length={d.max_length} sentence",
+        )
 
     for key in (
         "num_train_steps",

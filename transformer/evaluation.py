@@ -65,7 +65,7 @@ def continue_prompts(
 ) -> list[tuple[str, str]]:
     """(prompt, greedy continuation) for the first `prompt_tokens` tokens of the first
     `num_samples` target sentences of `split` (a decoder-only model's samples)."""
-    targets = task.splits[split].targets[:num_samples, :prompt_tokens]
+    targets = task.splits[split].targets.padded(range(num_samples), prompt_tokens)
     prompts = np.where(targets == EOS_ID, PAD_ID, targets)  # a short sentence: prompt only
     decode = jax.jit(lambda p, x: greedy_decode_lm(model, p, x, config.data.max_length))
     outputs = np.asarray(decode(params, prompts))

@@ -61,6 +61,15 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
     return NamedSharding(mesh, spec)
 
 
+def batch_shards(mesh: Mesh, rules: Rules) -> int:
+    """How many pieces the batch dimension is split into (the data-parallel degree)."""
+    axes = nn.logical_to_mesh_axes(("activation_batch", None), list(rules))[0]
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

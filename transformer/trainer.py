@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from transformer import checkpoint, sharding
 from transformer.config import Config, ConfigError, differences, from_config_dict
+from transformer.data.prefetch import prefetch
 from transformer.data.tasks import Task, load_task
 from transformer.evaluation import continue_prompts, evaluate_translation
 from transformer.metrics import MetricWriter, summarize
@@ -197,7 +198,11 @@ def _train_loop(
     """
     config = setup.config
     start = int(state.step)
-    batches = task.train_batches(config.batch_size, config.seed, config.data.packing)
+    batches = task.train_batches(
+        config.batch_size,
+        config.seed,
+        sharding.batch_shards(setup.mesh, config.logical_axis_rules),
+    )
     bar = tqdm(
         total=config.num_train_steps,
         initial=start,
@@ -205,33 +210,41 @@ def _train_loop(
         dynamic_ncols=True,
         desc="train",
     )
-    if start >= config.num_train_steps:
-        bar.close()
-        return state
-    # Compile ahead of the loop, so that neither the first step nor tokens/s include it.
-    compile_start = time.perf_counter()
-    first = sharding.global_batch(batches(start), setup.batch_sharding)
-    train_step = setup.train_step.lower(state, first).compile()
-    bar.write(f"Compiled the train step in {time.perf_counter() - compile_start:.1f} s.")
+    compiled: dict[Any, Callable] = {}  # One executable per batch shape (token buckets).
     pending: list[dict[str, jax.Array]] = []
-    last_time, last_step = time.perf_counter(), start
-    for step in range(start, config.num_train_steps):
-        batch = sharding.global_batch(batches(step), setup.batch_sharding)
-        state, metrics = train_step(state, batch)
+    real_tokens = total_tokens = 0
+    last_time, last_step, excluded_seconds = time.perf_counter(), start, 0.0
+    for ready in prefetch(batches, range(start, config.num_train_steps), setup.batch_sharding):
+        shapes = tuple((k, v.shape) for k, v in sorted(ready.batch.items()))
+        if shapes not in compiled:
+            # Compiled ahead of the call, so that tokens/s can leave compile time out.
+            compile_start = time.perf_counter()
+            compiled[shapes] = setup.train_step.lower(state, ready.batch).compile()
+            excluded_seconds += time.perf_counter() - compile_start
+            rows, length = ready.batch["targets"].shape
+            bar.write(
+                f"Compiled the train step for batches of {rows} x {length} tokens in "
+                f"{time.perf_counter() - compile_start:.1f} s."
+            )
+        state, metrics = compiled[shapes](state, ready.batch)
         pending.append(metrics)
-        done = step + 1
+        real_tokens += ready.real_tokens
+        total_tokens += ready.total_tokens
+        done = ready.step + 1
         bar.update(1)
         ckpt.save(done, state, meta)
         if done % config.log_every_steps == 0 or done == config.num_train_steps:
             fetched = jax.device_get(pending)
-            pending = []
             now = time.perf_counter()
+            seconds = now - last_time - excluded_seconds
             summary = summarize(fetched)
             summary["learning_rate"] = float(fetched[-1]["learning_rate"])
             summary["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
-            summary["target_tokens_per_sec"] = summary.pop("tokens") / (now - last_time)
-            summary["steps_per_sec"] = (done - last_step) / (now - last_time)
-            last_time, last_step = now, done
+            summary["target_tokens_per_sec"] = summary.pop("tokens") / seconds
+            summary["steps_per_sec"] = (done - last_step) / seconds
+            summary["padding_efficiency"] = real_tokens / max(total_tokens, 1)
+            pending, real_tokens, total_tokens = [], 0, 0
+            last_time, last_step, excluded_seconds = now, done, 0.0
             writer.write(done, "train", summary)
             bar.set_postfix(
                 loss=f"{summary['loss']:.3f}",
@@ -241,13 +254,14 @@ def _train_loop(
         if config.eval_every_steps and (
             done % config.eval_every_steps == 0 or done == config.num_train_steps
         ):
+            eval_start = time.perf_counter()
             valid = evaluate_loss(setup, state.params, task, "validation")
             writer.write(done, "validation", valid)
             bar.write(
                 f"step {done}: validation loss {valid['loss']:.3f}, "
                 f"perplexity {valid['perplexity']:.2f}, accuracy {valid['accuracy']:.3f}"
             )
-            last_time = time.perf_counter()  # Evaluation time is not training throughput.
+            excluded_seconds += time.perf_counter() - eval_start  # Not training throughput.
     bar.close()
     return state
 

@@ -1,8 +1,16 @@
-"""Tokenized, padded, step-indexed batches from in-memory sentence pairs.
+"""Tokenized, step-indexed batches from in-memory sentence pairs.
 
 The batch of a step is a pure function of (seed, step): resuming at step k sees exactly the
-batches an uninterrupted run would, with no iterator state to checkpoint. Each process reads
-only its rows of the global batch.
+batches an uninterrupted run would, so the data position is the step itself. Every process
+plans the same global batches and materialises only its own rows of each.
+
+Three ways to batch (`data.batching`):
+  sentences  batch_size pairs per step, padded to max_length (one shape);
+  packed     batch_size rows of max_length tokens, each filled with whole pairs, with segment
+             ids and per-segment positions so pairs never attend to each other (one shape);
+  tokens     about batch_size tokens per side: pairs are bucketed by length and each bucket
+             length L gets batch_size // L rows (one shape per bucket), as the paper batched
+             "by approximate sequence length".
 """
 
 from __future__ import annotations
@@ -12,52 +20,94 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from transformer.data.tokenizer import WordTokenizer
-from transformer.special_tokens import PAD_ID
+from transformer.data.tokenizer import Tokenizer
+from transformer.special_tokens import EOS_ID, PAD_ID
+
+# Bucket lengths for token batching: few shapes (each compiles once), little padding.
+BUCKET_LENGTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ragged:
+    """Variable-length sequences stored flat: sequence i is tokens[offsets[i] : offsets[i+1]]."""
+
+    tokens: np.ndarray  # [total_tokens] int32
+    offsets: np.ndarray  # [num_sequences + 1] int64
+
+    @classmethod
+    def from_lists(cls, seqs: Sequence[Sequence[int]]) -> Ragged:
+        lengths = np.fromiter((len(s) for s in seqs), np.int64, len(seqs))
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        tokens = np.fromiter((t for s in seqs for t in s), np.int32, int(offsets[-1]))
+        return cls(tokens, offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def padded(self, indices: Sequence[int], length: int) -> np.ndarray:
+        """[len(indices), length] int32: the sequences, cut to `length` or right-padded."""
+        out = np.full((len(indices), length), PAD_ID, np.int32)
+        for row, i in enumerate(indices):
+            seq = self[i][:length]
+            out[row, : len(seq)] = seq
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
 class EncodedSplit:
-    """Padded token ids of a split; rows past a sentence's EOS hold PAD_ID."""
+    """A split's token ids (EOS-terminated) and raw text."""
 
-    inputs: np.ndarray  # [num_examples, max_length] int32
-    targets: np.ndarray  # [num_examples, max_length] int32
+    inputs: Ragged
+    targets: Ragged
     sources: tuple[str, ...]  # Raw source sentences, for decoding.
     references: tuple[str, ...]  # Raw target sentences, for BLEU.
-    num_dropped: int  # Pairs longer than max_length, left out.
+    num_dropped: int  # Over-long pairs left out (data.overlong = "drop").
+    num_truncated: int  # Over-long pairs cut to max_length (data.overlong = "truncate").
 
     def __len__(self) -> int:
-        return len(self.inputs)
+        return len(self.sources)
 
 
 def encode_split(
-    pairs: Sequence[tuple[str, str]], tokenizer: WordTokenizer, max_length: int
+    pairs: Sequence[tuple[str, str]],
+    tokenizer: Tokenizer,
+    max_length: int,
+    overlong: str = "drop",
 ) -> EncodedSplit:
-    """Tokenizes (source, target) pairs and pads them to `max_length` tokens (EOS included).
-
-    Pairs with a side longer than `max_length` are dropped and counted.
-    """
-    inputs, targets, sources, references = [], [], [], []
-    for source, target in pairs:
-        src, tgt = tokenizer.encode(source), tokenizer.encode(target)
+    """Tokenizes (source, target) pairs; a side longer than `max_length` tokens (EOS included)
+    drops the pair, or is cut to max_length - 1 tokens + EOS, as `overlong` says."""
+    src_ids = tokenizer.encode_batch([s for s, _ in pairs])
+    tgt_ids = tokenizer.encode_batch([t for _, t in pairs])
+    keep, inputs, targets, truncated = [], [], [], 0
+    for i, (src, tgt) in enumerate(zip(src_ids, tgt_ids, strict=True)):
         if len(src) > max_length or len(tgt) > max_length:
-            continue
-        inputs.append(src + [PAD_ID] * (max_length - len(src)))
-        targets.append(tgt + [PAD_ID] * (max_length - len(tgt)))
-        sources.append(source)
-        references.append(target)
-    if not inputs:
+            if overlong == "drop":
+                continue
+            truncated += 1
+            src = [*src[: max_length - 1], EOS_ID] if len(src) > max_length else src
+            tgt = [*tgt[: max_length - 1], EOS_ID] if len(tgt) > max_length else tgt
+        keep.append(i)
+        inputs.append(src)
+        targets.append(tgt)
+    if not keep:
         raise ValueError(f"No sentence pair fits in data.max_length={max_length} tokens.")
     return EncodedSplit(
-        inputs=np.asarray(inputs, np.int32).reshape(-1, max_length),
-        targets=np.asarray(targets, np.int32).reshape(-1, max_length),
-        sources=tuple(sources),
-        references=tuple(references),
-        num_dropped=len(pairs) - len(inputs),
+        inputs=Ragged.from_lists(inputs),
+        targets=Ragged.from_lists(targets),
+        sources=tuple(pairs[i][0] for i in keep),
+        references=tuple(pairs[i][1] for i in keep),
+        num_dropped=len(pairs) - len(keep),
+        num_truncated=truncated,
     )
 
 
-def pack_rows(order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, length: int):
+def pack_rows(
+    order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, length: int
+) -> list[np.ndarray]:
     """Greedily fills rows of `length` tokens per side with examples in `order`.
 
     Returns a list of example-index arrays, one per row; an example never splits across rows.
@@ -75,124 +125,163 @@ def pack_rows(order: np.ndarray, src_len: np.ndarray, tgt_len: np.ndarray, lengt
     return rows
 
 
-def _packed_side(tokens: np.ndarray, lengths: np.ndarray, rows: list[np.ndarray], length: int):
-    """(tokens, positions, segmentation), each [len(rows), length], for one side of a batch."""
-    out = np.full((len(rows), length), PAD_ID, np.int32)
-    positions = np.zeros_like(out)
-    segmentation = np.zeros_like(out)
-    for r, row in enumerate(rows):
-        start = 0
-        for segment, i in enumerate(row, start=1):
-            n = lengths[i]
-            out[r, start : start + n] = tokens[i, :n]
-            positions[r, start : start + n] = np.arange(n)
-            segmentation[r, start : start + n] = segment
-            start += n
-    return out, positions, segmentation
+def bucket_length(length: int, max_length: int) -> int:
+    """The smallest bucket that holds `length` tokens (max_length is always a bucket)."""
+    return next((b for b in BUCKET_LENGTHS if length <= b < max_length), max_length)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedBatch:
+    """One global batch: its padded length and the example indices of each of its rows."""
+
+    length: int
+    rows: list[np.ndarray]
 
 
 class TrainBatches:
     """Shuffled training batches indexed by step: every epoch is a fresh permutation.
 
-    Unpacked, a batch is `global_batch_size` sentence pairs. Packed, it is
-    `global_batch_size` rows, each holding as many whole pairs as fit in the row's length,
-    with segment ids and per-segment positions so that pairs never attend to each other.
+    `row_multiple` (the number of batch shards: hosts x data-parallel devices) divides the row
+    count of every batch, so each device gets an equal share.
     """
 
     def __init__(
         self,
         split: EncodedSplit,
-        global_batch_size: int,
+        batch_size: int,
         seed: int,
-        packing: bool = False,
+        batching: str = "sentences",
+        max_length: int | None = None,
+        row_multiple: int = 1,
         process_index: int = 0,
         process_count: int = 1,
     ):
-        if global_batch_size % process_count:
-            raise ValueError(
-                f"batch_size={global_batch_size} must divide evenly over {process_count} hosts."
-            )
         self.split = split
-        self.global_batch_size = global_batch_size
+        self.batch_size = batch_size
         self.seed = seed
-        self.packing = packing
-        self._src_len = (split.inputs != PAD_ID).sum(axis=1)
-        self._tgt_len = (split.targets != PAD_ID).sum(axis=1)
-        local = global_batch_size // process_count
-        self._rows = slice(process_index * local, (process_index + 1) * local)
-        self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
-        self._steps_per_epoch: list[int] = []
-        if len(self._epoch_rows(0)) < global_batch_size:
-            unit = "packed rows" if packing else "examples"
+        self.batching = batching
+        self._src_len = split.inputs.lengths
+        self._tgt_len = split.targets.lengths
+        self.max_length = max_length or int(max(self._src_len.max(), self._tgt_len.max()))
+        self.row_multiple = row_multiple
+        if row_multiple % process_count:
             raise ValueError(
-                f"batch_size={global_batch_size} exceeds the {len(self._epoch_rows(0))} "
-                f"training {unit} of an epoch."
+                f"{row_multiple} batch shards do not divide over {process_count} hosts."
+            )
+        self.process_index, self.process_count = process_index, process_count
+        if batching != "tokens" and batch_size % row_multiple:
+            raise ValueError(
+                f"batch_size={batch_size} must divide evenly over {row_multiple} batch shards."
+            )
+        self._epoch_cache: tuple[int, list[PlannedBatch]] | None = None
+        self._steps_per_epoch: list[int] = []
+        if not self._epoch(0):
+            raise ValueError(
+                f"batch_size={batch_size} ({batching}) is larger than one epoch of the "
+                f"{len(split)} training pairs."
             )
 
-    def _epoch_rows(self, epoch: int) -> list[np.ndarray]:
-        """Example indices of every row of `epoch`, in batch order."""
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
-            if self.packing:
-                length = self.split.inputs.shape[1]
-                rows = pack_rows(order, self._src_len, self._tgt_len, length)
+    def _rows_per_batch(self, length: int) -> int:
+        if self.batching != "tokens":
+            return self.batch_size
+        rows = self.batch_size // length // self.row_multiple * self.row_multiple
+        return max(rows, self.row_multiple)
+
+    def _epoch(self, epoch: int) -> list[PlannedBatch]:
+        """Every batch of `epoch`, in order (incomplete ones left out)."""
+        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+        batches = []
+        if self.batching == "tokens":
+            # Fill one open batch per bucket; a batch is emitted the moment it is full, so
+            # the buckets interleave in a random but reproducible order.
+            longest = np.maximum(self._src_len, self._tgt_len)
+            open_rows: dict[int, list[np.ndarray]] = {}
+            for i in order:
+                length = bucket_length(int(longest[i]), self.max_length)
+                rows = open_rows.setdefault(length, [])
+                rows.append(np.asarray([i]))
+                if len(rows) == self._rows_per_batch(length):
+                    batches.append(PlannedBatch(length, rows))
+                    open_rows[length] = []
+        else:
+            if self.batching == "packed":
+                rows = pack_rows(order, self._src_len, self._tgt_len, self.max_length)
             else:
                 rows = [order[i : i + 1] for i in range(len(order))]
-            self._epoch_cache = (epoch, rows)
-        return self._epoch_cache[1]
+            for start in range(0, len(rows) - self.batch_size + 1, self.batch_size):
+                batches.append(PlannedBatch(self.max_length, rows[start : start + self.batch_size]))
+        self._epoch_cache = (epoch, batches)
+        return batches
 
-    def _locate(self, step: int) -> tuple[int, int]:
-        """(epoch, batch within the epoch) of `step`; batches never straddle epochs."""
+    def plan(self, step: int) -> PlannedBatch:
+        """The global batch of `step`; batches never straddle epochs."""
         epoch = 0
         while True:
             if epoch == len(self._steps_per_epoch):
-                rows = len(self._epoch_rows(epoch))
-                self._steps_per_epoch.append(rows // self.global_batch_size)
+                self._steps_per_epoch.append(len(self._epoch(epoch)))
             if step < self._steps_per_epoch[epoch]:
-                return epoch, step
+                return self._epoch(epoch)[step]
             step -= self._steps_per_epoch[epoch]
             epoch += 1
 
-    def global_rows(self, step: int) -> list[np.ndarray]:
-        """Example indices of every row of the whole batch of `step`."""
-        epoch, offset = self._locate(step)
-        start = offset * self.global_batch_size
-        return self._epoch_rows(epoch)[start : start + self.global_batch_size]
-
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        """This process's rows of the batch of `step`, each array [rows, length]:
-        inputs and targets, plus positions and segmentation when packed."""
-        rows = self.global_rows(step)[self._rows]
-        if not self.packing:
+        """This process's rows of the batch of `step`, each array [rows, length]: inputs and
+        targets, plus positions and segmentation when packed."""
+        planned = self.plan(step)
+        local = len(planned.rows) // self.process_count
+        rows = planned.rows[self.process_index * local : (self.process_index + 1) * local]
+        if self.batching != "packed":
             idx = np.concatenate(rows)
-            return {"inputs": self.split.inputs[idx], "targets": self.split.targets[idx]}
-        length = self.split.inputs.shape[1]
-        inputs, in_pos, in_seg = _packed_side(self.split.inputs, self._src_len, rows, length)
-        targets, tgt_pos, tgt_seg = _packed_side(self.split.targets, self._tgt_len, rows, length)
-        return {
-            "inputs": inputs,
-            "targets": targets,
-            "inputs_positions": in_pos,
-            "targets_positions": tgt_pos,
-            "inputs_segmentation": in_seg,
-            "targets_segmentation": tgt_seg,
-        }
+            return {
+                "inputs": self.split.inputs.padded(idx, planned.length),
+                "targets": self.split.targets.padded(idx, planned.length),
+            }
+        batch = {}
+        for side, seqs in (("inputs", self.split.inputs), ("targets", self.split.targets)):
+            tokens, positions, segmentation = _pack_side(seqs, rows, planned.length)
+            batch[side] = tokens
+            batch[f"{side}_positions"] = positions
+            batch[f"{side}_segmentation"] = segmentation
+        return batch
+
+
+def _pack_side(seqs: Ragged, rows: list[np.ndarray], length: int):
+    """(tokens, positions, segmentation), each [len(rows), length], for one side of a batch."""
+    tokens = np.full((len(rows), length), PAD_ID, np.int32)
+    positions = np.zeros_like(tokens)
+    segmentation = np.zeros_like(tokens)
+    for r, row in enumerate(rows):
+        start = 0
+        for segment, i in enumerate(row, start=1):
+            seq = seqs[i]
+            end = start + len(seq)
+            tokens[r, start:end] = seq
+            positions[r, start:end] = np.arange(len(seq))
+            segmentation[r, start:end] = segment
+            start = end
+    return tokens, positions, segmentation
 
 
 def eval_batches(
-    split: EncodedSplit, batch_size: int, process_index: int = 0, process_count: int = 1
+    split: EncodedSplit,
+    batch_size: int,
+    length: int,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> list[dict[str, np.ndarray]]:
-    """The whole split in order, as batches of `batch_size` (the last one padded with PAD
-    rows, which carry no tokens and so no weight). Each process holds its rows of each batch."""
+    """The whole split in order, as batches of `batch_size` pairs padded to `length` (the last
+    batch padded with empty rows, which carry no tokens and so no weight). Each process holds
+    its rows of each batch."""
     local = batch_size // process_count
-    rows = slice(process_index * local, (process_index + 1) * local)
     batches = []
     for start in range(0, len(split), batch_size):
-        inputs = split.inputs[start : start + batch_size]
-        targets = split.targets[start : start + batch_size]
-        pad = batch_size - len(inputs)
-        if pad:
-            inputs = np.pad(inputs, ((0, pad), (0, 0)), constant_values=PAD_ID)
-            targets = np.pad(targets, ((0, pad), (0, 0)), constant_values=PAD_ID)
+        idx = np.arange(start, min(start + batch_size, len(split)))
+        inputs = np.full((batch_size, length), PAD_ID, np.int32)
+        targets = np.full((batch_size, length), PAD_ID, np.int32)
+        inputs[: len(idx)] = split.inputs.padded(idx, length)
+        targets[: len(idx)] = split.targets.padded(idx, length)
+        rows = slice(process_index * local, (process_index + 1) * local)
         batches.append({"inputs": inputs[rows], "targets": targets[rows]})
     return batches

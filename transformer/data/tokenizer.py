@@ -1,18 +1,23 @@
-"""A word-level tokenizer built from a corpus, with no download.
+"""Tokenizers built from a corpus, with no download: whole words, or SentencePiece.
 
-Words and punctuation marks are separate tokens. For the embedded task's closed vocabulary
-this is exact and keeps sequences short. Ids 0-3 are the project's special tokens
-(`transformer.special_tokens`).
+Both share one interface (encode -> ids + EOS, decode -> detokenized text up to EOS,
+vocab_size, save/load) and reserve ids 0-3 for the project's special tokens
+(`transformer.special_tokens`). Words and punctuation marks are separate word tokens; for the
+embedded task's closed vocabulary that is exact and keeps sequences short.
 """
 
 from __future__ import annotations
 
 import collections
+import io
 import os
 import re
 from collections.abc import Iterable, Sequence
 
-from transformer.special_tokens import EOS_ID, NUM_SPECIAL, PAD_ID, UNK_ID
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
+from transformer.special_tokens import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, UNK_ID
 
 _SPECIAL_TOKENS = ("<pad>", "</s>", "<s>", "<unk>")
 _WORD_OR_MARK = re.compile(r"\w+|[^\w\s]")
@@ -68,6 +73,9 @@ class WordTokenizer:
         """Word ids of `text` followed by EOS."""
         return [self._ids.get(w, UNK_ID) for w in split_words(text)] + [EOS_ID]
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Detokenized text of `ids` up to the first EOS, without padding."""
         words = []
@@ -78,3 +86,77 @@ class WordTokenizer:
             if i != PAD_ID:
                 words.append(self.words[i])
         return join_words(words)
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model (BPE or unigram) shared by source and target, as in the paper.
+
+    Trained from the training split on first use; ids 0-3 are the project's special tokens.
+    """
+
+    def __init__(self, model_proto: bytes):
+        self.model_proto = model_proto
+        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        spec = sentencepiece_model_pb2.ModelProto.FromString(model_proto).trainer_spec
+        self.model_type = {spec.BPE: "bpe", spec.UNIGRAM: "unigram"}.get(spec.model_type, "?")
+
+    @classmethod
+    def train(
+        cls, sentences: Iterable[str], vocab_size: int, model_type: str
+    ) -> SentencePieceTokenizer:
+        """Trains on `sentences` (both languages) with all characters covered."""
+        writer = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=PAD_ID,
+            eos_id=EOS_ID,
+            bos_id=BOS_ID,
+            unk_id=UNK_ID,
+            character_coverage=1.0,
+            input_sentence_size=10_000_000,  # A sample of this many sentences at most.
+            shuffle_input_sentence=True,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+        return cls(writer.getvalue())
+
+    @classmethod
+    def load(cls, path: str) -> SentencePieceTokenizer:
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def save(self, path: str) -> None:
+        """Writes the model atomically (a crash never leaves half a model)."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(self.model_proto)
+        os.replace(tmp, path)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Piece ids of `text` followed by EOS."""
+        return [*self._sp.encode(text), EOS_ID]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """encode() of many sentences in one call (SentencePiece batches them in C++)."""
+        return [[*ids, EOS_ID] for ids in self._sp.encode(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Detokenized text of `ids` up to the first EOS."""
+        pieces = []
+        for i in ids:
+            i = int(i)
+            if i == EOS_ID:
+                break
+            if i != PAD_ID:
+                pieces.append(i)
+        return self._sp.decode(pieces)
+
+
+Tokenizer = WordTokenizer | SentencePieceTokenizer
