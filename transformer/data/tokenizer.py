@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from transformer.config import ConfigError
 from transformer.special_tokens import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, UNK_ID
 
 _SPECIAL_TOKENS = ("<pad>", "</s>", "<s>", "<unk>")
@@ -106,21 +107,16 @@ class SentencePieceTokenizer:
     ) -> SentencePieceTokenizer:
         """Trains on `sentences` (both languages) with all characters covered."""
         writer = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
-            model_writer=writer,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            pad_id=PAD_ID,
-            eos_id=EOS_ID,
-            bos_id=BOS_ID,
-            unk_id=UNK_ID,
-            character_coverage=1.0,
-            input_sentence_size=10_000_000,  # A sample of this many sentences at most.
-            shuffle_input_sentence=True,
-            num_threads=os.cpu_count() or 1,
-            minloglevel=2,
-        )
+        try:
+            _train_sentencepiece(sentences, writer, vocab_size, model_type)
+        except RuntimeError as e:
+            if "Vocabulary size too high" not in str(e):
+                raise
+            most = str(e).rsplit("<=", 1)[-1].strip(" .")
+            raise ConfigError(
+                f"data.vocab_size={vocab_size} is too large for this training corpus: "
+                f"SentencePiece ({model_type}) can make at most {most} pieces from it."
+            ) from None
         return cls(writer.getvalue())
 
     @classmethod
@@ -157,6 +153,26 @@ class SentencePieceTokenizer:
             if i != PAD_ID:
                 pieces.append(i)
         return self._sp.decode(pieces)
+
+
+def _train_sentencepiece(
+    sentences: Iterable[str], writer: io.BytesIO, vocab_size: int, model_type: str
+) -> None:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=writer,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        bos_id=BOS_ID,
+        unk_id=UNK_ID,
+        character_coverage=1.0,
+        input_sentence_size=10_000_000,  # A sample of this many sentences at most.
+        shuffle_input_sentence=True,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
 
 
 Tokenizer = WordTokenizer | SentencePieceTokenizer
