@@ -157,6 +157,9 @@ def test_resumed_run_continues_at_the_saved_step_and_matches_a_straight_run(stra
     trainer.run(tiny_config(), str(tmp_path))
     steps = [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"]
     assert steps == [10, 20, 30, 40]  # Nothing repeated, nothing skipped.
+    straight_losses = [r["loss"] for r in read_metrics(straight_dir) if r["split"] == "train"]
+    resumed_losses = [r["loss"] for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert resumed_losses == straight_losses  # same batches, same dropout, same updates
     step, resumed = restore_params(tmp_path, tiny_config())
     _, straight = restore_params(straight_dir, tiny_config())
     assert step == 40
