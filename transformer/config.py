@@ -75,13 +75,29 @@ class TextFilesConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TfdsConfig:
+    """A TFDS translation dataset (transformer.data.tfds_source), e.g. wmt14_translate/de-en."""
+
+    name: str
+    source_lang: str
+    target_lang: str
+    data_dir: str  # "" for TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    manual_dir: str  # "" unless the dataset needs files fetched by hand.
+    download: bool  # Download and prepare if not yet in data_dir.
+    train_split: str
+    validation_split: str
+    test_split: str
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where sentences come from, how they are tokenized, cut and batched.
 
-    Exactly one source section (`embedded`, `text_files`) is set: the one `source` names.
+    Exactly one source section (`embedded`, `text_files`, `tfds`) is set: the one `source`
+    names.
     """
 
-    source: Literal["embedded", "text_files"]
+    source: Literal["embedded", "text_files", "tfds"]
     tokenizer: Literal["word", "bpe", "unigram"]  # Whole words, or a SentencePiece model.
     vocab_size: int  # Shared source/target vocabulary (an upper bound for "word").
     max_length: int  # Tokens per sentence including EOS (per row when packed).
@@ -92,6 +108,7 @@ class DataConfig:
     batching: Literal["sentences", "packed", "tokens"]
     embedded: EmbeddedTaskConfig | None = None
     text_files: TextFilesConfig | None = None
+    tfds: TfdsConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +270,7 @@ def _check_values(cfg: Config) -> None:
     d = cfg.data
     require(d.vocab_size > 4, "data.vocab_size", d.vocab_size, "must exceed the 4 special tokens")
     require(d.max_length > 1, "data.max_length", d.max_length, "must be at least 2")
-    for section in ("embedded", "text_files"):
+    for section in ("embedded", "text_files", "tfds"):
         present = getattr(d, section) is not None
         if section == d.source:
             require(present, f"data.{section}", None, f"must be set when data.source={section!r}")

@@ -9,7 +9,7 @@ import jax
 from absl import logging
 
 from transformer.config import DataConfig
-from transformer.data import embedded, text_files
+from transformer.data import embedded, text_files, tfds_source
 from transformer.data.pipeline import EncodedSplit, TrainBatches, encode_split, eval_batches
 from transformer.data.tokenizer import (
     SentencePieceTokenizer,
@@ -68,6 +68,16 @@ def read_pairs(config: DataConfig) -> dict[str, list[tuple[str, str]]]:
             name: [(join_words(src.split()), join_words(tgt.split())) for src, tgt in split]
             for name, split in generated.items()
         }
+    if config.source == "tfds":
+        t = config.tfds
+        names = dict(train=t.train_split, validation=t.validation_split, test=t.test_split)
+        return {
+            split: tfds_source.read_tfds(
+                t.name, t.source_lang, t.target_lang, names[split], t.data_dir or None,
+                t.manual_dir or None, t.download,
+            )
+            for split in SPLITS
+        }  # fmt: skip
     t = config.text_files
     return {
         split: text_files.read_parallel(t.directory, t.source_lang, t.target_lang, split)
