@@ -10,9 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import trainer
-from transformer.checkpoint import CheckpointMismatchError
-from transformer.config import ConfigError
-from transformer.data.tasks import VocabularyMismatchError
+from transformer.errors import USER_ERRORS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
@@ -26,7 +24,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     try:
         trainer.run(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, CheckpointMismatchError, VocabularyMismatchError) as e:
+    except USER_ERRORS as e:
         sys.exit(f"error: {e}")
 
 

@@ -1,5 +1,7 @@
 """Incremental (key/value-cached) decoding against the full, non-cached model."""
 
+import itertools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,14 @@ import pytest
 from configs import base
 from transformer import sharding
 from transformer.config import MeshConfig
-from transformer.decode import greedy_decode, greedy_decode_lm, init_cache
+from transformer.decode import (
+    beam_search,
+    greedy_decode,
+    greedy_decode_lm,
+    init_cache,
+    length_penalty,
+    max_decode_length,
+)
 from transformer.layers import MultiHeadAttention, causal_mask
 from transformer.model import DecoderOnlyLM, Transformer, shift_right
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
@@ -237,3 +246,196 @@ def test_self_attention_cache_alone_keeps_decoding_causal():
         cache = state["cache"]
         steps.append(out)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- beam search
+def sequence_logp(model, variables, src, tokens):
+    """Full-model (non-cached) log-probability of each row of tokens [batch, length] up to and
+    including its first EOS, or of the whole row without one: (logp [batch], length [batch])."""
+    tokens = np.asarray(tokens)
+    has_eos = (tokens == EOS_ID).any(1)
+    length = np.where(has_eos, np.argmax(tokens == EOS_ID, 1) + 1, tokens.shape[1])
+    logp = np.asarray(jax.nn.log_softmax(model.apply(variables, src, jnp.asarray(tokens))))
+    token_logp = np.take_along_axis(logp, tokens[..., None], -1)[..., 0]
+    return np.where(np.arange(tokens.shape[1]) < length[:, None], token_logp, 0).sum(1), length
+
+
+def penalised(logp, length, alpha):
+    return logp / ((5 + length) / 6) ** alpha
+
+
+def finished_outputs(vocab_size, max_length):
+    """Every output that ends with EOS within max_length tokens, PAD after: [n, max_length]."""
+    words = [t for t in range(vocab_size) if t != EOS_ID]
+    return np.asarray(
+        [
+            [*prefix, EOS_ID] + [PAD_ID] * (max_length - n - 1)
+            for n in range(max_length)
+            for prefix in itertools.product(words, repeat=n)
+        ]
+    )
+
+
+def brute_force(model, variables, src, max_length, alpha):
+    """Each sentence's best EOS-terminated output, by scoring all of them with the full model:
+    (tokens [batch, max_length], penalised scores [batch])."""
+    outputs = finished_outputs(model.config.vocab_size, max_length)
+    tokens, scores = [], []
+    for sentence in np.asarray(src):
+        sources = jnp.asarray(np.broadcast_to(sentence, (len(outputs), len(sentence))))
+        score = penalised(*sequence_logp(model, variables, sources, outputs), alpha)
+        tokens.append(outputs[np.argmax(score)])
+        scores.append(score.max())
+    return np.stack(tokens), np.asarray(scores)
+
+
+def jit_beam_search(model, max_length, beam_size=4, alpha=0.6):
+    return jax.jit(lambda p, x: beam_search(model, p, x, max_length, beam_size, alpha))
+
+
+@pytest.mark.parametrize("normalization", ["post", "pre"])
+def test_beam_of_one_without_length_penalty_is_greedy_decoding(normalization):
+    model = Transformer(model_config(normalization=normalization))
+    src = random_sources(8, SRC_LENGTHS)
+    params = init(model, src, src)["params"]
+    tokens, _ = jit_beam_search(model, MAX_LENGTH, beam_size=1, alpha=0.0)(params, src)
+    greedy = greedy_decode(model, params, src, MAX_LENGTH)
+    np.testing.assert_array_equal(tokens, greedy)
+    # Sentences that finish and sentences that run to the end of the buffer.
+    finished = (np.asarray(greedy) == EOS_ID).any(1)
+    assert finished.any() and not finished.all()
+
+
+# Small enough to enumerate every output: 5 non-EOS tokens, so 1 + 5 + 25 + 125 of them.
+# A beam that holds every candidate of the last step, 5**3 hypotheses x 6 tokens, is exact.
+EXHAUSTIVE_VOCAB, EXHAUSTIVE_LENGTH = 6, 4
+EXHAUSTIVE_BEAM = (EXHAUSTIVE_VOCAB - 1) ** (EXHAUSTIVE_LENGTH - 1) * EXHAUSTIVE_VOCAB
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_a_beam_wider_than_all_candidates_finds_the_brute_force_optimum(alpha):
+    model = Transformer(model_config(vocab_size=EXHAUSTIVE_VOCAB))
+    src = random_sources(EXHAUSTIVE_VOCAB, [5, 3, 6, 2], seed=1)
+    variables = init(model, src, src)
+    search = jit_beam_search(model, EXHAUSTIVE_LENGTH, EXHAUSTIVE_BEAM, alpha)
+    tokens, scores = search(variables["params"], src)
+    want_tokens, want_scores = brute_force(model, variables, src, EXHAUSTIVE_LENGTH, alpha)
+    np.testing.assert_array_equal(tokens, want_tokens)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    assert ((want_tokens == EOS_ID).argmax(1) > 0).any()  # Not only the empty output.
+
+
+def test_beam_of_four_beats_greedy_and_finds_the_optimum_of_a_confident_model():
+    model = Transformer(model_config(normalization="pre"))
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    # Sharper output distributions, as a trained model has: the best outputs then run past
+    # a single EOS, and a greedy choice can cost a better continuation.
+    variables["params"]["decoder"]["logits"]["kernel"] *= 3.0
+    max_length = 5
+    tokens, scores = jit_beam_search(model, max_length, alpha=0.0)(variables["params"], src)
+    assert_pad_after_eos(tokens)
+    optimum_tokens, optimum = brute_force(model, variables, src, max_length, alpha=0.0)
+    greedy = greedy_decode(model, variables["params"], src, max_length)
+    greedy_logp, _ = sequence_logp(model, variables, src, greedy)
+    greedy_finished = (np.asarray(greedy) == EOS_ID).any(1)
+    assert greedy_finished.sum() >= 2
+    assert np.all(scores[greedy_finished] >= greedy_logp[greedy_finished] - 1e-5)
+    assert np.any(scores[greedy_finished] > greedy_logp[greedy_finished] + 1e-3)
+    assert np.all(scores <= optimum + 1e-5)
+    found = np.isclose(scores, optimum, rtol=1e-5)
+    longer_than_eos = (optimum_tokens != PAD_ID).sum(1) > 1
+    assert (found & longer_than_eos).sum() >= 2
+    np.testing.assert_array_equal(np.asarray(tokens)[found], optimum_tokens[found])
+
+
+@pytest.mark.parametrize("normalization", ["post", "pre"])
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_score_is_the_length_penalised_log_probability_of_the_tokens(normalization, alpha):
+    model = Transformer(model_config(normalization=normalization))
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    tokens, scores = jit_beam_search(model, MAX_LENGTH, alpha=alpha)(variables["params"], src)
+    assert tokens.shape == (len(SRC_LENGTHS), MAX_LENGTH) and tokens.dtype == jnp.int32
+    assert scores.shape == (len(SRC_LENGTHS),) and scores.dtype == jnp.float32
+    # Rows without EOS are the best alive hypotheses, of MAX_LENGTH tokens, scored as such.
+    logp, length = sequence_logp(model, variables, src, tokens)
+    want = logp / ((5 + length) / 6) ** alpha
+    np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(length_penalty(length, alpha), ((5 + length) / 6) ** alpha, 1e-6)
+
+
+def test_a_larger_length_penalty_favours_longer_outputs():
+    # Exact search makes this a theorem, not a tendency: maximising logp / lp(|Y|)**alpha,
+    # i.e. minimising log(-logp) - alpha * log(lp(|Y|)), the optimal |Y| grows with alpha.
+    model = Transformer(model_config(vocab_size=EXHAUSTIVE_VOCAB))
+    src = random_sources(EXHAUSTIVE_VOCAB, [5, 3, 6, 2, 4, 6], seed=1)
+    params = init(model, src, src)["params"]
+    lengths = []
+    for alpha in (0.0, 0.6, 3.0):
+        search = jit_beam_search(model, EXHAUSTIVE_LENGTH, EXHAUSTIVE_BEAM, alpha)
+        tokens = np.asarray(search(params, src)[0])
+        lengths.append((tokens != PAD_ID).sum(1))
+    assert np.all(lengths[1] >= lengths[0]) and np.all(lengths[2] >= lengths[1])
+    assert np.any(lengths[2] > lengths[0])
+
+
+def test_sentences_that_finish_at_different_steps_decode_as_they_would_alone():
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS)
+    params = init(model, src, src)["params"]
+    search = jit_beam_search(model, MAX_LENGTH)
+    tokens, scores = (np.asarray(x) for x in search(params, src))
+    assert_pad_after_eos(tokens)
+    finished = (tokens == EOS_ID).any(1)
+    assert len({int(np.argmax(row == EOS_ID)) for row in tokens[finished]}) > 1
+    # The loop runs on until the last sentence settles: the others must not change meanwhile.
+    for i in range(len(src)):
+        alone_tokens, alone_score = search(params, src[i : i + 1])
+        np.testing.assert_array_equal(alone_tokens[0], tokens[i])
+        np.testing.assert_allclose(alone_score[0], scores[i], rtol=1e-5)
+
+
+def test_a_sentence_that_finishes_no_hypothesis_returns_its_best_alive_one():
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    tokens, scores = jit_beam_search(model, MAX_LENGTH)(variables["params"], src)
+    unfinished = ~(np.asarray(tokens) == EOS_ID).any(1)
+    # The seed gives both kinds of sentence in one batch.
+    assert unfinished.any() and not unfinished.all()
+    logp, _ = sequence_logp(model, variables, src, tokens)
+    want = penalised(logp, MAX_LENGTH, 0.6)
+    np.testing.assert_allclose(scores[unfinished], want[unfinished], rtol=1e-5)
+
+
+def test_beam_search_on_a_sharded_mesh_matches_a_single_device():
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS)
+    params = init(model, src, src)["params"]
+    single_tokens, single_scores = jit_beam_search(model, MAX_LENGTH)(params, src)
+    mesh = sharding.make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
+    rules = list(base.LOGICAL_AXIS_RULES)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        search = jax.jit(
+            lambda p, x: beam_search(model, p, x, MAX_LENGTH),
+            in_shardings=(None, sharding.batch_sharding(mesh, rules)),
+        )
+        tokens, scores = search(params, src)
+    np.testing.assert_array_equal(tokens, single_tokens)
+    np.testing.assert_allclose(scores, single_scores, rtol=1e-5)
+
+
+def test_max_decode_length_is_the_longest_input_plus_50_within_the_cap():
+    src = random_sources(8, SRC_LENGTHS)
+    assert max_decode_length(src, cap=256) == max(SRC_LENGTHS) + 50
+    assert max_decode_length(src, 5, cap=256) == max(SRC_LENGTHS) + 5
+    assert max_decode_length(src, cap=32) == 32
+
+
+def test_a_negative_length_penalty_is_refused():
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS[:2])
+    params = init(model, src, src)["params"]
+    with pytest.raises(ValueError, match="alpha"):
+        beam_search(model, params, src, MAX_LENGTH, alpha=-0.5)

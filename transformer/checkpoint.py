@@ -23,12 +23,14 @@ class CheckpointMismatchError(ValueError):
 class Checkpointer:
     """Saves every `every_steps` steps (and on `force`), keeps the newest `keep`."""
 
-    def __init__(self, directory: str, every_steps: int, keep: int):
+    def __init__(self, directory: str, every_steps: int = 1, keep: int = 1, read_only=False):
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=checkpoint_managers.FixedIntervalPolicy(every_steps),
             preservation_policy=checkpoint_managers.LatestN(keep),
             enable_async_checkpointing=True,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
         )
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(self.directory, options=options)

@@ -1,19 +1,24 @@
-"""Greedy decoding with a key/value cache, entirely inside one jit.
+"""Greedy decoding and beam search with a key/value cache, each entirely inside one jit.
 
 The encoder runs once. The decoder then runs one token per step (`decode=True`): each layer
 appends the new position's keys and values to its cache and attends over the cache, and the
 encoder output's cross-attention keys and values are projected once, when the cache is made.
 A step thus costs one position, not the whole output buffer, and the loop stops as soon as
-every sentence has produced EOS.
+every sentence has produced EOS (greedy) or can no longer improve (beam search).
+
+Beam search (section 6.1: beam 4, length penalty alpha = 0.6) runs `beam` hypotheses per
+sentence as `batch * beam` decoder rows, so the cache is the greedy one with more rows,
+reordered after every step to follow the hypotheses that survive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
@@ -55,6 +60,14 @@ def greedy_decode(model: Transformer, params: Any, inputs: Array, max_length: in
     """inputs: [batch, src_len] -> output ids [batch, max_length] int32, PAD after EOS."""
     encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
     cache = init_cache(model, params, inputs.shape[0], max_length, encoded, inputs)
+    step = _transformer_step(model, params, encoded, inputs)
+    forced = jnp.full((inputs.shape[0], max_length), PAD_ID, jnp.int32)
+    return _greedy_loop(step, cache, forced)
+
+
+def _transformer_step(model: Transformer, params: Any, encoded: Array, inputs: Array) -> StepFn:
+    """One decoder step of `model` against `encoded` [rows, src_len, d_model], whose padding
+    `inputs` [rows, src_len] gives, for a cache of the same rows."""
 
     def step(token: Array, position: Array, cache: Cache) -> tuple[Array, Cache]:
         logits, state = model.apply(
@@ -69,8 +82,7 @@ def greedy_decode(model: Transformer, params: Any, inputs: Array, max_length: in
         )
         return logits[:, 0], state["cache"]
 
-    forced = jnp.full((inputs.shape[0], max_length), PAD_ID, jnp.int32)
-    return _greedy_loop(step, cache, forced)
+    return step
 
 
 def greedy_decode_lm(model: DecoderOnlyLM, params: Any, prompt: Array, max_length: int) -> Array:
@@ -125,3 +137,187 @@ def _greedy_loop(step: StepFn, cache: Cache, forced: Array) -> Array:
     )
     _, _, tokens, _, _ = jax.lax.while_loop(cond, body, carry)
     return tokens
+
+
+# ------------------------------------------------------------------------- beam search
+class BeamState(NamedTuple):
+    """The beam search loop's carry, for `batch` sentences of `beam` hypotheses each.
+
+    Alive hypotheses have not produced EOS and are ranked by total log-probability; finished
+    ones have, and are ranked by that log-probability over the length penalty. Both are kept
+    best first, and an empty finished slot scores -inf.
+    """
+
+    step: Array  # int32 []: tokens decoded so far, which is also the next token's position.
+    alive_tokens: Array  # [batch, beam, max_length] int32, PAD from `step` on.
+    alive_logp: Array  # [batch, beam] float32.
+    finished_tokens: Array  # [batch, beam, max_length] int32, PAD after EOS.
+    finished_scores: Array  # [batch, beam] float32.
+    cache: Cache  # Leaves [batch * beam, ...], rows in the order of `alive_tokens`.
+
+
+def length_penalty(length: Array | int, alpha: float) -> Array:
+    """GNMT's lp(Y) = ((5 + |Y|) / 6) ** alpha, |Y| counting EOS; a score is logp / lp."""
+    return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def max_decode_length(inputs: Array, extra: int = 50, *, cap: int) -> int:
+    """The paper's output limit for a batch of `inputs` [batch, src_len]: its longest input
+    (EOS included) plus `extra` tokens, but at most `cap` (the model's positions).
+
+    It reads `inputs` on the host, so call it outside jit; each distinct result compiles the
+    decoder anew, so a fixed `cap`-sized buffer may well be cheaper over many batches."""
+    longest = int(jnp.max(jnp.sum(inputs != PAD_ID, axis=1)))
+    return min(longest + extra, cap)
+
+
+def beam_search(
+    model: Transformer,
+    params: Any,
+    inputs: Array,
+    max_length: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+) -> tuple[Array, Array]:
+    """Beam search over up to `max_length` output tokens for `inputs` [batch, src_len].
+
+    Returns the best finished hypothesis of each sentence, tokens [batch, max_length] int32
+    with PAD after EOS, and its score [batch] float32, log-probability / length_penalty. A
+    sentence that finishes none within `max_length` gets its best alive hypothesis, scored
+    with the penalty of `max_length` tokens. With beam_size 1 and alpha 0 this is greedy
+    decoding.
+
+    The search stops once no sentence can improve its finished hypotheses, which the bound
+    it uses guarantees only for alpha >= 0.
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0 for the early-stopping bound, got {alpha}")
+    batch = inputs.shape[0]
+    encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
+    # All beams of a sentence start from its one cache, so it is built per sentence and tiled.
+    cache = init_cache(model, params, batch, max_length, encoded, inputs)
+    cache = jax.tree.map(lambda x: x if x.ndim == 0 else _tile_beams(x, beam_size), cache)
+    step = _transformer_step(
+        model, params, _tile_beams(encoded, beam_size), _tile_beams(inputs, beam_size)
+    )
+
+    def cond(state: BeamState) -> Array:
+        return (state.step < max_length) & ~jnp.all(_settled(state, alpha))
+
+    def body(state: BeamState) -> BeamState:
+        return _beam_step(step, state, alpha)
+
+    state = lax.while_loop(cond, body, _initial_state(batch, beam_size, max_length, cache))
+    return _best_hypotheses(state, alpha)
+
+
+def _initial_state(batch: int, beam: int, max_length: int, cache: Cache) -> BeamState:
+    # The beams of a sentence are identical at first: only the first may grow, or the top
+    # candidates of step 0 would be `beam` copies of the same few tokens.
+    alive_logp = jnp.where(jnp.arange(beam) == 0, 0.0, -jnp.inf)
+    return BeamState(
+        step=jnp.int32(0),
+        alive_tokens=jnp.full((batch, beam, max_length), PAD_ID, jnp.int32),
+        alive_logp=jnp.broadcast_to(alive_logp, (batch, beam)).astype(jnp.float32),
+        finished_tokens=jnp.full((batch, beam, max_length), PAD_ID, jnp.int32),
+        finished_scores=jnp.full((batch, beam), -jnp.inf, jnp.float32),
+        cache=cache,
+    )
+
+
+def _beam_step(step: StepFn, state: BeamState, alpha: float) -> BeamState:
+    """Extends every alive hypothesis by one token and keeps the best of the results."""
+    batch, beam, _ = state.alive_tokens.shape
+    i = state.step
+    previous = lax.dynamic_index_in_dim(
+        state.alive_tokens, jnp.maximum(i - 1, 0), axis=2, keepdims=False
+    )
+    last = jnp.where(i == 0, BOS_ID, previous)  # [batch, beam]
+    position = jnp.full((batch * beam, 1), i, jnp.int32)
+    logits, cache = step(_flatten_beams(last)[:, None], position, state.cache)
+    logp = _unflatten_beams(jax.nn.log_softmax(logits), beam)  # [batch, beam, vocab]
+
+    vocab = logp.shape[-1]
+    candidates = (state.alive_logp[..., None] + logp).reshape(batch, beam * vocab)
+    # Each hypothesis ends at most once among the candidates (one EOS), so 2 * beam of them
+    # always leave `beam` that go on.
+    top_logp, top_index = lax.top_k(candidates, 2 * beam)  # [batch, 2 * beam]
+    parent, token = top_index // vocab, top_index % vocab
+    tokens = _gather_beams(state.alive_tokens, parent)
+    tokens = lax.dynamic_update_index_in_dim(tokens, token, i, axis=2)
+    ended = token == EOS_ID
+
+    alive_logp, keep = lax.top_k(jnp.where(ended, -jnp.inf, top_logp), beam)
+    cache = _reorder_cache(cache, _gather_beams(parent, keep))
+
+    # Only an EOS among the best `beam` candidates ends a hypothesis: one ranked lower would
+    # not have been in a beam of `beam`. Taking all 2 * beam (as tensor2tensor does) would let
+    # beam 1 end on a runner-up EOS, so it would no longer be greedy decoding.
+    scores = jnp.where(ended, top_logp / length_penalty(i + 1, alpha), -jnp.inf)[:, :beam]
+    finished_scores, best = lax.top_k(jnp.concatenate([state.finished_scores, scores], 1), beam)
+    finished_tokens = jnp.concatenate([state.finished_tokens, tokens[:, :beam]], 1)
+    return BeamState(
+        step=i + 1,
+        alive_tokens=_gather_beams(tokens, keep),
+        alive_logp=alive_logp,
+        finished_tokens=_gather_beams(finished_tokens, best),
+        finished_scores=finished_scores,
+        cache=cache,
+    )
+
+
+def _settled(state: BeamState, alpha: float) -> Array:
+    """[batch] bool: no alive hypothesis can still enter the sentence's finished ones.
+
+    A hypothesis' log-probability only falls as it grows, and for alpha >= 0 its penalty is
+    largest at `max_length`, so logp / lp(max_length) bounds whatever score it may finish
+    with. Empty finished slots score -inf, so a sentence settles only once all are filled.
+    """
+    max_length = state.alive_tokens.shape[2]
+    best_possible = state.alive_logp[:, 0] / length_penalty(max_length, alpha)
+    return best_possible < state.finished_scores[:, -1]
+
+
+def _best_hypotheses(state: BeamState, alpha: float) -> tuple[Array, Array]:
+    """-> (tokens [batch, max_length], scores [batch]) of each sentence's best hypothesis,
+    the best alive one where none finished."""
+    max_length = state.alive_tokens.shape[2]
+    finished = jnp.isfinite(state.finished_scores[:, 0])
+    tokens = jnp.where(finished[:, None], state.finished_tokens[:, 0], state.alive_tokens[:, 0])
+    alive_score = state.alive_logp[:, 0] / length_penalty(max_length, alpha)
+    return tokens, jnp.where(finished, state.finished_scores[:, 0], alive_score)
+
+
+def _tile_beams(x: Array, beam: int) -> Array:
+    """[batch, ...] -> [batch * beam, ...]: each row repeated `beam` times, consecutively."""
+    return jnp.repeat(x, beam, axis=0)
+
+
+def _flatten_beams(x: Array) -> Array:
+    """[batch, beam, ...] -> [batch * beam, ...], the decoder's rows."""
+    return x.reshape((x.shape[0] * x.shape[1], *x.shape[2:]))
+
+
+def _unflatten_beams(x: Array, beam: int) -> Array:
+    """[batch * beam, ...] -> [batch, beam, ...]."""
+    return x.reshape((x.shape[0] // beam, beam, *x.shape[1:]))
+
+
+def _gather_beams(x: Array, index: Array) -> Array:
+    """x: [batch, n, ...]; index: [batch, m] into n -> [batch, m, ...], per sentence."""
+    return jax.vmap(lambda rows, i: rows[i])(x, index)
+
+
+def _reorder_cache(cache: Cache, parent: Array) -> Cache:
+    """Rows [batch * beam, ...] of every cache leaf taken from the hypotheses `parent`
+    [batch, beam] continue. The step counters (scalars) are shared by all rows."""
+    beam = parent.shape[1]
+
+    def reorder(path: tuple[Any, ...], x: Array) -> Array:
+        # Cross-attention keys and values are the encoder's, equal for every beam of a
+        # sentence: reordering them within it changes nothing and costs a copy per step.
+        if x.ndim == 0 or any(getattr(k, "key", None) == "cross_attention" for k in path):
+            return x
+        return _flatten_beams(_gather_beams(_unflatten_beams(x, beam), parent))
+
+    return jax.tree_util.tree_map_with_path(reorder, cache)

@@ -1,7 +1,8 @@
-"""Translating a split and scoring it with sacreBLEU."""
+"""Translating sentences or a split (greedy or beam search) and scoring with sacreBLEU."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -11,10 +12,49 @@ from jax.experimental import multihost_utils
 
 from transformer import sharding
 from transformer.config import Config
+from transformer.data.pipeline import Ragged
 from transformer.data.tasks import Task
-from transformer.decode import greedy_decode, greedy_decode_lm
+from transformer.data.tokenizer import Tokenizer
+from transformer.decode import beam_search, greedy_decode, greedy_decode_lm
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import EOS_ID, PAD_ID
+
+
+def decode_length(config: Config) -> int:
+    """Output buffer: the longest input plus 50 (section 6.1), within the positional table."""
+    return min(config.model.max_len, config.data.max_length + 50)
+
+
+def translate_ids(
+    config: Config,
+    model: Transformer,
+    params: Any,
+    tokenizer: Tokenizer,
+    source_ids: Sequence[np.ndarray],
+    batch_sharding: jax.sharding.NamedSharding,
+    beam_size: int = 1,
+    alpha: float = 0.6,
+) -> list[str]:
+    """Detokenized translations of EOS-terminated id sequences (at most data.max_length each),
+    greedy for beam_size 1, else beam search with length penalty `alpha`; in order."""
+    length = decode_length(config)
+    if beam_size == 1:
+        decode = jax.jit(lambda p, x: greedy_decode(model, p, x, length))
+    else:
+        decode = jax.jit(lambda p, x: beam_search(model, p, x, length, beam_size, alpha)[0])
+    shards = sharding.num_shards(batch_sharding, dim=0)
+    batch_size = -(-config.eval_batch_size // shards) * shards  # Rounded up to fill every shard.
+    source = Ragged.from_lists(source_ids)
+    hypotheses = []
+    for start in range(0, len(source_ids), batch_size):
+        idx = range(start, min(start + batch_size, len(source_ids)))
+        rows = np.full((batch_size, config.data.max_length), PAD_ID, np.int32)
+        rows[: len(idx)] = source.padded(idx, config.data.max_length)
+        local = np.array_split(rows, jax.process_count())[jax.process_index()]
+        tokens = decode(params, sharding.global_batch({"x": local}, batch_sharding)["x"])
+        tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+        hypotheses.extend(tokenizer.decode(row) for row in tokens[: len(idx)])
+    return hypotheses
 
 
 def translate_split(
@@ -24,18 +64,15 @@ def translate_split(
     task: Task,
     split: str,
     batch_sharding: jax.sharding.NamedSharding,
+    beam_size: int = 1,
+    alpha: float = 0.6,
 ) -> list[str]:
-    """Greedy translations of every source sentence of `split`, in order."""
-    decode = jax.jit(
-        lambda p, x: greedy_decode(model, p, x, config.data.max_length),
-        in_shardings=(None, batch_sharding),
-    )
-    hypotheses = []
-    for batch in task.eval_batches(split, config.eval_batch_size):
-        tokens = decode(params, sharding.global_batch({"x": batch["inputs"]}, batch_sharding)["x"])
-        tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-        hypotheses.extend(task.tokenizer.decode(row) for row in tokens)
-    return hypotheses[: len(task.splits[split])]
+    """Translations of every source sentence of `split`, in order."""
+    inputs = task.splits[split].inputs
+    return translate_ids(
+        config, model, params, task.tokenizer, [inputs[i] for i in range(len(inputs.lengths))],
+        batch_sharding, beam_size, alpha,
+    )  # fmt: skip
 
 
 def evaluate_translation(
@@ -45,13 +82,18 @@ def evaluate_translation(
     task: Task,
     split: str,
     batch_sharding: jax.sharding.NamedSharding,
-) -> tuple[dict[str, float], list[str]]:
-    """({"bleu": sacreBLEU, "chrf": chrF}, hypotheses) for `split`."""
-    hypotheses = translate_split(config, model, params, task, split, batch_sharding)
-    references = list(task.splits[split].references)
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references])
-    chrf = sacrebleu.corpus_chrf(hypotheses, [references])
-    return {"bleu": bleu.score, "chrf": chrf.score}, hypotheses
+    beam_size: int = 1,
+    alpha: float = 0.6,
+) -> tuple[dict[str, float], list[str], str]:
+    """({"bleu", "chrf"}, hypotheses, sacreBLEU signature) for `split`."""
+    hypotheses = translate_split(
+        config, model, params, task, split, batch_sharding, beam_size, alpha
+    )
+    references = [list(task.splits[split].references)]
+    bleu = sacrebleu.metrics.BLEU()
+    score = bleu.corpus_score(hypotheses, references)
+    chrf = sacrebleu.metrics.CHRF().corpus_score(hypotheses, references)
+    return {"bleu": score.score, "chrf": chrf.score}, hypotheses, str(bleu.get_signature())
 
 
 def continue_prompts(

@@ -63,11 +63,16 @@ def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
 
 def batch_shards(mesh: Mesh, rules: Rules) -> int:
     """How many pieces the batch dimension is split into (the data-parallel degree)."""
-    axes = nn.logical_to_mesh_axes(("activation_batch", None), list(rules))[0]
+    return num_shards(batch_sharding(mesh, rules), dim=0)
+
+
+def num_shards(named: NamedSharding, dim: int) -> int:
+    """How many pieces `named` cuts array dimension `dim` into."""
+    axes = named.spec[dim] if dim < len(named.spec) else None
     if axes is None:
         return 1
     axes = (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[a] for a in axes)
+    return math.prod(named.mesh.shape[a] for a in axes)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -289,7 +289,7 @@ def _final_evaluation(setup: Setup, params: Any, task: Task) -> dict[str, float]
             print(f"\nprompt:     {prompt}\ngenerated:  {text}")
         print(f"\nTest perplexity {results['perplexity']:.3f} (target side, teacher-forced).")
         return results
-    scores, hypotheses = evaluate_translation(
+    scores, hypotheses, _ = evaluate_translation(
         config, setup.model, params, task, "test", setup.batch_sharding
     )
     results.update(scores)

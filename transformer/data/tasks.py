@@ -86,9 +86,10 @@ def read_pairs(config: DataConfig) -> dict[str, list[tuple[str, str]]]:
 
 
 def load_tokenizer(
-    config: DataConfig, workdir: str, train_pairs: list[tuple[str, str]]
+    config: DataConfig, workdir: str, train_pairs: list[tuple[str, str]] | None
 ) -> Tokenizer:
-    """The workdir's vocabulary; built from both sides of the training split on first use."""
+    """The workdir's vocabulary; built from both sides of the training split on first use
+    (`train_pairs` None: it must exist already)."""
     path = os.path.join(workdir, VOCAB_FILES[config.tokenizer])
     other = [f for f in set(VOCAB_FILES.values()) - {VOCAB_FILES[config.tokenizer]}
              if os.path.exists(os.path.join(workdir, f))]  # fmt: skip
@@ -97,7 +98,9 @@ def load_tokenizer(
             f"{workdir} holds a {other[0]} vocabulary but data.tokenizer is "
             f"{config.tokenizer!r}. Use a new --workdir or the config that made it."
         )
-    sentences = [s for pair in train_pairs for s in pair]
+    if train_pairs is None and not os.path.exists(path):
+        raise VocabularyMismatchError(f"{workdir} has no vocabulary ({path}); train first.")
+    sentences = [s for pair in train_pairs or () for s in pair]
     if config.tokenizer == "word":
         if os.path.exists(path):
             tokenizer = WordTokenizer.load(path)

@@ -77,6 +77,10 @@ class WordTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """The token string of every id (special tokens included), for display."""
+        return [self.words[int(i)] for i in ids]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Detokenized text of `ids` up to the first EOS, without padding."""
         words = []
@@ -142,6 +146,10 @@ class SentencePieceTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """encode() of many sentences in one call (SentencePiece batches them in C++)."""
         return [[*ids, EOS_ID] for ids in self._sp.encode(texts)]
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """The piece string of every id (special tokens included), for display."""
+        return [self._sp.id_to_piece(int(i)) for i in ids]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Detokenized text of `ids` up to the first EOS."""

@@ -1,0 +1,61 @@
+"""Draws the attention maps of a trained translation model for one sentence pair.
+
+  python attention_maps.py --workdir /tmp/quickstart --source "the man has seen the dog."
+      [--target "der Mann hat den Hund gesehen."] [--output_dir DIR/attention]
+
+Without --target the model's own greedy translation is used. Writes one PNG per layer and
+kind (encoder self-attention, decoder self-attention, encoder-decoder attention), with a
+heatmap per head and the tokens on the axes.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from transformer import inference, trainer
+from transformer.attention_maps import write_attention_maps
+from transformer.errors import USER_ERRORS
+from transformer.evaluation import translate_ids
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
+_SOURCE = flags.DEFINE_string("source", None, "Source sentence.", required=True)
+_TARGET = flags.DEFINE_string("target", None, "Target sentence (default: the translation).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/attention.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        draw()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+
+
+def draw() -> None:
+    restored = inference.restore(_WORKDIR.value, _STEP.value)
+    config, setup, tokenizer = restored.config, restored.setup, restored.tokenizer
+    if config.model.kind != "encoder_decoder":
+        raise inference.CheckpointNotFoundError("Attention maps need a translation model.")
+    source = tokenizer.encode(_SOURCE.value.strip())[: config.data.max_length]
+    target_text = _TARGET.value
+    with trainer.mesh_context(setup.mesh, config):
+        if target_text is None:
+            (target_text,) = translate_ids(
+                config, setup.model, restored.params, tokenizer, [source], setup.batch_sharding
+            )
+    target = tokenizer.encode(target_text)[: config.data.max_length]
+    output_dir = _OUTPUT.value or os.path.join(_WORKDIR.value, "attention")
+    paths = write_attention_maps(
+        setup.model, restored.params, source, target, tokenizer.pieces, output_dir
+    )
+    print(f"source: {_SOURCE.value}\ntarget: {target_text}")
+    print("\n".join(paths))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,63 @@
+"""Writes the average of the last N checkpoints as a new checkpoint (section 6.1).
+
+  python average_checkpoints.py --workdir DIR --last 5 [--step N] [--output_dir DIR/averaged]
+  python evaluate.py --workdir DIR --checkpoint_dir DIR/averaged
+
+The averaged checkpoint keeps the step and optimizer state of the newest one it averages, so
+it can be evaluated, translated with, or trained from. Existing checkpoints are only read.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+
+from transformer import checkpoint, inference, trainer
+from transformer.errors import USER_ERRORS
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
+_LAST = flags.DEFINE_integer(
+    "last", None, "How many checkpoints to average.", lower_bound=1, required=True
+)
+_STEP = flags.DEFINE_integer("step", None, "The newest step to average (default: the newest).")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/averaged.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        average()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+
+
+def average() -> None:
+    restored = inference.restore(_WORKDIR.value, _STEP.value, _LAST.value)
+    config, setup, steps = restored.config, restored.setup, restored.steps
+    output = _OUTPUT.value or os.path.join(_WORKDIR.value, "averaged")
+    source = checkpoint.Checkpointer(os.path.join(_WORKDIR.value, "checkpoints"), read_only=True)
+    target = checkpoint.Checkpointer(output)
+    try:
+        if steps[-1] in target.all_steps():
+            raise inference.CheckpointNotFoundError(
+                f"{output}/{steps[-1]} exists already; choose another --output_dir."
+            )
+        meta = trainer.checkpoint_meta(config)
+        with trainer.mesh_context(setup.mesh, config):
+            newest = source.restore(steps[-1], setup.abstract_state, meta)
+            averaged = newest.replace(params=restored.params)
+            target.save(steps[-1], averaged, meta, force=True)
+            target.wait_until_finished()
+    finally:
+        source.close()
+        target.close()
+    if jax.process_index() == 0:
+        print(f"Averaged steps {', '.join(map(str, steps))} into {output}/{steps[-1]}.")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,76 @@
+"""Translates a split with a trained model and reports sacreBLEU (with its signature) and chrF.
+
+  python evaluate.py --workdir DIR [--split test] [--step N] [--average_last 5]
+      [--beam_size 4 --alpha 0.6] [--checkpoint_dir DIR/averaged]
+
+Restores the newest checkpoint (or --step), optionally averaged with the ones before it, onto
+whatever devices this machine has, and writes the hypotheses to DIR/translations/.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from transformer import inference, trainer
+from transformer.data.tasks import load_task
+from transformer.errors import USER_ERRORS
+from transformer.evaluation import evaluate_translation
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
+_SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to translate.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_AVERAGE = flags.DEFINE_integer(
+    "average_last", 1, "Average this many checkpoints up to --step.", lower_bound=1
+)
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/checkpoints.")
+_BEAM = flags.DEFINE_integer(
+    "beam_size", 4, "Beam size; 1 decodes greedily (section 6.1: 4).", lower_bound=1
+)
+_ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha (section 6.1: 0.6).")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        evaluate()
+    except USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+
+
+def evaluate() -> None:
+    restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
+    config, setup = restored.config, restored.setup
+    if config.model.kind != "encoder_decoder":
+        raise inference.CheckpointNotFoundError(
+            f"{_WORKDIR.value} holds a {config.model.kind} model; evaluate.py translates."
+        )
+    task = load_task(config.data, _WORKDIR.value)
+    with trainer.mesh_context(setup.mesh, config):
+        scores, hypotheses, signature = evaluate_translation(
+            config, setup.model, restored.params, task, _SPLIT.value, setup.batch_sharding,
+            _BEAM.value, _ALPHA.value,
+        )  # fmt: skip
+    steps = restored.steps
+    name = f"{_SPLIT.value}-step{steps[-1]}" + (f"-avg{len(steps)}" if len(steps) > 1 else "")
+    out_dir = os.path.join(_WORKDIR.value, "translations")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}-beam{_BEAM.value}.txt")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(h + "\n" for h in hypotheses)
+    os.replace(path + ".tmp", path)
+    source = (
+        "average of steps " + ", ".join(map(str, steps)) if len(steps) > 1 else f"step {steps[0]}"
+    )
+    print(f"{_SPLIT.value}: {len(hypotheses)} sentences, {source}, beam {_BEAM.value}, "
+          f"alpha {_ALPHA.value}")  # fmt: skip
+    print(f"BLEU {scores['bleu']:.2f}  ({signature})")
+    print(f"chrF {scores['chrf']:.2f}")
+    print(f"Hypotheses: {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,99 @@
+"""A trained model restored from its workdir for evaluation and translation, on any mesh.
+
+The workdir's config.json, vocabulary and checkpoints are all that is needed. Parameters are
+restored onto the shardings of the current devices, whatever mesh wrote them, and can be the
+average of several checkpoints (section 6.1: the last 5 for base, the last 20 for big).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from transformer import checkpoint, sharding, trainer
+from transformer.config import Config, MeshConfig, from_config_dict
+from transformer.data.tasks import load_tokenizer
+from transformer.data.tokenizer import Tokenizer
+
+# Inference shards the batch over every device; parameters are replicated.
+DATA_PARALLEL = MeshConfig(data=-1, fsdp=1, tensor=1)
+
+
+class CheckpointNotFoundError(ValueError):
+    """The workdir has no checkpoint, or not the one asked for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    config: Config  # As trained, with vocab_size set and the mesh of this process.
+    tokenizer: Tokenizer
+    setup: trainer.Setup
+    params: Any
+    steps: tuple[int, ...]  # The checkpoint(s) the parameters come from.
+
+
+def read_config(workdir: str) -> ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointNotFoundError(f"{path} does not exist: {workdir} is not a trained workdir.")
+    with open(path, encoding="utf-8") as f:
+        return ConfigDict(json.load(f))
+
+
+def select_steps(available: list[int], step: int | None, average_last: int, where: str):
+    """The checkpoint steps to restore: `step` (default the newest) and the ones before it."""
+    if not available:
+        raise CheckpointNotFoundError(f"{where} holds no checkpoint; train first.")
+    step = available[-1] if step is None else step
+    if step not in available:
+        raise CheckpointNotFoundError(f"{where} has no step {step}; it has {available}.")
+    chosen = [s for s in available if s <= step][-average_last:]
+    if len(chosen) < average_last:
+        raise CheckpointNotFoundError(
+            f"Averaging the last {average_last} checkpoints up to step {step} needs that many; "
+            f"{where} has {chosen}. Keep more with --config.keep_checkpoints."
+        )
+    return tuple(chosen)
+
+
+def restore(
+    workdir: str,
+    step: int | None = None,
+    average_last: int = 1,
+    checkpoint_dir: str | None = None,
+    mesh_config: MeshConfig = DATA_PARALLEL,
+) -> Restored:
+    """Restores the parameters of `step` (default: the newest), or their average with the
+    checkpoints before it, from `checkpoint_dir` (default workdir/checkpoints)."""
+    config = from_config_dict(read_config(workdir))
+    tokenizer = load_tokenizer(config.data, workdir, train_pairs=None)
+    config = dataclasses.replace(
+        config,
+        mesh=mesh_config,
+        model=dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size),
+    )
+    mesh = sharding.make_mesh(mesh_config)
+    setup = trainer.build(config, mesh)
+    directory = checkpoint_dir or os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointNotFoundError(f"{directory} does not exist; train first.")
+    ckpt = checkpoint.Checkpointer(directory, read_only=True)
+    try:
+        steps = select_steps(ckpt.all_steps(), step, average_last, directory)
+        total = None
+        with trainer.mesh_context(mesh, config):
+            for s in steps:
+                params = ckpt.restore(
+                    s, setup.abstract_state, trainer.checkpoint_meta(config)
+                ).params
+                total = params if total is None else jax.tree.map(jnp.add, total, params)
+            params = jax.tree.map(lambda x: x / len(steps), total) if len(steps) > 1 else total
+    finally:
+        ckpt.close()
+    return Restored(config, tokenizer, setup, params, steps)

@@ -1,0 +1,98 @@
+"""Translates sentences, one per line, from stdin or a file with a trained model.
+
+  echo "the man sees the dog." | python translate.py --workdir /tmp/quickstart
+  python translate.py --workdir DIR --input in.txt --output out.txt [--beam_size 4 --alpha 0.6]
+      [--step N] [--average_last 5]
+
+Writes one translation per input line, in order. An empty input line gives an empty output
+line; a line longer than the model was trained on is cut to that length; both are reported
+on stderr with their line numbers.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from transformer import inference, trainer
+from transformer.data.text_files import CorpusError
+from transformer.errors import USER_ERRORS
+from transformer.evaluation import translate_ids
+from transformer.special_tokens import EOS_ID
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
+_INPUT = flags.DEFINE_string("input", "-", "Input file, one sentence per line; - for stdin.")
+_OUTPUT = flags.DEFINE_string("output", "-", "Output file; - for stdout.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_AVERAGE = flags.DEFINE_integer(
+    "average_last", 1, "Average this many checkpoints up to --step.", lower_bound=1
+)
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/checkpoints.")
+_BEAM = flags.DEFINE_integer("beam_size", 4, "Beam size; 1 decodes greedily.", lower_bound=1)
+_ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha.")
+
+
+def read_input(path: str) -> list[str]:
+    """Lines of `path` (or stdin); CorpusError naming the line of invalid UTF-8."""
+    if path == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    text = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            text.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {e.start}.") from None
+    return text
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        translate()
+    except (*USER_ERRORS, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+def translate() -> None:
+    lines = read_input(_INPUT.value)
+    restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
+    config, setup, tokenizer = restored.config, restored.setup, restored.tokenizer
+    if config.model.kind != "encoder_decoder":
+        raise inference.CheckpointNotFoundError(
+            f"{_WORKDIR.value} holds a {config.model.kind} model; translate.py needs a translator."
+        )
+    limit = config.data.max_length
+    ids = tokenizer.encode_batch([line.strip() for line in lines])
+    for number, (line, seq) in enumerate(zip(lines, ids, strict=True), start=1):
+        if not line.strip():
+            print(f"warning: line {number} is empty; its translation is empty.", file=sys.stderr)
+        elif len(seq) > limit:
+            print(f"warning: line {number} has {len(seq)} tokens; the model takes {limit}, so "
+                  "it is cut.", file=sys.stderr)  # fmt: skip
+            ids[number - 1] = [*seq[: limit - 1], EOS_ID]
+    keep = [i for i, line in enumerate(lines) if line.strip()]
+    with trainer.mesh_context(setup.mesh, config):
+        outputs = translate_ids(
+            config, setup.model, restored.params, tokenizer, [ids[i] for i in keep],
+            setup.batch_sharding, _BEAM.value, _ALPHA.value,
+        )  # fmt: skip
+    translations = [""] * len(lines)
+    for i, text in zip(keep, outputs, strict=True):
+        translations[i] = text
+    if _OUTPUT.value == "-":
+        sys.stdout.writelines(t + "\n" for t in translations)
+    else:
+        with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+            f.writelines(t + "\n" for t in translations)
+
+
+if __name__ == "__main__":
+    app.run(main)
