@@ -45,6 +45,7 @@ def get_config() -> ConfigDict:
     config.cross_entropy = "integer"  # Same value as "one_hot"; see benchmarks/loss.py.
     config.log_every_steps = 100
     config.eval_every_steps = 1000
+    config.bleu_every_steps = 5000  # Greedy validation BLEU, logged like the loss.
     config.eval_batch_size = 256
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 5  # Section 6.1: base averages the last 5 checkpoints.

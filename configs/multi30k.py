@@ -20,6 +20,7 @@ def get_config() -> ConfigDict:
     config.warmup_steps = 1_000
     config.log_every_steps = 100
     config.eval_every_steps = 1_000
+    config.bleu_every_steps = 2_000
     config.eval_batch_size = 200
     config.checkpoint_every_steps = 1_000
 

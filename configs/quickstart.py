@@ -18,6 +18,7 @@ def get_config() -> ConfigDict:
     config.warmup_steps = 200
     config.log_every_steps = 50
     config.eval_every_steps = 250
+    config.bleu_every_steps = 500
     config.checkpoint_every_steps = 250
     config.keep_checkpoints = 2
 

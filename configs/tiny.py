@@ -16,6 +16,7 @@ def get_config() -> ConfigDict:
     config.learning_rate_scale = 1.0
     config.log_every_steps = 10
     config.eval_every_steps = 20
+    config.bleu_every_steps = 40
     config.checkpoint_every_steps = 20
     config.num_samples_to_print = 1
     config.eval_batch_size = 64

@@ -119,3 +119,10 @@ def test_decoder_only_model_must_not_declare_encoder_layers():
     config = with_change("model.kind", "decoder_only")
     with pytest.raises(ConfigError, match=r"model\.num_encoder_layers=6: must be 0"):
         from_config_dict(config)
+
+
+def test_a_language_model_cannot_ask_for_bleu():
+    config = with_change("model.kind", "decoder_only")
+    config.model.num_encoder_layers = 0
+    with pytest.raises(ConfigError, match=r"bleu_every_steps=5000: must be 0 for a decoder-only"):
+        from_config_dict(config)

@@ -138,6 +138,7 @@ class Config:
     cross_entropy: Literal["one_hot", "integer"]
     log_every_steps: int
     eval_every_steps: int  # Validation loss; 0 disables it.
+    bleu_every_steps: int  # Validation BLEU (greedy); 0 disables it (and must, for an LM).
     eval_batch_size: int
     checkpoint_every_steps: int
     keep_checkpoints: int
@@ -270,6 +271,13 @@ def _check_values(cfg: Config) -> None:
     d = cfg.data
     require(d.vocab_size > 4, "data.vocab_size", d.vocab_size, "must exceed the 4 special tokens")
     require(d.max_length > 1, "data.max_length", d.max_length, "must be at least 2")
+    if m.kind == "decoder_only":
+        require(
+            cfg.bleu_every_steps == 0,
+            "bleu_every_steps",
+            cfg.bleu_every_steps,
+            "must be 0 for a decoder-only model, which does not translate",
+        )
     for section in ("embedded", "text_files", "tfds"):
         present = getattr(d, section) is not None
         if section == d.source:
@@ -311,7 +319,7 @@ def _check_values(cfg: Config) -> None:
         "keep_checkpoints",
     ):
         require(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be positive")
-    for key in ("eval_every_steps", "num_samples_to_print", "grad_clip_norm"):
+    for key in ("eval_every_steps", "bleu_every_steps", "num_samples_to_print", "grad_clip_norm"):
         require(getattr(cfg, key) >= 0, key, getattr(cfg, key), "must not be negative")
     require(
         cfg.batch_size % cfg.grad_accum_steps == 0,

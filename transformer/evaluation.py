@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,11 +38,7 @@ def translate_ids(
 ) -> list[str]:
     """Detokenized translations of EOS-terminated id sequences (at most data.max_length each),
     greedy for beam_size 1, else beam search with length penalty `alpha`; in order."""
-    length = decode_length(config)
-    if beam_size == 1:
-        decode = jax.jit(lambda p, x: greedy_decode(model, p, x, length))
-    else:
-        decode = jax.jit(lambda p, x: beam_search(model, p, x, length, beam_size, alpha)[0])
+    decode = _compiled_decoder(model, decode_length(config), beam_size, alpha)
     shards = sharding.num_shards(batch_sharding, dim=0)
     batch_size = -(-config.eval_batch_size // shards) * shards  # Rounded up to fill every shard.
     source = Ragged.from_lists(source_ids)
@@ -55,6 +52,14 @@ def translate_ids(
         tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
         hypotheses.extend(tokenizer.decode(row) for row in tokens[: len(idx)])
     return hypotheses
+
+
+@functools.cache
+def _compiled_decoder(model: Transformer, length: int, beam_size: int, alpha: float):
+    """One jitted decoder per setting, so evaluating again during training recompiles nothing."""
+    if beam_size == 1:
+        return jax.jit(lambda p, x: greedy_decode(model, p, x, length))
+    return jax.jit(lambda p, x: beam_search(model, p, x, length, beam_size, alpha)[0])
 
 
 def translate_split(

@@ -262,6 +262,19 @@ def _train_loop(
                 f"perplexity {valid['perplexity']:.2f}, accuracy {valid['accuracy']:.3f}"
             )
             excluded_seconds += time.perf_counter() - eval_start  # Not training throughput.
+        if config.bleu_every_steps and (
+            done % config.bleu_every_steps == 0 or done == config.num_train_steps
+        ):
+            eval_start = time.perf_counter()
+            scores, _, _ = evaluate_translation(
+                config, setup.model, state.params, task, "validation", setup.batch_sharding
+            )
+            writer.write(done, "validation", scores)
+            bar.write(
+                f"step {done}: validation BLEU {scores['bleu']:.2f} (greedy), "
+                f"chrF {scores['chrf']:.2f}"
+            )
+            excluded_seconds += time.perf_counter() - eval_start
     bar.close()
     return state
 
