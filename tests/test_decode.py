@@ -13,11 +13,13 @@ from transformer import sharding
 from transformer.config import MeshConfig
 from transformer.decode import (
     beam_search,
+    filter_logits,
     greedy_decode,
     greedy_decode_lm,
     init_cache,
     length_penalty,
     max_decode_length,
+    sample_lm,
 )
 from transformer.layers import MultiHeadAttention, causal_mask
 from transformer.model import DecoderOnlyLM, Transformer, shift_right
@@ -439,3 +441,192 @@ def test_a_negative_length_penalty_is_refused():
     params = init(model, src, src)["params"]
     with pytest.raises(ValueError, match="alpha"):
         beam_search(model, params, src, MAX_LENGTH, alpha=-0.5)
+
+
+# ------------------------------------------------------------------------- sampling
+@pytest.fixture(scope="module")
+def language_model():
+    """(model, variables) of a tiny decoder-only LM, initialised once for all sampling tests."""
+    model = DecoderOnlyLM(model_config(kind="decoder_only", num_encoder_layers=0))
+    return model, init(model, TGT)
+
+
+def jit_sample(model, max_length, **kwargs):
+    return jax.jit(lambda p, x, rng: sample_lm(model, p, x, max_length, rng, **kwargs))
+
+
+# Rows of every prompt length, several with the same prompt, the last with none.
+SAMPLE_PROMPTS = jnp.array([[5, 6, 7], [5, 6, 7], [5, 6, 7], [4, 0, 0], [4, 0, 0], [0, 0, 0]])
+
+
+def probs_logits(*rows):
+    """Logits [len(rows), vocab] whose softmax is each row of probabilities."""
+    return jnp.log(jnp.asarray(rows, jnp.float32))
+
+
+def kept(logits):
+    """The token ids that filter_logits kept, per row."""
+    return [set(np.flatnonzero(np.isfinite(row)).tolist()) for row in np.asarray(logits)]
+
+
+def test_filter_logits_top_k_keeps_the_k_largest_logits_unchanged():
+    logits = jax.random.normal(jax.random.key(0), (5, 11))
+    for k in (1, 2, 5, 10, 11):
+        filtered = np.asarray(filter_logits(logits, top_k=k))
+        finite = np.isfinite(filtered)
+        assert np.all(finite.sum(1) == k)
+        np.testing.assert_array_equal(filtered[finite], np.asarray(logits)[finite])
+        smallest_kept = np.where(finite, filtered, np.inf).min(1)
+        largest_removed = np.where(finite, -np.inf, logits).max(1)
+        assert np.all(smallest_kept > largest_removed)
+    # Ties: still exactly k, the lower token ids first (so top_k=1 is the argmax).
+    assert kept(filter_logits(jnp.array([[1.0, 3.0, 3.0, 0.0, 3.0]]), top_k=2)) == [{1, 2}]
+    # No filter: top_k 0, or at least the vocabulary.
+    np.testing.assert_array_equal(filter_logits(logits, top_k=0), logits)
+    np.testing.assert_array_equal(filter_logits(logits, top_k=50), logits)
+
+
+@pytest.mark.parametrize(
+    ("top_p", "want"),
+    [
+        # Sorted: token 1 (0.5), 2 (0.25), 3 (0.15), 0 (0.1); mass before: 0, .5, .75, .9.
+        (1e-6, [{1}, {0}]),  # Never empty: the most likely token always stays.
+        (0.4, [{1}, {0}]),
+        (0.6, [{1, 2}, {0}]),
+        (0.8, [{1, 2, 3}, {0, 3}]),
+        (0.85, [{1, 2, 3}, {0, 3}]),
+        (0.95, [{0, 1, 2, 3}, {0, 3, 1}]),
+        (1.0, [{0, 1, 2, 3}, {0, 1, 2, 3}]),
+    ],
+)
+def test_filter_logits_top_p_keeps_the_smallest_nucleus_that_reaches_p(top_p, want):
+    # Second row: token 0 (0.7), 3 (0.2), 1 (0.06), 2 (0.04); mass before: 0, .7, .9, .96.
+    logits = probs_logits([0.1, 0.5, 0.25, 0.15], [0.7, 0.06, 0.04, 0.2])
+    filtered = filter_logits(logits, top_p=top_p)
+    assert kept(filtered) == want
+    finite = np.isfinite(filtered)
+    np.testing.assert_array_equal(np.asarray(filtered)[finite], np.asarray(logits)[finite])
+
+
+def test_filter_logits_applies_top_k_then_top_p_on_the_renormalised_rest():
+    logits = probs_logits([0.1, 0.5, 0.25, 0.15])
+    # Top 2 renormalised: 2/3, 1/3; 0.6 is reached by token 1 alone (on the full
+    # distribution it would take tokens 1 and 2).
+    assert kept(filter_logits(logits, top_k=2, top_p=0.6)) == [{1}]
+    # Top 3 renormalised: .556, .278, .167, mass before 0, .556, .833 (full: 0, .5, .75).
+    assert kept(filter_logits(logits, top_k=3, top_p=0.8)) == [{1, 2}]
+    assert kept(filter_logits(logits, top_k=3, top_p=0.9)) == [{1, 2, 3}]
+    # Entries already at -inf stay there and carry no mass.
+    masked = logits.at[0, 1].set(-jnp.inf)
+    assert kept(filter_logits(masked, top_k=3, top_p=0.55)) == [{2, 3}]
+    # Any leading shape: each row of [..., vocab] is filtered on its own.
+    batched = jax.random.normal(jax.random.key(1), (2, 3, 9))
+    np.testing.assert_array_equal(
+        filter_logits(batched, 4, 0.7),
+        filter_logits(batched.reshape(6, 9), 4, 0.7).reshape(2, 3, 9),
+    )
+
+
+def test_sampling_arguments_are_validated(language_model):
+    model, variables = language_model
+    params, key = variables["params"], jax.random.key(0)
+    for kwargs, name in [
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_p": float("nan")}, "top_p"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            sample_lm(model, params, SAMPLE_PROMPTS, MAX_LENGTH, key, **kwargs)
+        if name != "temperature":
+            with pytest.raises(ValueError, match=name):
+                filter_logits(jnp.zeros((1, 8)), **kwargs)
+
+
+def test_sampling_at_temperature_zero_is_greedy_decoding(language_model):
+    model, variables = language_model
+    params = variables["params"]
+    greedy = np.asarray(greedy_decode_lm(model, params, SAMPLE_PROMPTS, MAX_LENGTH))
+    sample = jit_sample(model, MAX_LENGTH, temperature=0.0, top_k=3, top_p=0.5)
+    for seed in range(3):
+        np.testing.assert_array_equal(sample(params, SAMPLE_PROMPTS, jax.random.key(seed)), greedy)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 5.0])
+def test_sampling_from_the_top_token_alone_is_greedy_decoding(temperature, language_model):
+    model, variables = language_model
+    params = variables["params"]
+    greedy = np.asarray(greedy_decode_lm(model, params, SAMPLE_PROMPTS, MAX_LENGTH))
+    sample = jit_sample(model, MAX_LENGTH, temperature=temperature, top_k=1)
+    np.testing.assert_array_equal(sample(params, SAMPLE_PROMPTS, jax.random.key(4)), greedy)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.5, 5, 0.8)]
+)
+def test_first_sampled_token_follows_the_full_models_filtered_softmax(
+    temperature, top_k, top_p, language_model
+):
+    model, variables = language_model
+    prompt = [5, 6, 7]
+    rows = 4000
+    # One sampled token after the prompt, in every row of one batch.
+    sample = jit_sample(model, len(prompt) + 1, temperature=temperature, top_k=top_k, top_p=top_p)
+    prompts = jnp.broadcast_to(jnp.array(prompt), (rows, len(prompt)))
+    tokens = np.asarray(sample(variables["params"], prompts, jax.random.key(5)))
+    np.testing.assert_array_equal(tokens[:, :3], prompts)
+    # The full model's logits for the token after the prompt (the last input is a placeholder).
+    logits = model.apply(variables, jnp.array([[*prompt, PAD_ID]]))[:, -1]
+    want = np.asarray(jax.nn.softmax(filter_logits(logits / temperature, top_k, top_p)))[0]
+    got = np.bincount(tokens[:, -1], minlength=len(want)) / rows
+    assert 0.5 * np.abs(got - want).sum() < 0.05, (got, want)
+    assert np.all(got[want == 0] == 0)  # Filtered tokens are never drawn.
+    assert (want > 0.05).sum() >= 3  # A distribution worth sampling from.
+
+
+def test_cached_sampling_matches_sampling_from_the_full_model_with_the_same_keys(language_model):
+    model, variables = language_model
+    rng, temperature, top_k, top_p = jax.random.key(6), 0.8, 6, 0.95
+    sample = jit_sample(model, MAX_LENGTH, temperature=temperature, top_k=top_k, top_p=top_p)
+    got = np.asarray(sample(variables["params"], SAMPLE_PROMPTS, rng))
+
+    @jax.jit
+    def draw(tokens, i):
+        # The whole model on the buffer: causal, so logits[:, i] see only the tokens before i.
+        logits = model.apply(variables, tokens)[:, i]
+        filtered = filter_logits(logits / temperature, top_k, top_p)
+        return jax.random.categorical(jax.random.fold_in(rng, i), filtered, axis=-1)
+
+    # Reference: without a cache, the draw that step i's key makes from the full model.
+    batch, prompt_len = SAMPLE_PROMPTS.shape
+    want = np.zeros((batch, MAX_LENGTH), np.int32)
+    want[:, :prompt_len] = SAMPLE_PROMPTS
+    done = np.zeros(batch, bool)
+    for i in range(MAX_LENGTH):
+        drawn = np.asarray(draw(jnp.asarray(want), i))
+        prompted = (i < prompt_len) & (want[:, i] != PAD_ID)
+        want[:, i] = np.where(done, PAD_ID, np.where(prompted, want[:, i], drawn))
+        done |= want[:, i] == EOS_ID
+    np.testing.assert_array_equal(got, want)
+    assert len({tuple(row) for row in got[:3]}) > 1  # The same prompt, sampled apart.
+
+
+def test_samples_are_reproducible_keep_prompts_and_pad_after_eos(language_model):
+    model, variables = language_model
+    params = variables["params"]
+    prompts = jnp.tile(SAMPLE_PROMPTS, (4, 1))
+    sample = jit_sample(model, MAX_LENGTH, temperature=1.0)
+    a, b, c = (np.asarray(sample(params, prompts, jax.random.key(s))) for s in (7, 7, 8))
+    assert a.shape == (len(prompts), MAX_LENGTH) and a.dtype == np.int32
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    for tokens in (a, c):
+        prompted = np.asarray(prompts) != PAD_ID
+        np.testing.assert_array_equal(tokens[:, :3][prompted], np.asarray(prompts)[prompted])
+        assert_pad_after_eos(tokens)
+        assert (tokens == EOS_ID).any()
+    # Rows with the same prompt and key draw independently.
+    same_prompt = a[np.all(np.asarray(prompts) == [5, 6, 7], axis=1)]
+    assert len({tuple(row) for row in same_prompt}) > 1

@@ -1,10 +1,12 @@
-"""Greedy decoding and beam search with a key/value cache, each entirely inside one jit.
+"""Greedy decoding, sampling and beam search with a key/value cache, each inside one jit.
 
 The encoder runs once. The decoder then runs one token per step (`decode=True`): each layer
 appends the new position's keys and values to its cache and attends over the cache, and the
 encoder output's cross-attention keys and values are projected once, when the cache is made.
 A step thus costs one position, not the whole output buffer, and the loop stops as soon as
-every sentence has produced EOS (greedy) or can no longer improve (beam search).
+every sentence has produced EOS (greedy, sampling) or can no longer improve (beam search).
+Greedy decoding and sampling share that loop and differ only in how a step's logits become
+a token: the argmax, or a draw from the temperature-scaled, top-k / top-p filtered softmax.
 
 Beam search (section 6.1: beam 4, length penalty alpha = 0.6) runs `beam` hypotheses per
 sentence as `batch * beam` decoder rows, so the cache is the greedy one with more rows,
@@ -27,6 +29,8 @@ Array = jax.Array
 Cache = Any  # The "cache" collection: a pytree of per-layer keys, values and indices.
 # (token [batch, 1], position [batch, 1], cache) -> (logits [batch, vocab], cache)
 StepFn = Callable[[Array, Array, Cache], tuple[Array, Cache]]
+# (logits [batch, vocab], step int32 []) -> the chosen tokens [batch].
+ChooseFn = Callable[[Array, Array], Array]
 
 
 def init_cache(
@@ -62,7 +66,7 @@ def greedy_decode(model: Transformer, params: Any, inputs: Array, max_length: in
     cache = init_cache(model, params, inputs.shape[0], max_length, encoded, inputs)
     step = _transformer_step(model, params, encoded, inputs)
     forced = jnp.full((inputs.shape[0], max_length), PAD_ID, jnp.int32)
-    return _greedy_loop(step, cache, forced)
+    return _decode_loop(step, cache, forced, _argmax)
 
 
 def _transformer_step(model: Transformer, params: Any, encoded: Array, inputs: Array) -> StepFn:
@@ -89,6 +93,90 @@ def greedy_decode_lm(model: DecoderOnlyLM, params: Any, prompt: Array, max_lengt
     """prompt: [batch, prompt_len <= max_length], PAD-padded at the end of each row ->
     [batch, max_length] int32: each row's prompt, then its greedy continuation, PAD after EOS.
     """
+    return _decode_lm(model, params, prompt, max_length, _argmax)
+
+
+def sample_lm(
+    model: DecoderOnlyLM,
+    params: Any,
+    prompt: Array,
+    max_length: int,
+    rng: Array,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Array:
+    """Samples a continuation of each row of `prompt` from the language model.
+
+    prompt: [batch, prompt_len <= max_length], PAD-padded at the end of each row ->
+    [batch, max_length] int32: each row's prompt, then its sampled continuation, PAD after EOS.
+
+    Each step draws from softmax(filter_logits(logits / temperature, top_k, top_p)), every row
+    independently, with the key jax.random.fold_in(rng, step) (step = output position), so a
+    given `rng` always gives the same samples. temperature 0 is greedy decoding, exactly
+    greedy_decode_lm; top_k 0 and top_p 1 turn those filters off. `temperature`, `top_k` and
+    `top_p` are Python numbers, fixed when the function is traced.
+    """
+    _check_sampling_args(top_k, top_p, temperature)
+    if temperature == 0:
+        return _decode_lm(model, params, prompt, max_length, _argmax)
+
+    def choose(logits: Array, step: Array) -> Array:
+        # Temperature first, as is usual: the nucleus is that of the distribution sampled.
+        logits = filter_logits(logits.astype(jnp.float32) / temperature, top_k, top_p)
+        return jax.random.categorical(jax.random.fold_in(rng, step), logits, axis=-1)
+
+    return _decode_lm(model, params, prompt, max_length, choose)
+
+
+def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
+    """logits [..., vocab] -> the same, with every token outside the top-k and the nucleus set
+    to -inf; top_k 0 and top_p 1 turn those filters off.
+
+    top_k keeps the `top_k` largest logits, exactly that many (ties go to the lower token id).
+    top_p then keeps, of what is left, the smallest set of most likely tokens whose
+    probability (softmax of the kept logits) reaches `top_p`: a token stays while the tokens
+    more likely than it hold less than `top_p`, so the most likely token always stays.
+    """
+    _check_sampling_args(top_k, top_p)
+    vocab = logits.shape[-1]
+    k = min(top_k, vocab) if top_k > 0 else vocab
+    if k == vocab and top_p >= 1:
+        return logits
+    flat = logits.reshape(-1, vocab)
+    # One sort serves both filters: the nucleus is a prefix of the top k in descending order.
+    values, index = lax.top_k(flat, k)  # [rows, k]
+    keep = jnp.ones(values.shape, bool)
+    if top_p < 1:
+        probs = jax.nn.softmax(values.astype(jnp.float32), axis=-1)
+        mass_before = jnp.pad(jnp.cumsum(probs[:, :-1], axis=-1), ((0, 0), (1, 0)))
+        keep = mass_before < top_p
+    rows = jnp.arange(flat.shape[0])[:, None]
+    kept = jnp.zeros(flat.shape, bool).at[rows, index].set(keep)
+    return jnp.where(kept, flat, -jnp.inf).reshape(logits.shape)
+
+
+def _check_sampling_args(top_k: int, top_p: float, temperature: float = 0.0) -> None:
+    # `not x >= 0` rather than `x < 0`, so that NaN is refused too.
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not top_k >= 0:
+        raise ValueError(f"top_k must be >= 0 (0: no top-k filter), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1: no nucleus filter), got {top_p}")
+
+
+def _argmax(logits: Array, step: Array) -> Array:
+    """Greedy decoding's ChooseFn."""
+    del step
+    return jnp.argmax(logits, axis=-1)
+
+
+def _decode_lm(
+    model: DecoderOnlyLM, params: Any, prompt: Array, max_length: int, choose: ChooseFn
+) -> Array:
+    """Continues each row of `prompt` [batch, prompt_len], PAD-padded at the end, with the
+    tokens `choose` picks -> [batch, max_length] int32, PAD after EOS."""
     batch, prompt_len = prompt.shape
     cache = init_cache(model, params, batch, max_length)
 
@@ -104,13 +192,14 @@ def greedy_decode_lm(model: DecoderOnlyLM, params: Any, prompt: Array, max_lengt
         return logits[:, 0], state["cache"]
 
     forced = jnp.pad(prompt.astype(jnp.int32), ((0, 0), (0, max_length - prompt_len)))
-    return _greedy_loop(step, cache, forced)
+    return _decode_loop(step, cache, forced, choose)
 
 
-def _greedy_loop(step: StepFn, cache: Cache, forced: Array) -> Array:
+def _decode_loop(step: StepFn, cache: Cache, forced: Array, choose: ChooseFn) -> Array:
     """Runs `step` from BOS at position 0 until every row has EOS or `forced` [batch,
-    max_length] is full. Where `forced` is not PAD its token is taken instead of the argmax
-    (a prompt), so prompts of different lengths decode in one batch."""
+    max_length] is full, turning each step's logits into tokens with `choose`. Where `forced`
+    is not PAD its token is taken instead (a prompt), so prompts of different lengths decode
+    in one batch."""
     batch, max_length = forced.shape
 
     def cond(carry: tuple[Array, ...]) -> Array:
@@ -123,7 +212,7 @@ def _greedy_loop(step: StepFn, cache: Cache, forced: Array) -> Array:
         position = jnp.full((batch, 1), i, jnp.int32)
         logits, cache = step(token[:, None], position, cache)  # [batch, vocab]
         forced_i = forced[:, i]
-        token = jnp.where(forced_i != PAD_ID, forced_i, jnp.argmax(logits, axis=-1))
+        token = jnp.where(forced_i != PAD_ID, forced_i, choose(logits, i))
         token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, i, axis=1)
         return i + 1, token, tokens, done | (token == EOS_ID), cache
