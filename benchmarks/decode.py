@@ -1,0 +1,395 @@
+"""Decoding speed: the KV-cached greedy decoding and beam search against re-running the decoder.
+
+  python benchmarks/decode.py --workdir /tmp/quickstart [--length 50] [--batch_size 64]
+      [--compare_sentences 128] [--repeats 3]
+  python benchmarks/decode.py --workload ref-small [--data_dir ../shared/data/multi30k]
+
+Default mode (`--workdir`, a trained workdir such as the quickstart's): restores its newest
+checkpoint (transformer.inference.restore), takes the test split's sources (load_task) in
+batches of `--batch_size` (each padded to its longest source, rounded up to 8) and prints
+sentences/s and generated tokens/s for:
+
+1. the library as evaluate.py runs it: `greedy_decode` and `beam_search` (beam 4, alpha 0.6)
+   over the whole test split, with evaluate.py's output buffer, stopping at EOS. Generated
+   tokens are those of the returned translations, EOS included.
+2. exactly `--length` output tokens per sentence (EOS and PAD disabled by setting their logits
+   to -inf, and loops of a fixed `--length` steps, so nothing stops early), on the first
+   `--compare_sentences` test sentences, greedy and beam 4, each
+   - with the KV cache: the library's own step (init_cache, then Transformer.decode with
+     decode=True one position at a time, the cache tiled and reordered for beams) and, for
+     beam 4, the library's own beam bookkeeping (transformer.decode._beam_step), in a
+     `lax.fori_loop` of `--length` steps instead of the library's early-stopping while loop;
+   - WITHOUT a cache (the baselines, defined below): the same loops, but each step re-runs
+     the whole decoder (Transformer.decode, decode=False) over the [rows, length] buffer of
+     tokens so far and keeps the logits of the current position; for beam 4 the buffer's
+     rows are reordered with the surviving hypotheses, [batch * 4, length] per step.
+   and the speed-up of the cache. Tokens/s counts `--length` tokens per sentence (the best
+   hypothesis, for beam 4).
+
+`--workload ref-small`: a fixed workload to compare with other toolkits: 3 + 3 layers of
+d_model 256, 4 heads, d_ff 1024, post-LN, tied shared embeddings, fp32, RANDOM weights
+(model.init, seed 0), a shared SentencePiece BPE vocabulary of 8,000 trained on both sides of
+the Multi30k training split, the 1,000 English sentences of en.test.txt in batches of 64 (the
+last one of 40), exactly 30 target tokens per sentence (as above: EOS disabled, fixed-length
+loops over the library's cached step), greedy and beam 4. It prints sentences/s next to
+figures measured on a 2-core AMD EPYC CPU like this one for CTranslate2 and for Hugging Face
+transformers `generate` (PyTorch, eager), and the ratio of ours to each.
+
+Every figure is the median of `--repeats` passes over all of its batches, each pass ended by
+jax.block_until_ready, after one untimed call per distinct batch shape (compilation and
+warm-up); the decoders compared in a table take turns, pass by pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from configs import multi30k
+from transformer.config import from_config_dict
+from transformer.data import text_files
+from transformer.data.tasks import load_task
+from transformer.data.tokenizer import SentencePieceTokenizer
+from transformer.decode import (
+    _beam_step,
+    _best_hypotheses,
+    _initial_state,
+    _tile_beams,
+    _transformer_step,
+    beam_search,
+    greedy_decode,
+    init_cache,
+)
+from transformer.evaluation import decode_length
+from transformer.inference import restore
+from transformer.model import Transformer, build_model
+from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
+
+Array = jax.Array
+StepFn = Callable[[Array, Array, Any], tuple[Array, Any]]
+Decoder = Callable[[Any, Array], Array]  # (params, inputs [batch, src_len]) -> [batch, length]
+
+BEAM = 4
+ALPHA = 0.6  # Section 6.1's length penalty, as evaluate.py uses it.
+
+# Sentences/s on the ref-small workload, measured on a 2-core AMD EPYC CPU of this kind.
+REFERENCES = {
+    "CTranslate2": {"greedy": 241.0, "beam 4": 74.0},
+    "HF transformers generate (PyTorch eager)": {"greedy": 117.0, "beam 4": 35.0},
+}
+
+
+# ------------------------------------------------------------------------------ timing
+def make_batches(sequences: Sequence[np.ndarray], batch_size: int, cap: int) -> list[Array]:
+    """Consecutive batches of `batch_size` sentences (the last may be smaller), each padded
+    to its longest source rounded up to a multiple of 8 (at most `cap`): few shapes to
+    compile, little padding."""
+    batches = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = [s[:cap] for s in sequences[start : start + batch_size]]
+        width = min(cap, -(-max(len(s) for s in chunk) // 8) * 8)
+        rows = np.full((len(chunk), width), PAD_ID, np.int32)
+        for row, seq in enumerate(chunk):
+            rows[row, : len(seq)] = seq
+        batches.append(jnp.asarray(rows))
+    return batches
+
+
+def time_decoders(
+    decoders: dict[str, Decoder], params: Any, batches: list[Array], repeats: int
+) -> dict[str, tuple[float, np.ndarray]]:
+    """name -> (median seconds to decode every batch once, the outputs [sentences, length]).
+
+    Each decoder is first called once per distinct batch shape, untimed (compilation and
+    warm-up); then the decoders take turns, one pass each per repeat, so that noise from
+    other work on the machine hits them alike."""
+    for decode in decoders.values():
+        for shape in dict.fromkeys(batch.shape for batch in batches):
+            jax.block_until_ready(decode(params, next(b for b in batches if b.shape == shape)))
+    times, outputs = {name: [] for name in decoders}, {}
+    for _ in range(repeats):
+        for name, decode in decoders.items():
+            start = time.perf_counter()
+            outputs[name] = jax.block_until_ready([decode(params, batch) for batch in batches])
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: (statistics.median(times[name]), np.concatenate([np.asarray(o) for o in out]))
+        for name, out in outputs.items()
+    }
+
+
+# ------------------------------------------------------------- fixed-length decoding
+def without_eos(step: StepFn) -> StepFn:
+    """`step` with EOS and PAD never chosen, so every sentence gets exactly the loop's
+    number of real tokens and no hypothesis finishes early."""
+
+    def masked(token: Array, position: Array, state: Any) -> tuple[Array, Any]:
+        logits, state = step(token, position, state)
+        return logits.at[:, jnp.array([PAD_ID, EOS_ID])].set(-jnp.inf), state
+
+    return masked
+
+
+def cached_step(
+    model: Transformer, params: Any, inputs: Array, length: int, beam: int
+) -> tuple[StepFn, Any]:
+    """The library's KV-cached decoder step and its empty cache for `beam` rows per
+    sentence, built as transformer.decode.beam_search builds them: the encoder once, the
+    cache (cross-attention keys and values projected once) per sentence, then tiled."""
+    encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
+    cache = init_cache(model, params, inputs.shape[0], length, encoded, inputs)
+    cache = jax.tree.map(lambda x: x if x.ndim == 0 else _tile_beams(x, beam), cache)
+    step = _transformer_step(model, params, _tile_beams(encoded, beam), _tile_beams(inputs, beam))
+    return step, cache
+
+
+def uncached_step(
+    model: Transformer, params: Any, inputs: Array, length: int, beam: int
+) -> tuple[StepFn, Any]:
+    """BASELINE, no cache: a step that re-runs the whole decoder over the output buffer.
+
+    Its state is the decoder input so far, {"decoder_input": [rows, length]}, BOS and the
+    outputs, PAD where not fed yet (masked, as the cached step masks unwritten slots). Each
+    step writes the newest token at its position, runs Transformer.decode (decode=False,
+    causal mask) over all `length` positions, and returns the logits of that position. The
+    beam loop reorders the buffer's rows with the hypotheses as it does a cache (every leaf
+    of the state), so both variants share the loop and differ only in the decoder work.
+    The encoder still runs once."""
+    encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
+    encoded, inputs = _tile_beams(encoded, beam), _tile_beams(inputs, beam)
+
+    def step(token: Array, position: Array, state: Any) -> tuple[Array, Any]:
+        i = position[0, 0]
+        decoder_input = lax.dynamic_update_slice_in_dim(state["decoder_input"], token, i, axis=1)
+        logits = model.apply(
+            {"params": params}, encoded, inputs, decoder_input, method=Transformer.decode
+        )  # [rows, length, vocab]: every position recomputed
+        return lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), {
+            "decoder_input": decoder_input
+        }
+
+    return step, {"decoder_input": jnp.full((inputs.shape[0], length), PAD_ID, jnp.int32)}
+
+
+def fixed_greedy(model: Transformer, length: int, cached: bool) -> Decoder:
+    """Greedy decoding of exactly `length` tokens: a fori_loop of `length` steps, no EOS."""
+    make_step = cached_step if cached else uncached_step
+
+    def decode(params: Any, inputs: Array) -> Array:
+        batch = inputs.shape[0]
+        step, state = make_step(model, params, inputs, length, beam=1)
+        step = without_eos(step)
+
+        def body(i: Array, carry: tuple[Array, Array, Any]) -> tuple[Array, Array, Any]:
+            token, tokens, state = carry
+            position = jnp.full((batch, 1), i, jnp.int32)
+            logits, state = step(token[:, None], position, state)
+            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return token, lax.dynamic_update_index_in_dim(tokens, token, i, axis=1), state
+
+        carry = (
+            jnp.full((batch,), BOS_ID, jnp.int32),
+            jnp.full((batch, length), PAD_ID, jnp.int32),
+            state,
+        )
+        return lax.fori_loop(0, length, body, carry)[1]
+
+    return jax.jit(decode)
+
+
+def fixed_beam(model: Transformer, length: int, cached: bool, beam: int = BEAM) -> Decoder:
+    """Beam search of exactly `length` tokens: the library's beam step (top-k over beam x
+    vocabulary, state reordered by parent) in a fori_loop of `length` steps, no EOS."""
+    make_step = cached_step if cached else uncached_step
+
+    def decode(params: Any, inputs: Array) -> Array:
+        step, state = make_step(model, params, inputs, length, beam)
+        step = without_eos(step)
+        beams = _initial_state(inputs.shape[0], beam, length, state)
+        beams = lax.fori_loop(0, length, lambda _, s: _beam_step(step, s, ALPHA), beams)
+        return _best_hypotheses(beams, ALPHA)[0]
+
+    return jax.jit(decode)
+
+
+# ------------------------------------------------------------------------------ modes
+def describe_device() -> str:
+    device = jax.devices()[0]
+    cpu = "?"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (
+        f"{device.platform} ({device.device_kind}); host CPU {cpu}, {os.cpu_count()} cores; "
+        f"JAX {jax.__version__}"
+    )
+
+
+def num_params(params: Any) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))
+
+
+def workdir_mode(args: argparse.Namespace) -> None:
+    restored = restore(args.workdir)
+    config, model, params = restored.config, restored.setup.model, restored.params
+    if args.length > config.model.max_len:
+        raise SystemExit(f"--length {args.length} exceeds the model's max_len.")
+    task = load_task(config.data, args.workdir)
+    inputs = task.splits["test"].inputs
+    sources = [inputs[i] for i in range(len(inputs.lengths))]
+    print(
+        f"Model: {args.workdir} step {restored.steps[-1]}, {num_params(params):,} parameters, "
+        f"vocabulary {restored.tokenizer.vocab_size}; {config.model.dtype}; "
+        f"batches of {args.batch_size}; median of {args.repeats}"
+    )
+
+    # 1. The library, as evaluate.py runs it.
+    buffer = decode_length(config)
+    batches = make_batches(sources, args.batch_size, config.data.max_length)
+    print(
+        f"\nLibrary decoding as evaluate.py runs it (stops at EOS, output buffer {buffer}), "
+        f"{len(sources):,} test sentences:"
+    )
+    library = {
+        "greedy  greedy_decode": jax.jit(lambda p, x: greedy_decode(model, p, x, buffer)),
+        f"beam {BEAM}  beam_search, alpha {ALPHA}": jax.jit(
+            lambda p, x: beam_search(model, p, x, buffer, BEAM, ALPHA)[0]
+        ),
+    }
+    for name, (seconds, outputs) in time_decoders(library, params, batches, args.repeats).items():
+        tokens = int(np.sum(outputs != PAD_ID))  # EOS included, PAD after it not
+        print(
+            f"  {name:31s} {len(sources) / seconds:9.1f} sentences/s {tokens / seconds:10.0f} "
+            f"tokens/s  ({tokens / len(sources):.1f} tokens/sentence)"
+        )
+
+    # 2. Fixed length: the KV cache against re-running the decoder over the whole buffer.
+    n = min(args.compare_sentences, len(sources))
+    batches = make_batches(sources[:n], args.batch_size, config.data.max_length)
+    print(
+        f"\nExactly {args.length} output tokens per sentence (EOS disabled, fixed-length loops), "
+        f"first {n:,} test sentences:"
+    )
+    print(f"  {'':8s}{'KV cache':38s}{'no cache (whole decoder every step)':38s}speed-up")
+    agreement = []
+    for name, make in (("greedy", fixed_greedy), (f"beam {BEAM}", fixed_beam)):
+        decoders = {
+            "cached": make(model, args.length, True),
+            "uncached": make(model, args.length, False),
+        }
+        results = time_decoders(decoders, params, batches, args.repeats)
+        (cached_s, cached_out), (uncached_s, uncached_out) = results["cached"], results["uncached"]
+        cells = [
+            f"{n / s:8.1f} sentences/s {n * args.length / s:7.0f} tok/s"
+            for s in (cached_s, uncached_s)
+        ]
+        print(f"  {name:8s}{cells[0]:38s}{cells[1]:38s}{uncached_s / cached_s:6.1f}x")
+        same = int(np.sum(np.all(cached_out == uncached_out, axis=1)))
+        agreement.append(f"{name} {same}/{n}")
+    print(f"  Cached and uncached outputs identical: {', '.join(agreement)} sentences.")
+
+
+def ref_small_mode(args: argparse.Namespace) -> None:
+    length, batch_size, vocab_size = 30, 64, 8_000
+    train = text_files.read_parallel(args.data_dir, "en", "de", "train")
+    start = time.perf_counter()
+    tokenizer = SentencePieceTokenizer.train([s for pair in train for s in pair], vocab_size, "bpe")
+    vocab_seconds = time.perf_counter() - start
+    with open(os.path.join(args.data_dir, "en.test.txt"), encoding="utf-8") as f:
+        sentences = [line.rstrip("\n") for line in f]
+
+    config = from_config_dict(multi30k.get_config()).model
+    config = dataclasses.replace(
+        config,
+        kind="encoder_decoder",
+        num_encoder_layers=3,
+        num_decoder_layers=3,
+        d_model=256,
+        num_heads=4,
+        d_ff=1024,
+        d_k=None,
+        d_v=None,
+        normalization="post",
+        share_embeddings=True,
+        tie_output_embedding=True,
+        dtype="float32",
+        vocab_size=tokenizer.vocab_size,
+    )
+    model = build_model(config)
+    dummy = jnp.ones((1, 8), jnp.int32)
+    params = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy, dummy)["params"]))(
+        jax.random.key(0)
+    )
+    batches = make_batches(tokenizer.encode_batch(sentences), batch_size, config.max_len)
+    print(
+        f"ref-small: {config.num_encoder_layers} + {config.num_decoder_layers} layers, d_model "
+        f"{config.d_model}, {config.num_heads} heads, d_ff {config.d_ff}, post-LN, tied shared "
+        f"embeddings, fp32, random weights; {num_params(params):,} parameters"
+    )
+    print(
+        f"Vocabulary: SentencePiece BPE {tokenizer.vocab_size:,}, trained on both sides of "
+        f"{args.data_dir} train ({len(train):,} pairs) in {vocab_seconds:.1f} s"
+    )
+    print(
+        f"{len(sentences):,} sentences of en.test.txt in batches of {batch_size}, exactly "
+        f"{length} target tokens each (EOS disabled); KV-cached; median of {args.repeats}\n"
+    )
+    decoders = {
+        "greedy": fixed_greedy(model, length, True),
+        f"beam {BEAM}": fixed_beam(model, length, True),
+    }
+    ours = {}
+    for name, (seconds, outputs) in time_decoders(decoders, params, batches, args.repeats).items():
+        assert outputs.shape == (len(sentences), length) and np.all(outputs > EOS_ID)
+        ours[name] = len(sentences) / seconds
+    width = max(len(toolkit) for toolkit in REFERENCES) + 2
+    print(f"  {'sentences/s':{width}s}{'greedy':>18s}{'beam ' + str(BEAM):>18s}")
+    print(f"  {'ours (JAX, KV cache)':{width}s}" + "".join(f"{v:18.1f}" for v in ours.values()))
+    for toolkit, figures in REFERENCES.items():
+        cells = (f"{figures[k]:.0f} (ours {v / figures[k]:.2f}x)" for k, v in ours.items())
+        print(f"  {toolkit:{width}s}" + "".join(f"{c:>18s}" for c in cells))
+    print(f"  (ours in tokens/s: {', '.join(f'{k} {v * length:.0f}' for k, v in ours.items())})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", help="A trained workdir (default mode).")
+    parser.add_argument("--workload", choices=["ref-small"], help="A fixed workload instead.")
+    parser.add_argument("--data_dir", default="../shared/data/multi30k", help="For ref-small.")
+    parser.add_argument("--length", type=int, default=50, help="Output tokens, fixed-length.")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument(
+        "--compare_sentences",
+        type=int,
+        default=128,
+        help="Test sentences of the cached/uncached comparison (the uncached loops are slow).",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if (args.workdir is None) == (args.workload is None):
+        parser.error("give exactly one of --workdir and --workload")
+    print(f"Device: {describe_device()}")
+    if args.workload == "ref-small":
+        ref_small_mode(args)
+    else:
+        workdir_mode(args)
+
+
+if __name__ == "__main__":
+    main()
