@@ -9,13 +9,12 @@ heatmap per head and the tokens on the axes.
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from transformer import inference, trainer
 from transformer.attention_maps import write_attention_maps
-from transformer.errors import USER_ERRORS
+from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
@@ -23,17 +22,6 @@ _SOURCE = flags.DEFINE_string("source", None, "Source sentence.", required=True)
 _TARGET = flags.DEFINE_string("target", None, "Target sentence (default: the translation).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/attention.")
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
-        draw()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
 
 
 def draw() -> None:
@@ -58,4 +46,4 @@ def draw() -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli_main(draw))

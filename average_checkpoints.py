@@ -8,13 +8,12 @@ it can be evaluated, translated with, or trained from. Existing checkpoints are 
 """
 
 import os
-import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from transformer import checkpoint, inference, trainer
-from transformer.errors import USER_ERRORS
+from transformer.errors import cli_main
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _LAST = flags.DEFINE_integer(
@@ -22,17 +21,6 @@ _LAST = flags.DEFINE_integer(
 )
 _STEP = flags.DEFINE_integer("step", None, "The newest step to average (default: the newest).")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/averaged.")
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
-        average()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
 
 
 def average() -> None:
@@ -60,4 +48,4 @@ def average() -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli_main(average))

@@ -8,13 +8,12 @@ whatever devices this machine has, and writes the hypotheses to DIR/translations
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from transformer import inference, trainer
 from transformer.data.tasks import load_task
-from transformer.errors import USER_ERRORS
+from transformer.errors import cli_main
 from transformer.evaluation import evaluate_translation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
@@ -28,17 +27,6 @@ _BEAM = flags.DEFINE_integer(
     "beam_size", 4, "Beam size; 1 decodes greedily (section 6.1: 4).", lower_bound=1
 )
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha (section 6.1: 0.6).")
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
-        evaluate()
-    except USER_ERRORS as e:
-        sys.exit(f"error: {e}")
 
 
 def evaluate() -> None:
@@ -73,4 +61,4 @@ def evaluate() -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli_main(evaluate))

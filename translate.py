@@ -11,11 +11,11 @@ on stderr with their line numbers.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from transformer import inference, trainer
 from transformer.data.text_files import CorpusError
-from transformer.errors import USER_ERRORS
+from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
 from transformer.special_tokens import EOS_ID
 
@@ -48,17 +48,6 @@ def read_input(path: str) -> list[str]:
         except UnicodeDecodeError as e:
             raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {e.start}.") from None
     return text
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
-        translate()
-    except (*USER_ERRORS, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
 
 
 def translate() -> None:
@@ -95,4 +84,4 @@ def translate() -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli_main(translate))

@@ -1,6 +1,11 @@
 """Errors caused by the user's input (config, corpus, workdir): the CLIs print their message
 alone, without a traceback, and exit non-zero."""
 
+import sys
+from collections.abc import Callable
+
+from absl import app, flags, logging
+
 from transformer.checkpoint import CheckpointMismatchError
 from transformer.config import ConfigError
 from transformer.data.tasks import VocabularyMismatchError
@@ -14,3 +19,19 @@ USER_ERRORS = (
     CheckpointNotFoundError,
     VocabularyMismatchError,
 )
+
+
+def cli_main(body: Callable[[], object]) -> Callable[[list[str]], None]:
+    """An absl `main` running `body`: user errors end it with their message alone (exit 1)."""
+
+    def main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
+        try:
+            body()
+        except (*USER_ERRORS, FileNotFoundError) as e:
+            sys.exit(f"error: {e}")
+
+    return main
