@@ -30,6 +30,17 @@ def split_words(text: str) -> list[str]:
     return _WORD_OR_MARK.findall(text)
 
 
+def content_ids(ids: Iterable[int]) -> list[int]:
+    """The ids before the first EOS, without padding (what a decoder should turn into text)."""
+    out = []
+    for i in map(int, ids):
+        if i == EOS_ID:
+            break
+        if i != PAD_ID:
+            out.append(i)
+    return out
+
+
 def join_words(words: Iterable[str]) -> str:
     """Inverse of split_words for text whose marks follow a word: no space before , . etc."""
     return _SPACE_BEFORE_MARK.sub(r"\1", " ".join(words))
@@ -83,14 +94,7 @@ class WordTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Detokenized text of `ids` up to the first EOS, without padding."""
-        words = []
-        for i in ids:
-            i = int(i)
-            if i == EOS_ID:
-                break
-            if i != PAD_ID:
-                words.append(self.words[i])
-        return join_words(words)
+        return join_words(self.words[i] for i in content_ids(ids))
 
 
 class SentencePieceTokenizer:
@@ -152,15 +156,8 @@ class SentencePieceTokenizer:
         return [self._sp.id_to_piece(int(i)) for i in ids]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Detokenized text of `ids` up to the first EOS."""
-        pieces = []
-        for i in ids:
-            i = int(i)
-            if i == EOS_ID:
-                break
-            if i != PAD_ID:
-                pieces.append(i)
-        return self._sp.decode(pieces)
+        """Detokenized text of `ids` up to the first EOS, without padding."""
+        return self._sp.decode(content_ids(ids))
 
 
 def _train_sentencepiece(
