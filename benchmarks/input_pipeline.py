@@ -55,11 +55,8 @@ def main() -> None:
         task = load_task(data, workdir)
         print(f"Read, trained the vocabulary and encoded Multi30k in "
               f"{time.perf_counter() - start:.1f} s.")  # fmt: skip
-    config = dataclasses.replace(
-        config,
-        data=data,
-        mesh=MeshConfig(1, 1, 1),
-        model=dataclasses.replace(config.model, vocab_size=task.tokenizer.vocab_size),
+    config = dataclasses.replace(config, data=data, mesh=MeshConfig(1, 1, 1)).with_vocab_size(
+        task.tokenizer.vocab_size
     )
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     setup = trainer.build(config, mesh)

@@ -51,11 +51,8 @@ def train_step(formulation: str, workdir: str):
     config = from_config_dict(quickstart.get_config())
     task = load_task(config.data, workdir)
     config = dataclasses.replace(
-        config,
-        cross_entropy=formulation,
-        mesh=MeshConfig(1, 1, 1),
-        model=dataclasses.replace(config.model, vocab_size=task.tokenizer.vocab_size),
-    )
+        config, cross_entropy=formulation, mesh=MeshConfig(1, 1, 1)
+    ).with_vocab_size(task.tokenizer.vocab_size)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     setup = trainer.build(config, mesh)
     batch = task.train_batches(config.batch_size, 0)(0)

@@ -36,8 +36,7 @@ def tiny_config(**overrides):
 def task_and_config(tmp_path_factory):
     config = from_config_dict(tiny_config(**{"model.attention_dropout_rate": 0.1}))
     task = load_task(config.data, str(tmp_path_factory.mktemp("vocab")))
-    model = dataclasses.replace(config.model, vocab_size=task.tokenizer.vocab_size)
-    return task, dataclasses.replace(config, model=model)
+    return task, config.with_vocab_size(task.tokenizer.vocab_size)
 
 
 def run_steps(config, task, mesh_config, devices, num_steps):
@@ -112,9 +111,7 @@ def read_metrics(workdir):
 def restore_params(workdir, config_dict):
     config = from_config_dict(config_dict)
     task = load_task(config.data, str(workdir))
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, vocab_size=task.tokenizer.vocab_size)
-    )
+    config = config.with_vocab_size(task.tokenizer.vocab_size)
     setup = trainer.build(config, sharding.make_mesh(config.mesh))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), 1, 5)
     try:

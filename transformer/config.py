@@ -148,6 +148,12 @@ class Config:
     model: ModelConfig
     data: DataConfig
 
+    def with_vocab_size(self, vocab_size: int) -> Config:
+        """This config with the model's vocabulary set, from the tokenizer, at run time."""
+        return dataclasses.replace(
+            self, model=dataclasses.replace(self.model, vocab_size=vocab_size)
+        )
+
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested dicts, as "key: old -> new"."""

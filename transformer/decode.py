@@ -72,16 +72,20 @@ def greedy_decode(model: Transformer, params: Any, inputs: Array, max_length: in
 def _transformer_step(model: Transformer, params: Any, encoded: Array, inputs: Array) -> StepFn:
     """One decoder step of `model` against `encoded` [rows, src_len, d_model], whose padding
     `inputs` [rows, src_len] gives, for a cache of the same rows."""
+    return _cached_step(model, params, Transformer.decode, encoded, inputs)
+
+
+def _cached_step(model: Any, params: Any, method: Callable, *context: Array) -> StepFn:
+    """A StepFn calling `method(*context, token, position, decode=True)` over the cache."""
 
     def step(token: Array, position: Array, cache: Cache) -> tuple[Array, Cache]:
         logits, state = model.apply(
             {"params": params, "cache": cache},
-            encoded,
-            inputs,
+            *context,
             token,
             position,
             decode=True,
-            method=Transformer.decode,
+            method=method,
             mutable=["cache"],
         )
         return logits[:, 0], state["cache"]
@@ -179,18 +183,7 @@ def _decode_lm(
     tokens `choose` picks -> [batch, max_length] int32, PAD after EOS."""
     batch, prompt_len = prompt.shape
     cache = init_cache(model, params, batch, max_length)
-
-    def step(token: Array, position: Array, cache: Cache) -> tuple[Array, Cache]:
-        logits, state = model.apply(
-            {"params": params, "cache": cache},
-            token,
-            position,
-            decode=True,
-            method=DecoderOnlyLM.decode,
-            mutable=["cache"],
-        )
-        return logits[:, 0], state["cache"]
-
+    step = _cached_step(model, params, DecoderOnlyLM.decode)
     forced = jnp.pad(prompt.astype(jnp.int32), ((0, 0), (0, max_length - prompt_len)))
     return _decode_loop(step, cache, forced, choose)
 

@@ -73,11 +73,7 @@ def restore(
     checkpoints before it, from `checkpoint_dir` (default workdir/checkpoints)."""
     config = from_config_dict(read_config(workdir))
     tokenizer = load_tokenizer(config.data, workdir, train_pairs=None)
-    config = dataclasses.replace(
-        config,
-        mesh=mesh_config,
-        model=dataclasses.replace(config.model, vocab_size=tokenizer.vocab_size),
-    )
+    config = dataclasses.replace(config, mesh=mesh_config).with_vocab_size(tokenizer.vocab_size)
     mesh = sharding.make_mesh(mesh_config)
     setup = trainer.build(config, mesh)
     directory = checkpoint_dir or os.path.join(workdir, "checkpoints")

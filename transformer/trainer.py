@@ -147,9 +147,7 @@ def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     write_resolved_config(config_dict, workdir)
     task = load_task(config.data, workdir)
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, vocab_size=task.tokenizer.vocab_size)
-    )
+    config = config.with_vocab_size(task.tokenizer.vocab_size)
     mesh = sharding.make_mesh(config.mesh)
     setup = build(config, mesh)
     ckpt = checkpoint.Checkpointer(
