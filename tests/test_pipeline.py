@@ -10,6 +10,7 @@ from transformer.config import from_config_dict
 from transformer.data.pipeline import (
     TrainBatches,
     bucket_length,
+    count_buckets,
     encode_split,
     eval_batches,
     pack_rows,
@@ -116,17 +117,41 @@ def test_packed_rows_hold_whole_pairs_with_segments_and_positions(tmp_path):
     assert (batch["targets"] != PAD_ID).mean() > 2 * (unpacked["targets"] != PAD_ID).mean()
 
 
-def test_hosts_read_disjoint_rows_that_make_up_the_global_batch(task):
-    split = task.splits["train"]
-    whole = TrainBatches(split, 8, seed=0, batching="packed", row_multiple=2)(4)
-    parts = [
-        TrainBatches(
-            split, 8, seed=0, batching="packed", row_multiple=2, process_index=i, process_count=2
-        )(4)
-        for i in range(2)
+def host_shards(tmp_path, count, **data_overrides):
+    """The tasks of `count` hosts: each holds its shard of the same training split."""
+    data = dataclasses.replace(from_config_dict(tiny.get_config()).data, **data_overrides)
+    return [load_task(data, str(tmp_path), i, count) for i in range(count)]
+
+
+def pair_set(split):
+    return {(tuple(split.inputs[i]), tuple(split.targets[i])) for i in range(len(split))}
+
+
+@pytest.mark.parametrize("batching, size", [("sentences", 16), ("packed", 16)])
+def test_each_host_builds_its_rows_from_its_own_shard(tmp_path, batching, size):
+    whole = host_shards(tmp_path, 1)[0].splits["train"]
+    tasks = host_shards(tmp_path, 2)
+    shards = [pair_set(t.splits["train"]) for t in tasks]
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == pair_set(whole)
+    for step in (0, 3, 500):
+        for t in tasks:
+            plan = t.train_batches(size, seed=0, row_multiple=2).plan(step)
+            assert len(plan.rows) == size // 2
+            assert np.concatenate(plan.rows).max() < len(t.splits["train"])
+    assert tasks[0].splits["validation"].sources == tasks[1].splits["validation"].sources
+
+
+def test_token_batches_of_all_hosts_share_each_steps_bucket_length(tmp_path):
+    tasks = host_shards(tmp_path, 2, batching="tokens")
+    counts = sum(count_buckets(t.splits["train"], 24) for t in tasks)
+    hosts = [
+        t.train_batches(256, seed=0, row_multiple=4, global_bucket_counts=counts) for t in tasks
     ]
-    for key in whole:
-        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+    for step in range(60):
+        shapes = {tuple(h(step)["inputs"].shape) for h in hosts}
+        assert len(shapes) == 1 and next(iter(shapes))[0] % 2 == 0
+    with pytest.raises(ValueError, match="global counts"):
+        tasks[0].train_batches(256, seed=0, row_multiple=4)
 
 
 def test_eval_batches_cover_the_split_in_order(task):
@@ -149,18 +174,16 @@ def test_token_batches_fill_a_budget_with_pairs_of_similar_length(task):
     split = task.splits["train"]
     batches = TrainBatches(split, 256, seed=0, batching="tokens", max_length=24, row_multiple=4)
     lengths = np.maximum(split.inputs.lengths, split.targets.lengths)
-    epoch = batches._epoch(0)
-    seen = np.concatenate([np.concatenate(b.rows) for b in epoch])
-    assert len(seen) == len(set(seen.tolist())) > 0.9 * len(split)  # leftovers only
-    shapes = set()
-    for step in range(len(epoch)):
-        plan = batches.plan(step)
+    steps_per_epoch = int(batches._batches_per_epoch.sum())
+    plans = [batches.plan(step) for step in range(steps_per_epoch)]
+    seen = np.concatenate([np.concatenate(p.rows) for p in plans])
+    assert len(set(seen.tolist())) > 0.9 * len(split)  # an epoch: nearly every pair once
+    for plan in plans:
         rows = np.concatenate(plan.rows)
         assert len(rows) % 4 == 0 and len(rows) * plan.length <= 256
         assert all(bucket_length(int(lengths[i]), 24) == plan.length for i in rows)
-        shapes.add(batches(step)["inputs"].shape)
-    assert len(shapes) <= 5  # one compiled shape per bucket
-    budget = sum(b.length * sum(len(r) for r in b.rows) for b in epoch)
+    assert len({p.length for p in plans}) <= 5  # one compiled shape per bucket
+    budget = sum(p.length * len(p.rows) for p in plans)
     assert (split.inputs.lengths[seen].sum() + split.targets.lengths[seen].sum()) / (
         2 * budget
     ) > 0.6

@@ -31,6 +31,15 @@ def test_multi30k_is_read_in_place_with_every_split():
     assert src.startswith("A man in an orange hat") and "orangefarbenen Hut" in tgt
 
 
+def test_a_host_reads_every_nth_line_and_names_its_own_bad_lines(tmp_path):
+    write(tmp_path, "en.train.txt", "".join(f"s{i}\n" for i in range(7)).encode())
+    write(tmp_path, "de.train.txt", b"t0\nt1\nt2\nt3\n\xff\nt5\nt6\n")
+    shards = [read_parallel(str(tmp_path), "en", "de", "train", i, 3) for i in (0, 2)]
+    assert shards == [[("s0", "t0"), ("s3", "t3"), ("s6", "t6")], [("s2", "t2"), ("s5", "t5")]]
+    with pytest.raises(CorpusError, match=r"de\.train\.txt:5: invalid UTF-8"):
+        read_parallel(str(tmp_path), "en", "de", "train", 1, 3)
+
+
 def test_a_missing_file_is_named_with_what_the_folder_holds(tmp_path):
     write(tmp_path, "en.train.txt", b"a\n")
     write(tmp_path, "fr.train.txt", b"b\n")

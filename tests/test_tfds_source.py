@@ -48,6 +48,16 @@ def test_reads_a_prepared_tfds_dataset_in_either_direction(tmp_path):
     )
 
 
+def test_host_shards_of_a_tfds_split_are_disjoint_and_cover_it(tmp_path):
+    whole = read_tfds("tiny_parallel_corpus", "en", "de", "train", str(tmp_path), None, True)
+    shards = [
+        read_tfds("tiny_parallel_corpus", "en", "de", "train", str(tmp_path), None, False, i, 3)
+        for i in range(3)
+    ]
+    assert all(90 <= len(s) <= 110 for s in shards)
+    assert sorted(p for s in shards for p in s) == sorted(whole)
+
+
 def test_a_language_the_dataset_lacks_is_named(tmp_path):
     with pytest.raises(
         CorpusError, match=r"languages \['de', 'en'\]; data\.tfds\.target_lang='fr'"

@@ -10,12 +10,14 @@ from transformer.checkpoint import CheckpointMismatchError
 from transformer.config import ConfigError
 from transformer.data.tasks import VocabularyMismatchError
 from transformer.data.text_files import CorpusError
+from transformer.distributed import LaunchError
 from transformer.inference import CheckpointNotFoundError
 
 USER_ERRORS = (
     ConfigError,
     CorpusError,
     CheckpointMismatchError,
+    LaunchError,
     CheckpointNotFoundError,
     VocabularyMismatchError,
 )

@@ -72,7 +72,7 @@ def restore(
     """Restores the parameters of `step` (default: the newest), or their average with the
     checkpoints before it, from `checkpoint_dir` (default workdir/checkpoints)."""
     config = from_config_dict(read_config(workdir))
-    tokenizer = load_tokenizer(config.data, workdir, train_pairs=None)
+    tokenizer = load_tokenizer(config.data, workdir)
     config = dataclasses.replace(config, mesh=mesh_config).with_vocab_size(tokenizer.vocab_size)
     mesh = sharding.make_mesh(mesh_config)
     setup = trainer.build(config, mesh)

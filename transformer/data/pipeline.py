@@ -1,8 +1,8 @@
 """Tokenized, step-indexed batches from in-memory sentence pairs.
 
 The batch of a step is a pure function of (seed, step): resuming at step k sees exactly the
-batches an uninterrupted run would, so the data position is the step itself. Every process
-plans the same global batches and materialises only its own rows of each.
+batches an uninterrupted run would, so the data position is the step itself. Each process
+holds only its shard of the training data and builds its own rows of every global batch.
 
 Three ways to batch (`data.batching`):
   sentences  batch_size pairs per step, padded to max_length (one shape);
@@ -130,19 +130,48 @@ def bucket_length(length: int, max_length: int) -> int:
     return next((b for b in BUCKET_LENGTHS if length <= b < max_length), max_length)
 
 
+def bucket_lengths(max_length: int) -> tuple[int, ...]:
+    """Every bucket length token batching can use with `max_length`, ascending."""
+    return (*(b for b in BUCKET_LENGTHS if b < max_length), max_length)
+
+
+def bucket_indices(split: EncodedSplit, max_length: int) -> np.ndarray:
+    """[len(split)]: the index into bucket_lengths(max_length) of each pair's bucket, the
+    first bucket that holds its longer side."""
+    longest = np.maximum(split.inputs.lengths, split.targets.lengths)
+    return np.searchsorted(np.asarray(bucket_lengths(max_length)), longest)
+
+
+def count_buckets(split: EncodedSplit, max_length: int) -> np.ndarray:
+    """[len(bucket_lengths(max_length))] int64: how many pairs of `split` fall in each bucket."""
+    which = bucket_indices(split, max_length)
+    return np.bincount(which, minlength=len(bucket_lengths(max_length))).astype(np.int64)
+
+
 @dataclasses.dataclass(frozen=True)
 class PlannedBatch:
-    """One global batch: its padded length and the example indices of each of its rows."""
+    """This process's rows of one global batch: their padded length and the example
+    indices (into its shard) of each row."""
 
     length: int
     rows: list[np.ndarray]
 
 
 class TrainBatches:
-    """Shuffled training batches indexed by step: every epoch is a fresh permutation.
+    """This process's rows of the shuffled training batches, indexed by step.
 
-    `row_multiple` (the number of batch shards: hosts x data-parallel devices) divides the row
-    count of every batch, so each device gets an equal share.
+    `split` is this process's shard of the training data; every process builds its rows from
+    its own shard, so no host reads another's data. `batch_size` is global. `row_multiple`
+    (hosts x data-parallel devices) divides the global row count of every batch, so each
+    device gets an equal share.
+
+    sentences, packed: each process takes batch_size / process_count rows per step from its
+        own shuffled epochs (a fresh permutation of its shard each epoch).
+    tokens: all processes must pad to the same bucket length at each step, so the sequence of
+        bucket lengths is planned from the seed and the global bucket counts alone (each
+        global epoch holds every bucket's share of batches, in shuffled order); each process
+        fills its rows of the step from an endless, shuffled stream of its pairs in that
+        bucket.
     """
 
     def __init__(
@@ -155,6 +184,7 @@ class TrainBatches:
         row_multiple: int = 1,
         process_index: int = 0,
         process_count: int = 1,
+        global_bucket_counts: np.ndarray | None = None,
     ):
         self.split = split
         self.batch_size = batch_size
@@ -169,55 +199,118 @@ class TrainBatches:
                 f"{row_multiple} batch shards do not divide over {process_count} hosts."
             )
         self.process_index, self.process_count = process_index, process_count
-        if batching != "tokens" and batch_size % row_multiple:
+        if batching == "tokens":
+            self._init_buckets(global_bucket_counts)
+            return
+        if batch_size % row_multiple:
             raise ValueError(
                 f"batch_size={batch_size} must divide evenly over {row_multiple} batch shards."
             )
+        self._local_rows = batch_size // process_count
         self._epoch_cache: tuple[int, list[PlannedBatch]] | None = None
         self._steps_per_epoch: list[int] = []
         if not self._epoch(0):
             raise ValueError(
                 f"batch_size={batch_size} ({batching}) is larger than one epoch of the "
-                f"{len(split)} training pairs."
+                f"{len(split)} training pairs" + (" of this host." if process_count > 1 else ".")
             )
 
     def _rows_per_batch(self, length: int) -> int:
-        if self.batching != "tokens":
-            return self.batch_size
+        """Global rows of a token batch of `length`: the budget, cut to a row_multiple."""
         rows = self.batch_size // length // self.row_multiple * self.row_multiple
         return max(rows, self.row_multiple)
 
+    def _init_buckets(self, global_counts: np.ndarray | None) -> None:
+        self._lengths = bucket_lengths(self.max_length)
+        if global_counts is None:
+            if self.process_count > 1:
+                raise ValueError("Token batching over several hosts needs the global counts.")
+            global_counts = count_buckets(self.split, self.max_length)
+        rows = np.array([self._rows_per_batch(n) for n in self._lengths])
+        self._batches_per_epoch = np.asarray(global_counts) // rows
+        if not self._batches_per_epoch.sum():
+            raise ValueError(
+                f"batch_size={self.batch_size} tokens is larger than one epoch of the "
+                f"training pairs of any length bucket."
+            )
+        self._local_rows_of = rows // self.process_count
+        which = bucket_indices(self.split, self.max_length)
+        self._pools = {}
+        for b in np.flatnonzero(self._batches_per_epoch):
+            pool = np.flatnonzero(which == b)
+            if not len(pool):
+                # This host has no pair of this length but others do: shorter pairs fit.
+                shorter = np.flatnonzero(which < b)
+                pool = shorter[which[shorter] == which[shorter].max()] if len(shorter) else pool
+            if not len(pool):
+                raise ValueError(
+                    f"Host {self.process_index} holds no training pair of at most "
+                    f"{self._lengths[b]} tokens; use fewer hosts or data.batching='sentences'."
+                )
+            self._pools[int(b)] = pool
+        self._schedule_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._permutation_cache: dict[int, tuple[int, np.ndarray]] = {}
+
+    def _schedule(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket, how many earlier batches of that bucket in the epoch) for each step of a
+        global token-batching epoch; the same on every host."""
+        if self._schedule_cache is None or self._schedule_cache[0] != epoch:
+            buckets = np.repeat(np.arange(len(self._lengths)), self._batches_per_epoch)
+            buckets = np.random.default_rng([self.seed, epoch]).permutation(buckets)
+            earlier = np.zeros_like(buckets)
+            for b in np.unique(buckets):
+                where = np.flatnonzero(buckets == b)
+                earlier[where] = np.arange(len(where))
+            self._schedule_cache = (epoch, buckets, earlier)
+        return self._schedule_cache[1], self._schedule_cache[2]
+
+    def _stream(self, bucket: int, start: int, count: int) -> np.ndarray:
+        """Items start .. start + count of this host's endless stream of `bucket`'s pairs: a
+        fresh permutation of the bucket's pool every cycle."""
+        pool = self._pools[bucket]
+        positions = np.arange(start, start + count)
+        cycles = positions // len(pool)
+        out = np.empty(count, np.int64)
+        for cycle in np.unique(cycles):
+            cached = self._permutation_cache.get(bucket)
+            if cached is None or cached[0] != cycle:
+                rng = np.random.default_rng([self.seed, self.process_index, bucket, cycle])
+                cached = (int(cycle), rng.permutation(pool))
+                self._permutation_cache[bucket] = cached
+            here = cycles == cycle
+            out[here] = cached[1][positions[here] % len(pool)]
+        return out
+
     def _epoch(self, epoch: int) -> list[PlannedBatch]:
-        """Every batch of `epoch`, in order (incomplete ones left out)."""
+        """Every batch of this host's `epoch` (sentences, packed), in order; incomplete ones
+        left out."""
         if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
             return self._epoch_cache[1]
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
-        batches = []
-        if self.batching == "tokens":
-            # Fill one open batch per bucket; a batch is emitted the moment it is full, so
-            # the buckets interleave in a random but reproducible order.
-            longest = np.maximum(self._src_len, self._tgt_len)
-            open_rows: dict[int, list[np.ndarray]] = {}
-            for i in order:
-                length = bucket_length(int(longest[i]), self.max_length)
-                rows = open_rows.setdefault(length, [])
-                rows.append(np.asarray([i]))
-                if len(rows) == self._rows_per_batch(length):
-                    batches.append(PlannedBatch(length, rows))
-                    open_rows[length] = []
+        rng = np.random.default_rng([self.seed, self.process_index, epoch])
+        order = rng.permutation(len(self.split))
+        if self.batching == "packed":
+            rows = pack_rows(order, self._src_len, self._tgt_len, self.max_length)
         else:
-            if self.batching == "packed":
-                rows = pack_rows(order, self._src_len, self._tgt_len, self.max_length)
-            else:
-                rows = [order[i : i + 1] for i in range(len(order))]
-            for start in range(0, len(rows) - self.batch_size + 1, self.batch_size):
-                batches.append(PlannedBatch(self.max_length, rows[start : start + self.batch_size]))
+            rows = [order[i : i + 1] for i in range(len(order))]
+        size = self._local_rows
+        batches = [
+            PlannedBatch(self.max_length, rows[start : start + size])
+            for start in range(0, len(rows) - size + 1, size)
+        ]
         self._epoch_cache = (epoch, batches)
         return batches
 
     def plan(self, step: int) -> PlannedBatch:
-        """The global batch of `step`; batches never straddle epochs."""
-        epoch = 0
+        """This process's rows of the global batch of `step`."""
+        if self.batching == "tokens":
+            steps_per_epoch = int(self._batches_per_epoch.sum())
+            epoch, index = divmod(step, steps_per_epoch)
+            buckets, earlier = self._schedule(epoch)
+            b = int(buckets[index])
+            rows = int(self._local_rows_of[b])
+            start = (epoch * int(self._batches_per_epoch[b]) + int(earlier[index])) * rows
+            return PlannedBatch(self._lengths[b], list(self._stream(b, start, rows)[:, None]))
+        epoch = 0  # Batches never straddle epochs.
         while True:
             if epoch == len(self._steps_per_epoch):
                 self._steps_per_epoch.append(len(self._epoch(epoch)))
@@ -230,17 +323,15 @@ class TrainBatches:
         """This process's rows of the batch of `step`, each array [rows, length]: inputs and
         targets, plus positions and segmentation when packed."""
         planned = self.plan(step)
-        local = len(planned.rows) // self.process_count
-        rows = planned.rows[self.process_index * local : (self.process_index + 1) * local]
         if self.batching != "packed":
-            idx = np.concatenate(rows)
+            idx = np.concatenate(planned.rows)
             return {
                 "inputs": self.split.inputs.padded(idx, planned.length),
                 "targets": self.split.targets.padded(idx, planned.length),
             }
         batch = {}
         for side, seqs in (("inputs", self.split.inputs), ("targets", self.split.targets)):
-            tokens, positions, segmentation = _pack_side(seqs, rows, planned.length)
+            tokens, positions, segmentation = _pack_side(seqs, planned.rows, planned.length)
             batch[side] = tokens
             batch[f"{side}_positions"] = positions
             batch[f"{side}_segmentation"] = segmentation

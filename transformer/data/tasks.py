@@ -1,4 +1,9 @@
-"""A task: a tokenizer plus encoded train/validation/test splits, ready to batch."""
+"""A task: a tokenizer plus encoded train/validation/test splits, ready to batch.
+
+On several hosts each process reads and encodes only its shard of the training split (and
+the whole, small, evaluation splits); the vocabulary is built once, by process 0, from the
+whole training split and shared through the workdir, which every host must see.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,19 @@ import dataclasses
 import os
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from transformer.config import DataConfig
 from transformer.data import embedded, text_files, tfds_source
-from transformer.data.pipeline import EncodedSplit, TrainBatches, encode_split, eval_batches
+from transformer.data.pipeline import (
+    EncodedSplit,
+    TrainBatches,
+    count_buckets,
+    encode_split,
+    eval_batches,
+)
 from transformer.data.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
@@ -28,12 +41,31 @@ class VocabularyMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
+    """Encoded splits; `splits["train"]` is shard `process_index` of `process_count`."""
+
     config: DataConfig
     tokenizer: Tokenizer
     splits: dict[str, EncodedSplit]
+    process_index: int
+    process_count: int
 
-    def train_batches(self, batch_size: int, seed: int, row_multiple: int = 1) -> TrainBatches:
-        """Step-indexed shuffled batches; this process gets its rows of each."""
+    def train_batches(
+        self,
+        batch_size: int,
+        seed: int,
+        row_multiple: int = 1,
+        global_bucket_counts: np.ndarray | None = None,
+    ) -> TrainBatches:
+        """Step-indexed shuffled batches: this process's rows of each global batch, drawn
+        from its shard. Token batching needs the bucket counts of all shards; across real
+        processes they are gathered here, `global_bucket_counts` gives them otherwise."""
+        if (
+            self.config.batching == "tokens"
+            and global_bucket_counts is None
+            and jax.process_count() == self.process_count > 1
+        ):
+            local = count_buckets(self.splits["train"], self.config.max_length)
+            global_bucket_counts = multihost_utils.process_allgather(local).sum(0)
         return TrainBatches(
             self.splits["train"],
             batch_size,
@@ -41,8 +73,9 @@ class Task:
             batching=self.config.batching,
             max_length=self.config.max_length,
             row_multiple=row_multiple,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            process_index=self.process_index,
+            process_count=self.process_count,
+            global_bucket_counts=global_bucket_counts,
         )
 
     def eval_batches(self, split: str, batch_size: int) -> list[dict]:
@@ -51,45 +84,50 @@ class Task:
             self.splits[split],
             batch_size,
             self.config.max_length,
-            jax.process_index(),
-            jax.process_count(),
+            self.process_index,
+            self.process_count,
         )
 
 
-def read_pairs(config: DataConfig) -> dict[str, list[tuple[str, str]]]:
-    """Raw (source, target) sentence pairs of every split, from the configured source."""
+def read_pairs(
+    config: DataConfig, shard_index: int = 0, shard_count: int = 1
+) -> dict[str, list[tuple[str, str]]]:
+    """Raw (source, target) sentence pairs of every split from the configured source; of the
+    training split only shard `shard_index` of `shard_count`."""
     if config.source == "embedded":
         e = config.embedded
         generated = embedded.generate_splits(
             e.corpus_seed, e.num_train, e.num_validation, e.num_test
         )
+        generated["train"] = generated["train"][shard_index::shard_count]
         # The generator emits space-separated tokens; present it as natural text.
         return {
             name: [(join_words(src.split()), join_words(tgt.split())) for src, tgt in split]
             for name, split in generated.items()
         }
+    shards = {"train": (shard_index, shard_count), "validation": (0, 1), "test": (0, 1)}
     if config.source == "tfds":
         t = config.tfds
         names = dict(train=t.train_split, validation=t.validation_split, test=t.test_split)
         return {
             split: tfds_source.read_tfds(
                 t.name, t.source_lang, t.target_lang, names[split], t.data_dir or None,
-                t.manual_dir or None, t.download,
+                t.manual_dir or None, t.download, *shards[split],
             )
             for split in SPLITS
         }  # fmt: skip
     t = config.text_files
     return {
-        split: text_files.read_parallel(t.directory, t.source_lang, t.target_lang, split)
+        split: text_files.read_parallel(
+            t.directory, t.source_lang, t.target_lang, split, *shards[split]
+        )
         for split in SPLITS
     }
 
 
-def load_tokenizer(
-    config: DataConfig, workdir: str, train_pairs: list[tuple[str, str]] | None
-) -> Tokenizer:
-    """The workdir's vocabulary; built from both sides of the training split on first use
-    (`train_pairs` None: it must exist already)."""
+def vocabulary_path(config: DataConfig, workdir: str) -> str:
+    """Where the vocabulary of `config` lives in `workdir`; refuses a workdir that holds a
+    vocabulary of another kind."""
     path = os.path.join(workdir, VOCAB_FILES[config.tokenizer])
     other = [f for f in set(VOCAB_FILES.values()) - {VOCAB_FILES[config.tokenizer]}
              if os.path.exists(os.path.join(workdir, f))]  # fmt: skip
@@ -98,40 +136,68 @@ def load_tokenizer(
             f"{workdir} holds a {other[0]} vocabulary but data.tokenizer is "
             f"{config.tokenizer!r}. Use a new --workdir or the config that made it."
         )
-    if train_pairs is None and not os.path.exists(path):
-        raise VocabularyMismatchError(f"{workdir} has no vocabulary ({path}); train first.")
-    sentences = [s for pair in train_pairs or () for s in pair]
+    return path
+
+
+def build_tokenizer(
+    config: DataConfig, workdir: str, train_pairs: list[tuple[str, str]]
+) -> Tokenizer:
+    """Builds the vocabulary from both sides of the training pairs and stores it in
+    `workdir` (atomically)."""
+    path = vocabulary_path(config, workdir)
+    sentences = [s for pair in train_pairs for s in pair]
     if config.tokenizer == "word":
-        if os.path.exists(path):
-            tokenizer = WordTokenizer.load(path)
-            if tokenizer.vocab_size > config.vocab_size:
-                raise VocabularyMismatchError(
-                    f"{path} holds {tokenizer.vocab_size} tokens but data.vocab_size is "
-                    f"{config.vocab_size}. Use a new --workdir or the config that made it."
-                )
-            return tokenizer
         tokenizer = WordTokenizer.build(sentences, config.vocab_size)
     else:
-        if os.path.exists(path):
-            tokenizer = SentencePieceTokenizer.load(path)
-            found = (tokenizer.model_type, tokenizer.vocab_size)
-            if found != (config.tokenizer, config.vocab_size):
-                raise VocabularyMismatchError(
-                    f"{path} is a {found[0]} model of {found[1]} pieces but the config asks "
-                    f"for data.tokenizer={config.tokenizer!r}, data.vocab_size="
-                    f"{config.vocab_size}. Use a new --workdir or the config that made it."
-                )
-            return tokenizer
         tokenizer = SentencePieceTokenizer.train(sentences, config.vocab_size, config.tokenizer)
-    if jax.process_index() == 0:
-        tokenizer.save(path)
+    tokenizer.save(path)
     return tokenizer
 
 
-def load_task(config: DataConfig, workdir: str) -> Task:
-    """Reads the corpus, loads or builds the vocabulary in `workdir`, and encodes each split."""
-    pairs = read_pairs(config)
-    tokenizer = load_tokenizer(config, workdir, pairs["train"])
+def load_tokenizer(config: DataConfig, workdir: str) -> Tokenizer:
+    """The workdir's vocabulary, checked against the config."""
+    path = vocabulary_path(config, workdir)
+    if not os.path.exists(path):
+        raise VocabularyMismatchError(
+            f"{workdir} has no vocabulary ({path}). Train first; on several hosts the "
+            "workdir must be on a filesystem that every host sees."
+        )
+    if config.tokenizer == "word":
+        tokenizer = WordTokenizer.load(path)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise VocabularyMismatchError(
+                f"{path} holds {tokenizer.vocab_size} tokens but data.vocab_size is "
+                f"{config.vocab_size}. Use a new --workdir or the config that made it."
+            )
+        return tokenizer
+    tokenizer = SentencePieceTokenizer.load(path)
+    found = (tokenizer.model_type, tokenizer.vocab_size)
+    if found != (config.tokenizer, config.vocab_size):
+        raise VocabularyMismatchError(
+            f"{path} is a {found[0]} model of {found[1]} pieces but the config asks for "
+            f"data.tokenizer={config.tokenizer!r}, data.vocab_size={config.vocab_size}. "
+            "Use a new --workdir or the config that made it."
+        )
+    return tokenizer
+
+
+def load_task(
+    config: DataConfig,
+    workdir: str,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Task:
+    """Reads this process's shard of the corpus, loads the vocabulary in `workdir` (process
+    0 builds it on first use), and encodes each split. The process defaults to JAX's."""
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    pairs = read_pairs(config, index, count)
+    if index == 0 and not os.path.exists(vocabulary_path(config, workdir)):
+        whole = pairs["train"] if count == 1 else read_pairs(config)["train"]
+        build_tokenizer(config, workdir, whole)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("transformer: vocabulary ready")
+    tokenizer = load_tokenizer(config, workdir)
     splits = {}
     for name, split_pairs in pairs.items():
         # Evaluation sets stay whole: their over-long pairs are truncated, never dropped.
@@ -147,4 +213,4 @@ def load_task(config: DataConfig, workdir: str) -> Task:
                 config.max_length,
             )
         splits[name] = split
-    return Task(config=config, tokenizer=tokenizer, splits=splits)
+    return Task(config, tokenizer, splits, index, count)

@@ -18,10 +18,13 @@ def read_tfds(
     data_dir: str | None,
     manual_dir: str | None,
     download: bool,
+    shard_index: int = 0,
+    shard_count: int = 1,
 ) -> list[tuple[str, str]]:
     """(source, target) pairs of `split` of the TFDS translation dataset `name`, in order;
-    pairs with an empty side are skipped. Raises CorpusError for a language the dataset
-    lacks or a split it does not have."""
+    pairs with an empty side are skipped. With shard_count > 1, only the shard_index-th of
+    shard_count even slices of the split is read (`tfds.even_splits`): one host's share.
+    Raises CorpusError for a language the dataset lacks or a split it does not have."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -41,6 +44,8 @@ def read_tfds(
         raise CorpusError(
             f"TFDS dataset {name} has splits {sorted(builder.info.splits)}, not {split!r}."
         )
+    if shard_count > 1:
+        split = tfds.even_splits(split, n=shard_count)[shard_index]
     pairs = []
     for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
         src = example[source_lang].decode("utf-8").strip()
