@@ -49,6 +49,9 @@ def get_config() -> ConfigDict:
     config.eval_batch_size = 256
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 5  # Section 6.1: base averages the last 5 checkpoints.
+    # A NaN/Inf step is skipped and counted; 10 in a row stop training with an error.
+    config.nonfinite_policy = "stop"
+    config.max_consecutive_nonfinite = 10
     config.num_samples_to_print = 5
 
     config.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))

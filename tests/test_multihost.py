@@ -149,7 +149,7 @@ def test_token_batches_of_real_processes_agree_on_every_steps_shape(tmp_path):
         for i in range(2)
     ]
     results = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, results, strict=True):
+    for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-3000:]
     shapes = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
     assert shapes[0] == shapes[1]

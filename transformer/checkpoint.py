@@ -1,8 +1,11 @@
 """Orbax checkpoints of the train state plus the model description they belong to.
 
 Saves are asynchronous (the device-to-host copy blocks, the write does not) and atomic: Orbax
-writes into a temporary directory and renames it on commit, so a crash mid-save leaves the
-previous checkpoints intact.
+writes `<step>.orbax-checkpoint-tmp` and renames it on commit, so a crash or a full disk
+mid-save leaves the earlier checkpoints intact and the partial directory is never listed (it is
+removed by the next save). A state holding NaN or Inf is never written. Every checkpoint
+carries a checksum of its arrays, so damaged files are reported on restore instead of
+silently giving wrong values.
 """
 
 from __future__ import annotations
@@ -10,14 +13,31 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from transformer.config import differences
+from transformer.nonfinite import NonFiniteError
+
+CHECKSUM_KEY = "state_checksum"  # Stored in the JSON meta item next to the model description.
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used as asked; the message names it and what to do."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint was written for a different model than the one being restored."""
+
+
+class CheckpointReadError(CheckpointError):
+    """A checkpoint's files cannot be read back as they were written."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (full disk, lost permissions); earlier ones are intact."""
 
 
 class Checkpointer:
@@ -34,6 +54,7 @@ class Checkpointer:
         )
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._writing: int | None = None  # The step of the save that may still be running.
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -41,31 +62,142 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def should_save(self, step: int) -> bool:
+        """Whether `save(step, ...)` without force would write (the interval policy)."""
+        return self._manager.should_save(step)
+
     def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = False) -> bool:
-        """Starts an async save of `state` (a pytree) with JSON `meta`; True if one started."""
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=force,
-        )
+        """Starts an async save of `state` (a pytree) with JSON `meta`; True if one started.
+
+        Raises NonFiniteError, writing nothing, if a floating-point leaf holds NaN or Inf, and
+        CheckpointWriteError if this or the previous save cannot be written.
+        """
+        if not force and not self.should_save(step):
+            return False
+        finite, checksum = jax.device_get(integrity(state))
+        if not finite:
+            raise NonFiniteError(
+                f"Not writing checkpoint {step}: the train state holds NaN or Inf values. The "
+                f"checkpoints in {self.directory} ({self.all_steps()}) stay as they are."
+            )
+        self.wait_until_finished()  # Orbax would too; here a failure names its own step.
+        self._writing = step
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave({**meta, CHECKSUM_KEY: int(checksum)}),
+                ),
+                force=True,
+            )
+        except Exception as e:
+            raise self._write_error(e) from e
+        return True
 
     def restore(self, step: int, abstract_state: Any, expected_meta: dict[str, Any]) -> Any:
         """Restores step `step` onto the shardings of `abstract_state` (a tree of
-        jax.ShapeDtypeStruct), after checking its meta matches `expected_meta`."""
-        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        check_meta(meta["meta"], expected_meta, f"{self.directory}/{step}")
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        )
-        return restored["state"]
+        jax.ShapeDtypeStruct), after checking its meta matches `expected_meta`.
+
+        Raises CheckpointMismatchError for another model's checkpoint and CheckpointReadError
+        for files that cannot be read or do not match their checksum; nothing is deleted.
+        """
+        try:
+            meta = self._manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )["meta"]
+        except Exception as e:
+            raise self._read_error(step, e) from e
+        saved_checksum = meta.pop(CHECKSUM_KEY, None)
+        check_meta(meta, expected_meta, self.step_path(step))
+        try:
+            state = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )["state"]
+        except Exception as e:
+            raise self._read_error(step, e) from e
+        if saved_checksum is not None and int(integrity(state)[1]) != saved_checksum:
+            raise self._read_error(step, "its arrays do not match the checksum saved with them")
+        return state
+
+    def step_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
 
     def wait_until_finished(self) -> None:
-        self._manager.wait_until_finished()
+        """Blocks until the running save is committed; CheckpointWriteError if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_error(e) from e
+        self._writing = None
 
     def close(self) -> None:
         self._manager.close()
+
+    def _write_error(self, cause: Exception) -> CheckpointWriteError:
+        step, self._writing = self._writing, None
+        kept = [s for s in self.all_steps() if s != step]
+        resume = f"step {kept[-1]}" if kept else "the start"
+        return CheckpointWriteError(
+            f"Writing checkpoint {self.directory}/{step} failed: {_first_line(cause)}. Is the "
+            f"disk full, or the directory no longer writable? The checkpoints written before it "
+            f"({kept}) are untouched; the partial {step}.orbax-checkpoint-tmp is removed by the "
+            f"next save. Free space, then run the same command again to resume from {resume}."
+        )
+
+    def _read_error(self, step: int, cause: Exception | str) -> CheckpointReadError:
+        earlier = [s for s in self.all_steps() if s < step]
+        return CheckpointReadError(
+            f"Checkpoint {self.step_path(step)} cannot be read: {_first_line(cause)}. Its files "
+            "may be damaged (a crash or a full disk while they were copied) or written by "
+            "another version of this code. Nothing was deleted. To go on from the checkpoint "
+            f"before it ({earlier[-1] if earlier else 'none: training would start over'}), move "
+            f"{self.step_path(step)} out of {self.directory}; evaluate.py and translate.py "
+            "also take --step."
+        )
+
+
+def _first_line(cause: Exception | str, limit: int = 400) -> str:
+    """An error's first line, its middle cut if long: TensorStore's messages run to pages of
+    spec, with the OS error ("File too large", "No space left on device") at the end."""
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if isinstance(cause, Exception):
+        text = f"{type(cause).__name__}: {text}"
+    half = limit // 2
+    return text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
+
+
+@jax.jit
+def integrity(tree: Any) -> tuple[jax.Array, jax.Array]:
+    """(whether every floating-point leaf is finite, a uint32 checksum of all leaves' bits).
+
+    The checksum weights each element's bits by an odd function of its flat index and sums
+    modulo 2**32, so any single flipped bit changes it and the mesh that holds the arrays does
+    not (integer sums are exact in any order).
+    """
+    finite = jnp.bool_(True)
+    checksum = jnp.uint32(0)
+    for i, leaf in enumerate(jax.tree.leaves(tree)):
+        x = jnp.asarray(leaf)
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            finite &= jnp.all(jnp.isfinite(x))
+        checksum += _leaf_checksum(x) * jnp.uint32(2 * i + 1)
+    return finite, checksum
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+    if x.dtype == jnp.bool_:
+        bits = x.astype(jnp.uint32)
+    else:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+        bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    index = jnp.zeros(x.shape, jnp.uint32)
+    for dim in range(x.ndim):
+        index = index * jnp.uint32(x.shape[dim]) + jax.lax.broadcasted_iota(
+            jnp.uint32, x.shape, dim
+        )
+    weight = (index * jnp.uint32(2) + jnp.uint32(1)) * jnp.uint32(2654435761)
+    return jnp.sum(bits * weight, dtype=jnp.uint32)
 
 
 def check_meta(saved: dict[str, Any], expected: dict[str, Any], where: str) -> None:

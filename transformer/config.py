@@ -142,6 +142,11 @@ class Config:
     eval_batch_size: int
     checkpoint_every_steps: int
     keep_checkpoints: int
+    # A step with a NaN/Inf loss, gradient or update is skipped (parameters and optimizer
+    # state kept) and counted; "stop" also ends training after max_consecutive_nonfinite such
+    # steps in a row, "skip" never does.
+    nonfinite_policy: Literal["skip", "stop"]
+    max_consecutive_nonfinite: int
     num_samples_to_print: int  # Test translations printed at the end of training.
     mesh: MeshConfig
     logical_axis_rules: tuple[tuple[str, Any], ...]
@@ -323,6 +328,7 @@ def _check_values(cfg: Config) -> None:
         "eval_batch_size",
         "checkpoint_every_steps",
         "keep_checkpoints",
+        "max_consecutive_nonfinite",
     ):
         require(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be positive")
     for key in ("eval_every_steps", "bleu_every_steps", "num_samples_to_print", "grad_clip_norm"):

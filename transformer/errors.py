@@ -6,20 +6,24 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from transformer.checkpoint import CheckpointMismatchError
+from transformer.checkpoint import CheckpointError
 from transformer.config import ConfigError
 from transformer.data.tasks import VocabularyMismatchError
 from transformer.data.text_files import CorpusError
 from transformer.distributed import LaunchError
 from transformer.inference import CheckpointNotFoundError
+from transformer.nonfinite import NonFiniteError
+from transformer.trainer import WorkdirError
 
 USER_ERRORS = (
     ConfigError,
     CorpusError,
-    CheckpointMismatchError,
+    CheckpointError,  # Another model's, unreadable, or not writable.
     LaunchError,
     CheckpointNotFoundError,
     VocabularyMismatchError,
+    NonFiniteError,
+    WorkdirError,
 )
 
 

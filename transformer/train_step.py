@@ -21,9 +21,11 @@ Batch = dict[str, jax.Array]
 class TrainState:
     """Everything a resumed run needs besides the data position, which is the step."""
 
-    step: jax.Array  # int32 scalar: optimizer updates done.
+    step: jax.Array  # int32 scalar: steps done (updates applied or skipped).
     params: Any
     opt_state: Any
+    nonfinite_total: jax.Array  # int32 scalar: steps skipped for a NaN/Inf loss, grad or update.
+    nonfinite_streak: jax.Array  # int32 scalar: how many of those came last, in a row.
 
 
 def model_inputs(kind: str, batch: Batch) -> Batch:
@@ -41,6 +43,11 @@ def make_train_step(
     With grad_accum_steps = A, the batch is cut into A strided micro-batches (so each keeps
     its share of every device) and their summed gradients are normalised by the total
     non-padding token count, exactly as one large batch would be.
+
+    A step whose loss, gradient or update holds NaN or Inf keeps the previous parameters and
+    optimizer state (decided on the device, so the host never waits for it) and is counted
+    in the state and the metrics (`nonfinite`); the step counter, which is the data position,
+    still advances.
     """
     accum = config.grad_accum_steps
     base_key = jax.random.key(config.seed)
@@ -80,10 +87,36 @@ def make_train_step(
             )
             (grads, sums), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums["tokens"], 1.0), grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(sums, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        # A NaN or Inf anywhere in the gradients or the update shows in its norm.
+        finite = (
+            jnp.isfinite(sums["loss_sum"])
+            & jnp.isfinite(grad_norm)
+            & jnp.isfinite(optax.tree.norm(updates))
+        )
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (optax.apply_updates(state.params, updates), opt_state),
+            (state.params, state.opt_state),
+        )
+        skipped = jnp.where(finite, 0, 1).astype(jnp.int32)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            nonfinite_total=state.nonfinite_total + skipped,
+            nonfinite_streak=(state.nonfinite_streak + 1) * skipped,
+        )
+        metrics = dict(
+            sums,
+            learning_rate=schedule(state.step),
+            grad_norm=grad_norm,
+            nonfinite=skipped,
+            nonfinite_total=new_state.nonfinite_total,
+            nonfinite_streak=new_state.nonfinite_streak,
+        )
+        return new_state, metrics
 
     return train_step
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +30,9 @@ from transformer.data.tasks import Task, load_task
 from transformer.evaluation import continue_prompts, evaluate_translation
 from transformer.metrics import MetricWriter, summarize
 from transformer.model import build_model
+from transformer.nonfinite import check_streak
 from transformer.optim import make_optimizer
+from transformer.preemption import StopSignals
 from transformer.train_step import TrainState, make_eval_step, make_train_step, model_inputs
 
 
@@ -60,7 +63,10 @@ def build(config: Config, mesh: jax.sharding.Mesh) -> Setup:
 
     def init_boxed(rng: jax.Array) -> TrainState:
         params = model.init({"params": rng}, **model_inputs(config.model.kind, dummy))["params"]
-        return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
+        zero = jnp.int32(0)
+        return TrainState(
+            zero, params, tx.init(params), nonfinite_total=zero, nonfinite_streak=zero
+        )
 
     with mesh_context(mesh, config):
         boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
@@ -116,6 +122,23 @@ def mesh_context(mesh: jax.sharding.Mesh, config: Config) -> Iterator[None]:
         yield
 
 
+class WorkdirError(ValueError):
+    """The workdir cannot be created or written."""
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates `workdir` and checks that this process can write there."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise WorkdirError(
+            f"Cannot write to --workdir {workdir}: {e.strerror or e} ({e.filename}). Choose a "
+            "directory you can write to, or fix its permissions."
+        ) from e
+
+
 def write_resolved_config(config_dict: ConfigDict, workdir: str) -> None:
     """Writes config.json; refuses a workdir whose earlier config differs in model or data."""
     path = os.path.join(workdir, "config.json")
@@ -141,10 +164,12 @@ def write_resolved_config(config_dict: ConfigDict, workdir: str) -> None:
 def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the experiment in `config_dict`, writing everything to `workdir`.
 
-    Returns the final test results (loss metrics, plus BLEU and chrF for translation).
+    Returns the final test results (loss metrics, plus BLEU and chrF for translation), or {}
+    when SIGTERM or Ctrl-C stopped training early: then the last step is checkpointed, and
+    the same call resumes from it.
     """
     config = from_config_dict(config_dict)
-    os.makedirs(workdir, exist_ok=True)
+    prepare_workdir(workdir)
     write_resolved_config(config_dict, workdir)
     task = load_task(config.data, workdir)
     config = config.with_vocab_size(task.tokenizer.vocab_size)
@@ -170,9 +195,16 @@ def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
                 f"vocabulary {config.model.vocab_size}; mesh {dict(mesh.shape)}; "
                 + (f"resuming from {ckpt.directory}/{start}." if start else "from scratch.")
             )
-            state = _train_loop(setup, task, state, ckpt, meta, writer)
-            if ckpt.latest_step() != int(state.step):
-                ckpt.save(int(state.step), state, meta, force=True)
+            with StopSignals() as signals:
+                state, stopped = _train_loop(setup, task, state, ckpt, meta, writer, signals)
+            # Committed before the long final evaluation, which a signal may still cut short.
+            ckpt.wait_until_finished()
+            if stopped:
+                print(
+                    f"Stopped by {signals.reason()} after step {int(state.step)}; saved "
+                    f"{ckpt.step_path(int(state.step))}. Run the same command to resume."
+                )
+                return {}
             results = _final_evaluation(setup, state.params, task)
             writer.write(int(state.step), "test", results)
     finally:
@@ -189,10 +221,13 @@ def _train_loop(
     ckpt: checkpoint.Checkpointer,
     meta: dict[str, Any],
     writer: MetricWriter,
-) -> TrainState:
+    signals: StopSignals,
+) -> tuple[TrainState, bool]:
     """Steps from state.step to config.num_train_steps, logging, evaluating, checkpointing.
 
-    Metrics stay on the device between log steps, so the loop never waits on a step.
+    Returns the state and whether a signal stopped training early (its step is then saved).
+    Metrics stay on the device until a log or checkpoint step, so the loop never waits on a
+    step otherwise; the non-finite policy is checked on them before anything is saved.
     """
     config = setup.config
     start = int(state.step)
@@ -209,7 +244,8 @@ def _train_loop(
         desc="train",
     )
     compiled: dict[Any, Callable] = {}  # One executable per batch shape (token buckets).
-    pending: list[dict[str, jax.Array]] = []
+    on_device: list[dict[str, jax.Array]] = []
+    fetched: list[dict[str, np.ndarray]] = []  # Since the last log step.
     real_tokens = total_tokens = 0
     last_time, last_step, excluded_seconds = time.perf_counter(), start, 0.0
     for ready in prefetch(batches, range(start, config.num_train_steps), setup.batch_sharding):
@@ -225,23 +261,30 @@ def _train_loop(
                 f"{time.perf_counter() - compile_start:.1f} s."
             )
         state, metrics = compiled[shapes](state, ready.batch)
-        pending.append(metrics)
+        on_device.append(metrics)
         real_tokens += ready.real_tokens
         total_tokens += ready.total_tokens
         done = ready.step + 1
         bar.update(1)
-        ckpt.save(done, state, meta)
-        if done % config.log_every_steps == 0 or done == config.num_train_steps:
-            fetched = jax.device_get(pending)
+        stopping = signals.should_stop(done)
+        final = done == config.num_train_steps
+        saving = stopping or final or ckpt.should_save(done)
+        logging_now = stopping or final or done % config.log_every_steps == 0
+        if saving or logging_now:
+            new = jax.device_get(on_device)
+            on_device = []
+            check_streak(
+                new, done - len(new) + 1, config.nonfinite_policy, config.max_consecutive_nonfinite
+            )
+            fetched += new
+        if saving:
+            ckpt.save(done, state, meta, force=True)
+        if logging_now:
             now = time.perf_counter()
             seconds = now - last_time - excluded_seconds
-            summary = summarize(fetched)
-            summary["learning_rate"] = float(fetched[-1]["learning_rate"])
-            summary["grad_norm"] = float(np.mean([m["grad_norm"] for m in fetched]))
-            summary["target_tokens_per_sec"] = summary.pop("tokens") / seconds
-            summary["steps_per_sec"] = (done - last_step) / seconds
+            summary = _train_summary(fetched, seconds, done - last_step)
             summary["padding_efficiency"] = real_tokens / max(total_tokens, 1)
-            pending, real_tokens, total_tokens = [], 0, 0
+            fetched, real_tokens, total_tokens = [], 0, 0
             last_time, last_step, excluded_seconds = now, done, 0.0
             writer.write(done, "train", summary)
             bar.set_postfix(
@@ -249,9 +292,16 @@ def _train_loop(
                 lr=f"{summary['learning_rate']:.2e}",
                 tok_s=f"{summary['target_tokens_per_sec']:,.0f}",
             )
-        if config.eval_every_steps and (
-            done % config.eval_every_steps == 0 or done == config.num_train_steps
-        ):
+            if summary["skipped_steps"]:
+                bar.write(
+                    f"step {done}: skipped {summary['skipped_steps']:.0f} updates with a NaN or "
+                    f"Inf loss, gradient or update ({summary['skipped_steps_total']:.0f} in all)."
+                )
+        if stopping:
+            ckpt.wait_until_finished()
+            bar.close()
+            return state, True
+        if config.eval_every_steps and (done % config.eval_every_steps == 0 or final):
             eval_start = time.perf_counter()
             valid = evaluate_loss(setup, state.params, task, "validation")
             writer.write(done, "validation", valid)
@@ -260,9 +310,7 @@ def _train_loop(
                 f"perplexity {valid['perplexity']:.2f}, accuracy {valid['accuracy']:.3f}"
             )
             excluded_seconds += time.perf_counter() - eval_start  # Not training throughput.
-        if config.bleu_every_steps and (
-            done % config.bleu_every_steps == 0 or done == config.num_train_steps
-        ):
+        if config.bleu_every_steps and (done % config.bleu_every_steps == 0 or final):
             eval_start = time.perf_counter()
             scores, _, _ = evaluate_translation(
                 config, setup.model, state.params, task, "validation", setup.batch_sharding
@@ -274,7 +322,22 @@ def _train_loop(
             )
             excluded_seconds += time.perf_counter() - eval_start
     bar.close()
-    return state
+    return state, False
+
+
+def _train_summary(fetched: list[dict[str, np.ndarray]], seconds: float, steps: int):
+    """Loss metrics of the applied steps among `fetched`, throughput, and skipped counts."""
+    # Skipped steps' NaNs would hide the others; if all were skipped, their NaNs show.
+    applied = [m for m in fetched if not m["nonfinite"]] or fetched
+    summary = summarize(applied)
+    summary["learning_rate"] = float(fetched[-1]["learning_rate"])
+    summary["grad_norm"] = float(np.mean([m["grad_norm"] for m in applied]))
+    summary["target_tokens_per_sec"] = summarize(fetched)["tokens"] / seconds
+    summary.pop("tokens")
+    summary["steps_per_sec"] = steps / seconds
+    summary["skipped_steps"] = float(sum(m["nonfinite"] for m in fetched))
+    summary["skipped_steps_total"] = float(fetched[-1]["nonfinite_total"])
+    return summary
 
 
 def evaluate_loss(setup: Setup, params: Any, task: Task, split: str) -> dict[str, float]:
