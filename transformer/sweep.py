@@ -1,0 +1,260 @@
+"""A sweep: several configs trained one after another, then tabulated against published rows.
+
+Each variant trains in `workdir/<name>` through `trainer.run` (so it is exactly a train.py
+run), then its newest checkpoint is restored and scored on the validation split: perplexity
+(teacher-forced, per target token) and greedy sacreBLEU. `workdir/results.csv`,
+`results.md` and `results.png` are rewritten after every variant.
+
+Resuming: a variant recorded in results.csv at its configured step count is skipped; one
+whose final checkpoint exists is only evaluated; one stopped half-way resumes from its newest
+checkpoint through the trainer's own resume. SIGTERM or Ctrl-C during training stops the
+trainer at a checkpoint (see transformer.preemption) and the sweep with it.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+from ml_collections import ConfigDict
+
+from transformer import checkpoint, inference, trainer
+from transformer.config import ConfigError, from_config_dict
+from transformer.data.tasks import load_task
+from transformer.evaluation import evaluate_translation
+
+COLUMNS = (
+    "variant",
+    "change",
+    "params",
+    "steps",
+    "dev_ppl",
+    "dev_bleu",
+    "paper_params_millions",
+    "paper_ppl",
+    "paper_bleu",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One config of a sweep and the published row it is compared with."""
+
+    name: str  # Also the name of its workdir under the sweep's.
+    config: ConfigDict
+    change: str  # What differs from the reference row, e.g. "num_heads=1, d_k=512".
+    paper_params_millions: float | None = None
+    paper_ppl: float | None = None
+    paper_bleu: float | None = None
+
+
+def with_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+    """`config` with each "dotted.key=value" applied (values parsed as Python literals, else
+    taken as strings); ConfigError naming a key that does not exist or a value of the wrong
+    type."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"Override {item!r} is not of the form KEY=VALUE.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, ConfigDict) else None
+        if not isinstance(node, ConfigDict) or leaf not in node:
+            raise ConfigError(f"Override {item!r}: unknown config key '{key}'.")
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"Override {item!r}: {e}") from None
+    return config
+
+
+def run_sweep(variants: Sequence[Variant], workdir: str, title: str) -> list[dict[str, str]]:
+    """Trains and evaluates every variant not yet recorded in workdir/results.csv; writes the
+    results table (Markdown, CSV) and plot. Returns the table's rows, in sweep order."""
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Variant names repeat: {names}.")
+    for v in variants:  # Every config and existing workdir is checked before anything trains.
+        try:
+            from_config_dict(v.config)
+        except ConfigError as e:
+            raise ConfigError(f"variant {v.name}: {e}") from None
+        directory = os.path.join(workdir, v.name)
+        if os.path.exists(os.path.join(directory, "config.json")):
+            # Refuses a workdir trained with another model or corpus, finished or not.
+            trainer.write_resolved_config(v.config, directory)
+    os.makedirs(workdir, exist_ok=True)
+    recorded = read_results(os.path.join(workdir, "results.csv"))
+    for i, v in enumerate(variants, start=1):
+        steps = v.config.num_train_steps
+        directory = os.path.join(workdir, v.name)
+        row = recorded.get(v.name)
+        if row is not None and int(row["steps"]) == steps:
+            print(f"[{i}/{len(variants)}] {v.name}: recorded at step {steps}; not retrained.")
+            continue
+        if final_step(directory) == steps:
+            print(f"[{i}/{len(variants)}] {v.name}: trained to step {steps}; evaluating.")
+        else:
+            print(f"[{i}/{len(variants)}] {v.name}: training in {directory}.")
+            if not trainer.run(v.config, directory):  # {}: SIGTERM or Ctrl-C stopped it.
+                print(f"Sweep stopped during {v.name}; run the same command to resume.")
+                break
+        recorded[v.name] = {**_paper_columns(v), **evaluate_workdir(directory)}
+        write_results(workdir, title, _ordered(variants, recorded))
+    rows = _ordered(variants, recorded)
+    write_results(workdir, title, rows)
+    return rows
+
+
+def final_step(directory: str) -> int | None:
+    """The newest checkpoint step in directory/checkpoints, or None."""
+    path = os.path.join(directory, "checkpoints")
+    if not os.path.isdir(path):
+        return None
+    ckpt = checkpoint.Checkpointer(path, read_only=True)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
+def evaluate_workdir(directory: str) -> dict[str, str]:
+    """params, steps, dev_ppl and (for translation) greedy dev_bleu of the newest checkpoint."""
+    restored = inference.restore(directory)
+    config, setup = restored.config, restored.setup
+    task = load_task(config.data, directory)
+    with trainer.mesh_context(setup.mesh, config):
+        loss = trainer.evaluate_loss(setup, restored.params, task, "validation")
+        bleu = ""
+        if config.model.kind == "encoder_decoder":
+            scores, _, _ = evaluate_translation(
+                config, setup.model, restored.params, task, "validation", setup.batch_sharding
+            )
+            bleu = repr(scores["bleu"])
+    return {
+        "params": str(trainer.count_params(restored.params)),
+        "steps": str(restored.steps[-1]),
+        "dev_ppl": repr(loss["perplexity"]),
+        "dev_bleu": bleu,
+    }
+
+
+def _paper_columns(v: Variant) -> dict[str, str]:
+    def text(x: float | None) -> str:
+        return "" if x is None else repr(x)
+
+    return {
+        "variant": v.name,
+        "change": v.change,
+        "paper_params_millions": text(v.paper_params_millions),
+        "paper_ppl": text(v.paper_ppl),
+        "paper_bleu": text(v.paper_bleu),
+    }
+
+
+def _ordered(
+    variants: Sequence[Variant], recorded: Mapping[str, dict[str, str]]
+) -> list[dict[str, str]]:
+    """This sweep's rows in its order, then rows recorded by earlier sweeps in the workdir."""
+    names = [v.name for v in variants if v.name in recorded]
+    names += [n for n in recorded if n not in names]
+    return [recorded[n] for n in names]
+
+
+def read_results(path: str) -> dict[str, dict[str, str]]:
+    """Rows of a results.csv by variant name ({} if there is none yet)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ConfigError(
+                f"{path} has columns {reader.fieldnames}, not {list(COLUMNS)}; it was not "
+                "written by this sweep runner. Use a new --workdir."
+            )
+        return {row["variant"]: row for row in reader}
+
+
+def write_results(workdir: str, title: str, rows: Sequence[Mapping[str, str]]) -> None:
+    """results.csv, results.md and results.png in `workdir`, each replaced atomically."""
+    _write_atomic(os.path.join(workdir, "results.csv"), lambda f: _write_csv(f, rows))
+    _write_atomic(os.path.join(workdir, "results.md"), lambda f: f.write(markdown(title, rows)))
+    if rows:
+        plot(rows, title, os.path.join(workdir, "results.png"))
+
+
+def _write_csv(f, rows: Sequence[Mapping[str, str]]) -> None:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _write_atomic(path: str, write) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
+        write(f)
+    os.replace(path + ".tmp", path)
+
+
+def _fmt(text: str, spec: str) -> str:
+    return format(float(text), spec) if text else "-"
+
+
+def markdown(title: str, rows: Sequence[Mapping[str, str]]) -> str:
+    """The results as a Markdown table beside the published figures."""
+    lines = [
+        f"# {title}",
+        "",
+        "Ours: the corpus's validation split, the newest checkpoint, greedy decoding. "
+        "Paper: Table 3 of Vaswani et al. 2017 (newstest2013, beam 4, checkpoint averaging).",
+        "",
+        "| variant | change | params (M) | steps | dev PPL | dev BLEU "
+        "| paper params (M) | paper PPL | paper BLEU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['change']} | {int(r['params']) / 1e6:.2f} | {r['steps']} "
+            f"| {_fmt(r['dev_ppl'], '.2f')} | {_fmt(r['dev_bleu'], '.2f')} "
+            f"| {_fmt(r['paper_params_millions'], 'g')} | {_fmt(r['paper_ppl'], '.2f')} "
+            f"| {_fmt(r['paper_bleu'], '.1f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[Mapping[str, str]], title: str, path: str) -> None:
+    """Dev BLEU and dev perplexity per variant (bars), the paper's on a second axis (dots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # Files only; no display.
+    import matplotlib.pyplot as plt
+
+    names = [r["variant"] for r in rows]
+    x = range(len(names))
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.7 * len(names) + 2), 7), sharex=True)
+    for ax, ours, paper, label in (
+        (axes[0], "dev_bleu", "paper_bleu", "dev BLEU"),
+        (axes[1], "dev_ppl", "paper_ppl", "dev perplexity"),
+    ):
+        ax.bar(x, [float(r[ours]) if r[ours] else 0.0 for r in rows], color="tab:blue")
+        ax.set_ylabel(f"{label} (ours, bars)", color="tab:blue")
+        published = [(i, float(r[paper])) for i, r in zip(x, rows, strict=True) if r[paper]]
+        if published:
+            twin = ax.twinx()
+            twin.plot(*zip(*published, strict=True), "o", color="black")
+            twin.set_ylabel(f"{label} (paper, dots)")
+    axes[1].set_xticks(list(x), names, rotation=45, ha="right")
+    axes[0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
