@@ -44,6 +44,14 @@ class ModelConfig:
     share_embeddings: bool  # One embedding table for source and target.
     tie_output_embedding: bool  # Pre-softmax projection = target embedding transposed.
     dtype: Literal["float32", "bfloat16"]  # Compute dtype; parameters stay float32.
+    # How the same math is computed (tests/test_switches.py checks each against the plain
+    # path): one [d_model, 3, heads, d_k] query/key/value kernel (key/value for
+    # cross-attention) instead of three; plain einsums ("xla") or jax.nn.dot_product_attention
+    # (cuDNN on GPU in bfloat16); recomputing each layer in the backward pass ("block") or all
+    # but its matmul outputs ("dots") instead of storing its activations ("none").
+    fused_qkv: bool
+    attention: Literal["xla", "dot_product_attention"]
+    remat: Literal["none", "block", "dots"]
     vocab_size: int = 0  # Set from the tokenizer at run time, not from the config file.
 
     @property
@@ -136,6 +144,7 @@ class Config:
     label_smoothing: float  # epsilon_ls
     grad_clip_norm: float  # Global-norm clipping; 0 disables it.
     cross_entropy: Literal["one_hot", "integer"]
+    dropout_rng: Literal["threefry", "rbg"]  # PRNG implementation of the dropout key.
     log_every_steps: int
     eval_every_steps: int  # Validation loss; 0 disables it.
     bleu_every_steps: int  # Validation BLEU (greedy); 0 disables it (and must, for an LM).
@@ -266,6 +275,22 @@ def _check_values(cfg: Config) -> None:
     for key in ("dropout_rate", "attention_dropout_rate"):
         value = getattr(m, key)
         require(0.0 <= value < 1.0, f"model.{key}", value, "must be in [0, 1)")
+    if m.head_dim_k != m.head_dim_v:
+        for key, value in (("fused_qkv", m.fused_qkv), ("attention", m.attention)):
+            require(
+                value in (False, "xla"),
+                f"model.{key}",
+                value,
+                f"needs d_k = d_v (here {m.head_dim_k} and {m.head_dim_v}): keys and values "
+                "share one kernel / one head size",
+            )
+    require(
+        m.attention != "dot_product_attention" or m.attention_dropout_rate == 0.0,
+        "model.attention",
+        m.attention,
+        f"jax.nn.dot_product_attention has no attention dropout; set "
+        f"model.attention_dropout_rate=0 (now {m.attention_dropout_rate}) or attention='xla'",
+    )
     require(
         m.layer_norm_epsilon > 0,
         "model.layer_norm_epsilon",

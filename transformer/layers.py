@@ -52,6 +52,72 @@ def segment_mask(q_segments: Array, kv_segments: Array) -> Array:
     return q_segments[:, None, :, None] == kv_segments[:, None, None, :]
 
 
+# --------------------------------------------------------------------------- dropout
+def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
+    """The Threefry-2x32 block cipher (20 rounds), as jax.random's threefry2x32 computes it.
+
+    Written out so that XLA fuses it into whatever consumes the bits: JAX lowers its own
+    threefry on CPU as a loop over rounds, which stores every round's [n] words.
+    """
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in rotations[i % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r)))
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
+
+
+def random_bits(rng: Array, shape: tuple[int, ...]) -> Array:
+    """uint32 [shape]: the same bits as `jax.random.bits(rng, shape)`.
+
+    For a threefry key (with JAX's default jax_threefry_partitionable), computed in line: the
+    cipher of each element's flat index, the two output words XORed, as JAX does. Other keys
+    (rbg) go to jax.random.bits.
+    """
+    if str(jax.random.key_impl(rng)) != "threefry2x32":
+        return jax.random.bits(rng, shape, jnp.uint32)
+    if math.prod(shape) >= 2**32:
+        raise ValueError(f"random_bits covers fewer than 2^32 elements, not {shape}.")
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for dim in reversed(range(len(shape))):  # Per-axis iotas: partitionable over a mesh.
+        index = index + lax.broadcasted_iota(jnp.uint32, shape, dim) * np.uint32(stride)
+        stride *= shape[dim]
+    k0, k1 = jax.random.key_data(rng)
+    high, low = _threefry2x32(k0, k1, jnp.zeros(shape, jnp.uint32), index)
+    return high ^ low
+
+
+def dropout_keep(rng: Array, rate: float, shape: tuple[int, ...]) -> Array:
+    """bool [shape]: True with probability 1 - rate (to within 2^-32), from `random_bits`."""
+    threshold = min(round((1.0 - rate) * 2**32), 2**32 - 1)
+    return random_bits(rng, shape) < np.uint32(threshold)
+
+
+def dropout(x: Array, rate: float, rng: Array) -> Array:
+    """Inverted dropout: zeroes each element of `x` with probability `rate`, scales the rest
+    by 1 / (1 - rate)."""
+    keep = dropout_keep(rng, rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+class Dropout(nn.Module):
+    """`dropout` with a key from the "dropout" rng collection; the identity when
+    deterministic or at rate 0."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        return dropout(x, self.rate, self.make_rng("dropout"))
+
+
 # ------------------------------------------------------------------------- attention
 def dot_product_attention(
     query: Array,
@@ -83,9 +149,32 @@ def dot_product_attention(
     weights = jnp.where(mask, weights, 0.0)
     probs = weights.astype(value.dtype)
     if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
+        probs = dropout(probs, dropout_rate, dropout_rng)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, value), weights
+
+
+def fused_dot_product_attention(query: Array, key: Array, value: Array, mask: Array) -> Array:
+    """`dot_product_attention` through `jax.nn.dot_product_attention`, without dropout.
+
+    query: [batch, q_len, heads, d]; key, value: [batch, kv_len, heads, d]; mask: bool,
+    broadcastable to [batch, heads, q_len, kv_len]. Returns [batch, q_len, heads, d].
+    On GPU, in bfloat16/float16 with q_len > 1 and d a multiple of 8 up to 128, it asks for
+    cuDNN's fused (flash) attention; elsewhere JAX's XLA implementation. A query row whose keys
+    are all masked gives zeros, as in `dot_product_attention`.
+    """
+    cudnn = (
+        jax.default_backend() == "gpu"
+        and query.dtype in (jnp.bfloat16, jnp.float16)
+        and query.shape[1] > 1
+        and query.shape[-1] % 8 == 0
+        and query.shape[-1] <= 128
+    )
+    out = jax.nn.dot_product_attention(
+        query, key, value, mask=mask, implementation="cudnn" if cudnn else None
+    )
+    # jax.nn gives such a row the mean of the values; make it zeros: [b, 1|h, q] -> [b, q, 1|h, 1].
+    attends = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)[..., None]
+    return jnp.where(attends, out, jnp.zeros((), out.dtype))
 
 
 class MultiHeadAttention(nn.Module):
@@ -101,10 +190,18 @@ class MultiHeadAttention(nn.Module):
       - encoder-decoder attention (`static_kv=True`) projects `inputs_kv`, the same encoder
         output at every step, on the creating call only, and attends over those keys thereafter.
     Parameters are the same with and without decoding.
+
+    `config.fused_qkv`: with `static_kv=False` one kernel "query_key_value"
+    [d_model, 3, heads, d] projects queries, keys and values (in one matmul where inputs_kv is
+    inputs_q, as in self-attention); with `static_kv=True` "query" and one "key_value"
+    [d_model, 2, heads, d] (d = d_k = d_v); each slice is initialised as its separate kernel.
+    `config.attention = "dot_product_attention"`: `fused_dot_product_attention`, except where
+    attention weights are asked for (a mutable "intermediates" collection) or attention dropout
+    applies, which take the plain path.
     """
 
     config: ModelConfig
-    static_kv: bool = False  # In decode mode: inputs_kv is fixed; project it once.
+    static_kv: bool = False  # Encoder-decoder attention; in decode mode inputs_kv is fixed.
 
     @nn.compact
     def __call__(
@@ -124,10 +221,18 @@ class MultiHeadAttention(nn.Module):
         dtype = compute_dtype(cfg)
         h, d_k, d_v = cfg.num_heads, cfg.head_dim_k, cfg.head_dim_v
 
-        def kernel(name: str, shape: tuple[int, ...], names: tuple[str, ...], fan_in_axes):
-            fan_out_axes = tuple(i for i in range(len(shape)) if i not in fan_in_axes)
-            init = nn.initializers.variance_scaling(  # Glorot-uniform over the head axes.
-                1.0, "fan_avg", "uniform", in_axis=fan_in_axes, out_axis=fan_out_axes
+        def kernel(name: str, shape: tuple[int, ...], names: tuple, fan_in_axes, stacked=()):
+            # Glorot-uniform over the head axes; `stacked` axes hold separate matrices.
+            fan_out_axes = tuple(
+                i for i in range(len(shape)) if i not in fan_in_axes and i not in stacked
+            )
+            init = nn.initializers.variance_scaling(
+                1.0,
+                "fan_avg",
+                "uniform",
+                in_axis=fan_in_axes,
+                out_axis=fan_out_axes,
+                batch_axis=stacked,
             )
             return self.param(name, _init(init, names), shape, jnp.float32).astype(dtype)
 
@@ -135,34 +240,66 @@ class MultiHeadAttention(nn.Module):
             y = jnp.einsum("bld,dhk->blhk", x.astype(dtype), w)
             return constrain(y, (BATCH, LENGTH, HEADS, None))
 
-        w_q = kernel("query", (cfg.d_model, h, d_k), ("embed", "heads", "kv"), (0,))
-        w_k = kernel("key", (cfg.d_model, h, d_k), ("embed", "heads", "kv"), (0,))
-        w_v = kernel("value", (cfg.d_model, h, d_v), ("embed", "heads", "kv"), (0,))
-        w_o = kernel("out", (h, d_v, cfg.d_model), ("heads", "kv", "embed"), (0, 1))
-        query = project(inputs_q, w_q)  # [batch, q_len, heads, d_k]
-        if decode and self.static_kv:
-            # Lazy initialisers: the encoder output is projected on the creating call only.
-            key = self.variable("cache", "cached_key", project, inputs_kv, w_k).value
-            value = self.variable("cache", "cached_value", project, inputs_kv, w_v).value
+        def project_stacked(x: Array, w: Array) -> list[Array]:  # -> n x [b, l, h, d]
+            y = jnp.einsum("bld,dnhk->nblhk", x.astype(dtype), w)
+            return [constrain(y[i], (BATCH, LENGTH, HEADS, None)) for i in range(w.shape[1])]
+
+        d = cfg.d_model
+        if cfg.fused_qkv:  # The config guarantees d_k = d_v.
+            names = ("embed", None, "heads", "kv")
+            if self.static_kv:
+                w_q = kernel("query", (d, h, d_k), ("embed", "heads", "kv"), (0,))
+                w_kv = kernel("key_value", (d, 2, h, d_k), names, (0,), stacked=(1,))
+                query = project(inputs_q, w_q)
+                project_kv = lambda x: tuple(project_stacked(x, w_kv))  # noqa: E731
+            else:
+                w_qkv = kernel("query_key_value", (d, 3, h, d_k), names, (0,), stacked=(1,))
+                if inputs_kv is inputs_q:  # Self-attention: one matmul.
+                    query, key, value = project_stacked(inputs_q, w_qkv)
+                else:
+                    query = project(inputs_q, w_qkv[:, 0])
+                    key, value = project_stacked(inputs_kv, w_qkv[:, 1:])
         else:
-            key = project(inputs_kv, w_k)  # [batch, kv_len, heads, d_k]
-            value = project(inputs_kv, w_v)  # [batch, kv_len, heads, d_v]
+            w_q = kernel("query", (d, h, d_k), ("embed", "heads", "kv"), (0,))
+            w_k = kernel("key", (d, h, d_k), ("embed", "heads", "kv"), (0,))
+            w_v = kernel("value", (d, h, d_v), ("embed", "heads", "kv"), (0,))
+            query = project(inputs_q, w_q)  # [batch, q_len, heads, d_k]
+            project_kv = lambda x: (project(x, w_k), project(x, w_v))  # noqa: E731
+        w_o = kernel("out", (h, d_v, d), ("heads", "kv", "embed"), (0, 1))
+        if decode and self.static_kv:
+            # The encoder output is projected on the call that creates the cache only.
+            if not self.has_variable("cache", "cached_key"):
+                key, value = project_kv(inputs_kv)
+                self.put_variable("cache", "cached_key", key)
+                self.put_variable("cache", "cached_value", value)
+            key = self.get_variable("cache", "cached_key")
+            value = self.get_variable("cache", "cached_value")
+        else:
+            if self.static_kv or not cfg.fused_qkv:
+                key, value = project_kv(inputs_kv)  # [batch, kv_len, heads, d_k or d_v]
             if decode:
                 key, value, mask = self._append_to_cache(key, value, mask)
 
         dropout_rng = None
         if not deterministic and cfg.attention_dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
-        out, weights = dot_product_attention(
-            query,
-            key,
-            value,
-            mask,
-            dropout_rate=cfg.attention_dropout_rate,
-            dropout_rng=dropout_rng,
-        )  # [batch, q_len, heads, d_v]
-        # Kept for attention maps: `apply(..., mutable=["intermediates"])` returns them.
-        self.sow("intermediates", "attention_weights", weights)
+        if (
+            cfg.attention == "dot_product_attention"
+            and dropout_rng is None
+            and not self.is_mutable_collection("intermediates")
+        ):
+            out = fused_dot_product_attention(query, key, value, mask)
+        else:
+            out, weights = dot_product_attention(
+                query,
+                key,
+                value,
+                mask,
+                dropout_rate=cfg.attention_dropout_rate,
+                dropout_rng=dropout_rng,
+            )  # [batch, q_len, heads, d_v]
+            # Kept for attention maps: `apply(..., mutable=["intermediates"])` returns them.
+            self.sow("intermediates", "attention_weights", weights)
         out = jnp.einsum("blhk,hkd->bld", out, w_o)  # [batch, q_len, d_model]
         return constrain(out, (BATCH, LENGTH, EMBED))
 

@@ -14,6 +14,8 @@ parameters are the same in both modes, so any checkpoint decodes.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from transformer.layers import (
     BATCH,
     EMBED,
     LENGTH,
+    Dropout,
     Embed,
     FeedForward,
     MultiHeadAttention,
@@ -64,6 +67,21 @@ def self_attention_mask(tokens: Array, segmentation: Array | None, causal: bool)
     return mask
 
 
+def rematerialized(layer: type[nn.Module], config: ModelConfig, static_argnums: tuple[int, ...]):
+    """`layer` under `config.remat`: "block" keeps only its inputs for the backward pass and
+    recomputes the rest; "dots" also keeps the outputs of matmuls without batch dimensions
+    (projections, FFN), recomputing attention scores, softmax, dropout and norms. Parameters
+    and values are those of the plain layer. static_argnums count `self` as 0."""
+    if config.remat == "none":
+        return layer
+    policy = (
+        None
+        if config.remat == "block"
+        else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    )
+    return nn.remat(layer, static_argnums=static_argnums, policy=policy)
+
+
 def _pre(config: ModelConfig, norm: nn.LayerNorm, x: Array) -> Array:
     return norm(x) if config.normalization == "pre" else x
 
@@ -81,7 +99,7 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
         """x: [batch, length, d_model]; mask: [batch, 1, length, length] -> same as x."""
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+        dropout = functools.partial(Dropout(cfg.dropout_rate), deterministic=deterministic)
         norm = layer_norm(cfg, "self_attention_norm")
         h = _pre(cfg, norm, x)
         h = MultiHeadAttention(cfg, name="self_attention")(h, h, mask, deterministic)
@@ -113,7 +131,7 @@ class DecoderLayer(nn.Module):
         """x: [batch, length, d_model]; encoded: [batch, src_len, d_model] -> same as x.
         decode: incremental decoding, see `MultiHeadAttention`."""
         cfg = self.config
-        dropout = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
+        dropout = functools.partial(Dropout(cfg.dropout_rate), deterministic=deterministic)
         norm = layer_norm(cfg, "self_attention_norm")
         h = _pre(cfg, norm, x)
         h = MultiHeadAttention(cfg, name="self_attention")(h, h, self_mask, deterministic, decode)
@@ -149,11 +167,12 @@ class Encoder(nn.Module):
         """tokens, positions, segmentation: [batch, length] -> [batch, length, d_model]."""
         cfg = self.config
         x = self.embed(tokens) + PositionalEncoding(cfg, name="positions")(positions)
-        x = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x)
+        x = Dropout(cfg.dropout_rate)(x, deterministic)
         x = constrain(x, (BATCH, LENGTH, EMBED))
         mask = self_attention_mask(tokens, segmentation, causal=False)
+        layer = rematerialized(EncoderLayer, cfg, static_argnums=(3,))  # deterministic
         for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, name=f"layer_{i}")(x, mask, deterministic)
+            x = layer(cfg, name=f"layer_{i}")(x, mask, deterministic)
         if cfg.normalization == "pre":
             x = layer_norm(cfg, "final_norm")(x)
         return x
@@ -184,7 +203,7 @@ class Decoder(nn.Module):
         (the newest token and its position) on unpacked rows (segmentation None)."""
         cfg = self.config
         x = self.embed(decoder_input) + PositionalEncoding(cfg, name="positions")(positions)
-        x = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)(x)
+        x = Dropout(cfg.dropout_rate)(x, deterministic)
         x = constrain(x, (BATCH, LENGTH, EMBED))
         if decode:
             if segmentation is not None:
@@ -192,8 +211,10 @@ class Decoder(nn.Module):
             self_mask = self._decode_self_mask(decoder_input)
         else:
             self_mask = self_attention_mask(decoder_input, segmentation, causal=True)
+        # Decoding has no backward pass to save memory for.
+        layer = DecoderLayer if decode else rematerialized(DecoderLayer, cfg, (5, 6))
         for i in range(cfg.num_decoder_layers):
-            x = DecoderLayer(cfg, cross_attention=encoded is not None, name=f"layer_{i}")(
+            x = layer(cfg, cross_attention=encoded is not None, name=f"layer_{i}")(
                 x, self_mask, encoded, cross_mask, deterministic, decode
             )
         if cfg.normalization == "pre":

@@ -50,7 +50,9 @@ def make_train_step(
     still advances.
     """
     accum = config.grad_accum_steps
-    base_key = jax.random.key(config.seed)
+    base_key = jax.random.key(
+        config.seed, impl={"threefry": "threefry2x32"}.get(config.dropout_rng, config.dropout_rng)
+    )
 
     def micro_step(params, batch, rng):
         def loss_fn(p):

@@ -1,0 +1,159 @@
+"""Train-step throughput over batch sizes and sequence lengths: a CSV and a PNG plot.
+
+  python benchmarks/scaling_sweep.py [--workload ref-small] [--out /tmp/scaling]
+      [--lengths 32,64,128,256,512] [--tokens 4096] [--batches 16,32,64,128] [--length 64]
+      [--steps 5] [--set KEY=VALUE ...]
+
+Each point is `benchmarks/train_step.py`'s measurement (the library's compiled train step on
+one device, random tokens without padding, median of `--steps` steps after 2 warm-up steps):
+  - the length sweep holds the tokens per side of a batch at `--tokens` (rows = tokens /
+    length), so the dense FLOPs per token stay fixed and only attention's, which grow with
+    the length L (scores and weights x values: 4 x L x d_model per token per attention
+    sublayer, forward), change: target tokens/s falls as L grows;
+  - the batch sweep holds the length at `--length` and grows the rows.
+Writes `scaling.csv` (one row per point: sweep, rows, length, tokens, seconds per step, target
+tokens/s, model GFLOP per step, of which attention, achieved GFLOP/s) and `scaling.png` (tokens/s
+against length with the analytic attention share of the FLOPs, and tokens/s against batch) to
+`--out`. The default grid takes a few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.train_step import (
+    WORKLOADS,
+    build_our_step,
+    describe_machine,
+    load_average,
+    model_flops,
+    parse_overrides,
+    random_batch,
+    time_alternating,
+    workload_config,
+)
+
+FIELDS = (
+    "sweep",
+    "rows",
+    "length",
+    "tokens",
+    "step_seconds",
+    "target_tokens_per_second",
+    "gflop_per_step",
+    "attention_gflop_per_step",
+    "achieved_gflop_per_second",
+)
+
+
+def measure(workload: str, overrides: dict, rows: int, length: int, steps: int) -> dict:
+    """One point: the median step of `rows` x `length` tokens per side."""
+    config = workload_config(workload, overrides, rows=rows, length=length)
+    step = build_our_step(config, random_batch(config))
+    wall, _ = time_alternating({"ours": step.run}, steps, warmup=2)
+    seconds = statistics.median(wall["ours"])
+    flops = model_flops(config, step.params, rows, length)
+    return {
+        "rows": rows,
+        "length": length,
+        "tokens": rows * length,
+        "step_seconds": round(seconds, 4),
+        "target_tokens_per_second": round(rows * length / seconds, 1),
+        "gflop_per_step": round(flops["total"] / 1e9, 2),
+        "attention_gflop_per_step": round(flops["attention"] / 1e9, 2),
+        "achieved_gflop_per_second": round(flops["total"] / seconds / 1e9, 1),
+    }
+
+
+def plot(points: list[dict], title: str, path: str) -> None:
+    """tokens/s against length (with attention's FLOP share) and against batch rows."""
+    fig, (by_length, by_batch) = plt.subplots(1, 2, figsize=(11, 4.2))
+    lengths = [p for p in points if p["sweep"] == "length"]
+    if lengths:
+        x = [p["length"] for p in lengths]
+        by_length.plot(x, [p["target_tokens_per_second"] for p in lengths], "o-", color="C0")
+        by_length.set_xscale("log", base=2)
+        by_length.set_xticks(x, [str(v) for v in x])
+        by_length.set_xlabel(f"sequence length (rows x length = {lengths[0]['tokens']:,} tokens)")
+        by_length.set_ylabel("target tokens/s", color="C0")
+        share = by_length.twinx()
+        share.plot(
+            x,
+            [100 * p["attention_gflop_per_step"] / p["gflop_per_step"] for p in lengths],
+            "s--",
+            color="C1",
+        )
+        share.set_ylabel("attention share of model FLOPs (%)", color="C1")
+        share.set_ylim(bottom=0)
+        by_length.set_ylim(bottom=0)
+        by_length.set_title("fixed tokens per batch: attention's L^2 term")
+    batches = [p for p in points if p["sweep"] == "batch"]
+    if batches:
+        x = [p["rows"] for p in batches]
+        by_batch.plot(x, [p["target_tokens_per_second"] for p in batches], "o-", color="C2")
+        by_batch.set_xscale("log", base=2)
+        by_batch.set_xticks(x, [str(v) for v in x])
+        by_batch.set_xlabel(f"batch rows (length {batches[0]['length']})")
+        by_batch.set_ylabel("target tokens/s")
+        by_batch.set_ylim(bottom=0)
+        by_batch.set_title("fixed length: batch size")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="ref-small")
+    parser.add_argument("--out", default="/tmp/scaling", help="Folder for the CSV and PNG.")
+    parser.add_argument("--lengths", default="32,64,128,256,512")
+    parser.add_argument("--tokens", type=int, default=4096, help="Tokens per side (lengths).")
+    parser.add_argument("--batches", default="16,32,64,128")
+    parser.add_argument("--length", type=int, default=64, help="Length of the batch sweep.")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    overrides = parse_overrides(args.set)
+    grid = [("length", args.tokens // int(v), int(v)) for v in args.lengths.split(",")]
+    grid += [("batch", int(v), args.length) for v in args.batches.split(",")]
+    if any(rows < 1 for _, rows, _ in grid):
+        parser.error("--tokens must be at least the longest of --lengths.")
+    os.makedirs(args.out, exist_ok=True)
+    print(describe_machine())
+    print(f"{args.workload}, overrides {overrides or 'none'}; load average {load_average()}")
+    points = []
+    for sweep, rows, length in grid:
+        point = {"sweep": sweep, **measure(args.workload, overrides, rows, length, args.steps)}
+        points.append(point)
+        print(
+            f"  {sweep:6s} {rows:5d} x {length:4d}: {point['step_seconds']:7.3f} s/step "
+            f"{point['target_tokens_per_second']:10,.0f} tokens/s "
+            f"{point['achieved_gflop_per_second']:7.1f} GFLOP/s "
+            f"(attention {point['attention_gflop_per_step']:.1f} of "
+            f"{point['gflop_per_step']:.1f} GFLOP)",
+            flush=True,
+        )
+    csv_path = os.path.join(args.out, "scaling.csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(points)
+    png_path = os.path.join(args.out, "scaling.png")
+    plot(points, f"{args.workload} train step, {describe_machine()}", png_path)
+    print(f"Load average at end {load_average()}. Wrote {csv_path} and {png_path}.")
+
+
+if __name__ == "__main__":
+    main()

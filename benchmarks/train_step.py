@@ -1,0 +1,599 @@
+"""Train-step throughput, model FLOPs and MFU, optionally side by side with PyTorch.
+
+  python benchmarks/train_step.py --workload ref-small [--compare torch] [--steps 7]
+  python benchmarks/train_step.py --workload ref-base --peak_flops 989e12
+  python benchmarks/train_step.py --config configs/big.py --set model.dtype=bfloat16
+  python benchmarks/train_step.py --workload ref-base --max_batch --memory_cap_gb 8
+
+The step is the one users run: `transformer.trainer.build` (the jitted, state-donating
+`make_train_step` with Adam, label smoothing and dropout) on one device, compiled ahead
+(`.lower().compile()`), then called on one fixed batch of random tokens (no padding). Every
+figure is a median over `--steps` steps, each ended by `jax.block_until_ready`.
+
+Workloads (fp32, one device, label smoothing 0.1, Adam, dropout 0.1 on residuals and
+embeddings and 0.1 on attention weights, a shared 8,192-token vocabulary tied to the output
+projection, 64 sentences x 64 source and 64 target tokens, post-LN):
+  ref-small  d_model 256, 4 heads, d_ff 1,024, 3 encoder + 3 decoder layers
+  ref-base   d_model 512, 8 heads, d_ff 2,048, 6 encoder + 6 decoder layers
+Any other config: `--config configs/X.py` (batch_size x data.max_length tokens per side; with
+token batching, batch_size // max_length rows). `--set KEY=VALUE` overrides config keys of
+either (e.g. `--set model.remat=block`); the rest come from configs/base.py.
+
+Model FLOPs per step (analytic, multiply-add = 2 FLOPs; the full L x L attention matrix is
+counted also where it is causal), with N_src, N_tgt the source and target tokens of the batch:
+  forward = 2 * (P_enc * N_src + P_dec * N_tgt)      non-embedding parameters x tokens
+          + 2 * d_model * vocab * N_tgt              the (tied) output projection
+          + sum over attention sublayers of 2 * batch * L_q * L_kv * heads * (d_k + d_v)
+                                                      scores Q K^T and weights x V
+  step    = 3 * forward                              backward = 2 x forward
+P_enc: encoder parameters; P_dec: decoder parameters, with the cross-attention key/value
+projections (which act on the source) counted with N_src. Embeddings and positions cost no
+FLOPs. ref-small: 194.5 GFLOP per step. MFU = model FLOPs per second / peak; the peak is
+`--peak_flops` or, if not given, measured in the same run: the fastest of 5 jitted 4096 x 4096
+matmuls in the compute dtype, before and after the timed steps.
+
+`--compare torch` (needs `pip install -e '.[bench]'`) builds the same model in PyTorch eager
+(`nn.TransformerEncoder/DecoderLayer`, post-LN, no attention biases so the parameter counts
+match, dropout in the same places, `F.cross_entropy(label_smoothing=...)`, `torch.optim.Adam`,
+fp32, `torch.set_num_threads(cores)`), on the same batch, and times it alternating with ours,
+step by step, so machine noise hits both alike. (PyTorch's label smoothing spreads eps over
+all `vocab` tokens, ours over the `vocab - 1` non-targets: the same cost.)
+
+Memory: peak device memory (`memory_stats()["peak_bytes_in_use"]`) on GPU, the process's
+peak RSS on CPU, and XLA's own account of the compiled step (arguments + outputs + temporaries
+- donated). `--max_batch` searches the largest batch (a multiple of 8 rows) that fits, with
+`model.remat` "none" and "block": on GPU by running a step until it runs out of memory; on
+CPU, which has no device memory limit, by XLA's account of the step against
+`--memory_cap_gb`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib.util
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from configs import base
+from transformer import sharding, trainer
+from transformer.config import Config, MeshConfig, from_config_dict
+from transformer.special_tokens import BOS_ID, NUM_SPECIAL
+
+WORKLOADS = {
+    "ref-small": dict(d_model=256, num_heads=4, d_ff=1024, num_encoder_layers=3),
+    "ref-base": dict(d_model=512, num_heads=8, d_ff=2048, num_encoder_layers=6),
+}
+REF_ROWS, REF_LENGTH, REF_VOCAB = 64, 64, 8192
+
+
+# ----------------------------------------------------------------------------- configs
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """["model.remat=block", "batch_size=32"] -> {"model.remat": "block", "batch_size": 32}."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
+        lowered = {"true": "True", "false": "False", "none": "None"}.get(text.lower(), text)
+        try:
+            overrides[key] = ast.literal_eval(lowered)
+        except (ValueError, SyntaxError):
+            overrides[key] = text
+    return overrides
+
+
+def apply_overrides(config: ConfigDict, overrides: dict[str, Any]) -> ConfigDict:
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        if leaf not in node:
+            raise SystemExit(f"--set {key}: no such config key.")
+        node[leaf] = value
+    return config
+
+
+def workload_config(
+    name: str, overrides: dict[str, Any], rows: int = REF_ROWS, length: int = REF_LENGTH
+) -> Config:
+    """A reference workload as a validated Config on one device (vocab_size set)."""
+    config = base.get_config()
+    sizes = WORKLOADS[name]
+    config.model.update(sizes)
+    config.model.num_decoder_layers = sizes["num_encoder_layers"]
+    config.model.dropout_rate = 0.1
+    config.model.attention_dropout_rate = 0.1  # As flax/examples/wmt and PyTorch run it.
+    config.model.dtype = "float32"
+    config.model.max_len = max(config.model.max_len, length)
+    config.label_smoothing = 0.1
+    config.batch_size = rows
+    config.grad_accum_steps = 1
+    config.data.max_length = length
+    config.data.batching = "sentences"
+    config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    apply_overrides(config, overrides)
+    return from_config_dict(config).with_vocab_size(REF_VOCAB)
+
+
+def file_config(path: str, overrides: dict[str, Any]) -> Config:
+    """The config of `configs/X.py` on one device, vocabulary = data.vocab_size."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--config {path}: not a Python file.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    config.grad_accum_steps = 1
+    apply_overrides(config, overrides)
+    parsed = from_config_dict(config)
+    return parsed.with_vocab_size(parsed.data.vocab_size)
+
+
+def batch_shape(config: Config) -> tuple[int, int]:
+    """(rows, length) of the benchmark batch for `config`."""
+    length = config.data.max_length
+    rows = config.batch_size // length if config.data.batching == "tokens" else config.batch_size
+    return rows, length
+
+
+def random_batch(config: Config, seed: int = 0) -> dict[str, np.ndarray]:
+    """inputs, targets: [rows, length] int32 tokens in [NUM_SPECIAL, vocab): no padding."""
+    rows, length = batch_shape(config)
+    rng = np.random.default_rng(seed)
+    draw = lambda: rng.integers(NUM_SPECIAL, config.model.vocab_size, (rows, length), np.int32)  # noqa: E731
+    return {"inputs": draw(), "targets": draw()}
+
+
+# ------------------------------------------------------------------------------- FLOPs
+def _leaf_sizes(params: Any) -> list[tuple[str, int]]:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [
+        ("/".join(str(getattr(k, "key", k)) for k in path), math.prod(x.shape)) for path, x in flat
+    ]
+
+
+def model_flops(config: Config, params: Any, rows: int, length: int) -> dict[str, float]:
+    """Analytic FLOPs of one train step (see the module docstring), by term and in total."""
+    m = config.model
+    n_src = n_tgt = rows * length
+    p_enc = p_dec = p_cross_kv = 0
+    for path, size in _leaf_sizes(params):
+        if "positions" in path or path.split("/")[-1] == "embedding" or "/logits/" in path:
+            continue  # Embeddings, positions and an untied output projection (counted below).
+        if path.startswith("encoder/"):
+            p_enc += size
+        elif "cross_attention" in path and path.split("/")[-1] in ("key", "value", "key_value"):
+            p_cross_kv += size
+        elif path.startswith("decoder/"):
+            p_dec += size
+    dense = 2 * (p_enc * n_src + p_dec * n_tgt + p_cross_kv * n_src)
+    output = 2 * m.d_model * m.vocab_size * n_tgt
+    per_pair = 2 * rows * m.num_heads * (m.head_dim_k + m.head_dim_v)
+    attention = per_pair * length * length * m.num_decoder_layers  # decoder self-attention
+    if m.kind == "encoder_decoder":
+        attention += per_pair * length * length * (m.num_encoder_layers + m.num_decoder_layers)
+    forward = dense + output + attention
+    return {
+        "dense": 3 * dense,
+        "output": 3 * output,
+        "attention": 3 * attention,
+        "total": 3 * forward,
+        "non_embedding_params": p_enc + p_dec + p_cross_kv,
+    }
+
+
+def measured_peak_flops(dtype: jnp.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of a jitted n x n matmul in `dtype`: the fastest of `repeats` (a peak)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    matmul = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(matmul(a, b))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, b))
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times)
+
+
+# ------------------------------------------------------------------------------ our step
+@dataclasses.dataclass
+class OurStep:
+    """A compiled train step on one device and the state it advances."""
+
+    run: Callable[[], None]  # One step, blocked until done.
+    params: Any
+    compile_seconds: float
+    memory: Any  # XLA's CompiledMemoryStats, or None where the backend has none.
+
+
+def build_our_step(config: Config, batch: dict[str, np.ndarray]) -> OurStep:
+    mesh = sharding.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    setup = trainer.build(config, mesh)
+    with trainer.mesh_context(mesh, config):
+        state = setup.init(jax.random.key(config.seed))
+        device_batch = sharding.global_batch(batch, setup.batch_sharding)
+        start = time.perf_counter()
+        compiled = setup.train_step.lower(state, device_batch).compile()
+        compile_seconds = time.perf_counter() - start
+    holder = [state]
+
+    def run() -> None:
+        holder[0], metrics = compiled(holder[0], device_batch)
+        jax.block_until_ready((holder[0], metrics))
+
+    try:
+        memory = compiled.memory_analysis()
+    except (NotImplementedError, jax.errors.JaxRuntimeError):
+        memory = None
+    return OurStep(run, jax.device_get(state.params), compile_seconds, memory)
+
+
+def xla_step_bytes(memory: Any) -> int | None:
+    """Bytes the compiled step holds at once: arguments + outputs + temporaries - donated."""
+    if memory is None:
+        return None
+    return (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+
+
+def peak_memory() -> tuple[str, int]:
+    """(what, bytes): the device's peak on GPU/TPU, the process's peak RSS on CPU."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        return "device peak_bytes_in_use", int(stats["peak_bytes_in_use"])
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return "process peak RSS", int(rss_kib) * 1024
+
+
+# ---------------------------------------------------------------------------- PyTorch
+def build_torch_step(config: Config, batch: dict[str, np.ndarray]) -> tuple[Callable, int]:
+    """(one blocking train step, parameter count) of the equivalent PyTorch eager model."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    m = config.model
+    if m.kind != "encoder_decoder" or m.normalization != "post" or m.activation != "relu":
+        raise SystemExit("--compare torch covers post-LN ReLU encoder-decoder models only.")
+    if not (m.share_embeddings and m.tie_output_embedding) or m.head_dim_k != m.head_dim_v:
+        raise SystemExit("--compare torch needs tied shared embeddings and d_k = d_v.")
+    if m.positional_encoding != "sinusoidal" or m.dtype != "float32":
+        raise SystemExit("--compare torch needs sinusoidal positions and float32.")
+    if m.head_dim_k * m.num_heads != m.d_model:
+        raise SystemExit("--compare torch needs heads x d_k = d_model (nn.MultiheadAttention).")
+
+    def strip_attention_biases(attention: nn.MultiheadAttention) -> None:
+        # Ours has none (Q W^Q ...): removing them makes the parameter counts equal.
+        attention.register_parameter("in_proj_bias", None)
+        attention.out_proj.register_parameter("bias", None)
+        attention.dropout = m.attention_dropout_rate
+
+    def layer(cls: type) -> nn.Module:
+        block = cls(
+            m.d_model,
+            m.num_heads,
+            m.d_ff,
+            m.dropout_rate,
+            layer_norm_eps=m.layer_norm_epsilon,
+            batch_first=True,
+        )
+        block.dropout = nn.Identity()  # PyTorch drops inside the FFN too; ours does not.
+        for name in ("self_attn", "multihead_attn"):
+            if hasattr(block, name):
+                strip_attention_biases(getattr(block, name))
+        return block
+
+    class TorchTransformer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(m.vocab_size, m.d_model)
+            nn.init.normal_(self.embed.weight, std=m.d_model**-0.5)
+            from transformer.layers import sinusoidal_table
+
+            self.register_buffer(
+                "positions", torch.from_numpy(sinusoidal_table(m.max_len, m.d_model))
+            )
+            self.dropout = nn.Dropout(m.dropout_rate)
+            self.encoder = nn.TransformerEncoder(
+                layer(nn.TransformerEncoderLayer),
+                m.num_encoder_layers,
+                norm=None,
+                enable_nested_tensor=False,
+            )
+            self.decoder = nn.TransformerDecoder(
+                layer(nn.TransformerDecoderLayer), m.num_decoder_layers, norm=None
+            )
+
+        def embed_and_position(self, tokens: torch.Tensor) -> torch.Tensor:
+            x = self.embed(tokens) * math.sqrt(m.d_model) + self.positions[: tokens.shape[1]]
+            return self.dropout(x)
+
+        def forward(self, inputs: torch.Tensor, decoder_input: torch.Tensor) -> torch.Tensor:
+            length = decoder_input.shape[1]
+            causal = nn.Transformer.generate_square_subsequent_mask(length)
+            memory = self.encoder(self.embed_and_position(inputs))
+            x = self.decoder(
+                self.embed_and_position(decoder_input), memory, tgt_mask=causal, tgt_is_causal=True
+            )
+            return x @ self.embed.weight.T  # tied pre-softmax projection
+
+    model = TorchTransformer()
+    model.train()
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=1e-4, betas=(config.adam_b1, config.adam_b2), eps=config.adam_eps
+    )
+    inputs = torch.from_numpy(batch["inputs"]).long()
+    targets = torch.from_numpy(batch["targets"]).long()
+    decoder_input = torch.cat([torch.full_like(targets[:, :1], BOS_ID), targets[:, :-1]], dim=1)
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(inputs, decoder_input)
+        loss = (
+            F.cross_entropy(
+                logits.reshape(-1, m.vocab_size),
+                targets.reshape(-1),
+                label_smoothing=config.label_smoothing,
+                reduction="sum",
+            )
+            / targets.numel()
+        )
+        loss.backward()
+        optimizer.step()
+
+    count = sum(p.numel() for p in model.parameters())
+    return run, count
+
+
+# ------------------------------------------------------------------------------ timing
+def process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_alternating(
+    runs: dict[str, Callable[[], None]], steps: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(wall, process CPU) seconds of each step of each run, the runs taking turns step by
+    step after `warmup` untimed steps each."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(steps):
+        for name, run in runs.items():
+            start, start_cpu = time.perf_counter(), process_cpu_seconds()
+            run()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(process_cpu_seconds() - start_cpu)
+    return wall, cpu
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def describe_machine() -> str:
+    device = jax.devices()[0]
+    cpu = "?"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (
+        f"{device.platform} ({device.device_kind}); host CPU {cpu}, {os.cpu_count()} cores; "
+        f"JAX {jax.__version__}"
+    )
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def describe_switches(config: Config) -> str:
+    m = config.model
+    names = ("fused_qkv", "attention", "remat", "dtype")
+    model = ", ".join(f"{k}={getattr(m, k)}" for k in names if hasattr(m, k))
+    top = ", ".join(
+        f"{k}={getattr(config, k)}" for k in ("cross_entropy", "dropout_rng") if hasattr(config, k)
+    )
+    return f"{model}; {top}"
+
+
+# ------------------------------------------------------------------------------- modes
+def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str, float]:
+    """Times our step (and PyTorch's with --compare torch) and prints the figures."""
+    rows, length = batch_shape(config)
+    batch = random_batch(config)
+    m = config.model
+    print(describe_machine())
+    print(f"Load average at start: {load_average()}")
+    print(
+        f"{label}: {m.kind}, {m.num_encoder_layers} + {m.num_decoder_layers} layers, d_model "
+        f"{m.d_model}, {m.num_heads} heads, d_ff {m.d_ff}, vocab {m.vocab_size:,}; batch {rows} "
+        f"x {length} source and target tokens; dropout {m.dropout_rate} / attention "
+        f"{m.attention_dropout_rate}, label smoothing {config.label_smoothing}"
+    )
+    print(f"Switches: {describe_switches(config)}")
+    ours = build_our_step(config, batch)
+    flops = model_flops(config, ours.params, rows, length)
+    n_params = sum(x.size for x in jax.tree.leaves(ours.params))
+    print(f"Ours: {n_params:,} parameters; compiled in {ours.compile_seconds:.1f} s")
+    runs = {"ours": ours.run}
+    if args.compare == "torch":
+        import torch
+
+        torch_run, torch_params = build_torch_step(config, batch)
+        print(
+            f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads: "
+            f"{torch_params:,} parameters"
+            + ("" if torch_params == n_params else f" (ours {n_params:,}: NOT equal)")
+        )
+        runs["torch"] = torch_run
+    dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+    peak_before = None if args.peak_flops else measured_peak_flops(dtype)
+    times, cpu_times = time_alternating(runs, args.steps, args.warmup)
+    peak_kind, peak_bytes = peak_memory()
+    if args.peak_flops:
+        peak, peak_source = args.peak_flops, "given"
+    else:
+        # Before and after the steps; the better one, as other load only ever lowers it.
+        peak = max(peak_before, measured_peak_flops(dtype))
+        peak_source = f"measured: the fastest {jnp.dtype(dtype).name} 4096^3 matmul"
+
+    print(
+        f"\nModel FLOPs per step: {flops['total'] / 1e9:.1f} GFLOP = 3 x forward "
+        f"[2 x non-embedding params ({flops['non_embedding_params']:,}) x tokens "
+        f"{flops['dense'] / 3e9:.1f} + output projection 2 x d_model x vocab x target tokens "
+        f"{flops['output'] / 3e9:.1f} + attention 2 x B x Lq x Lkv x h x (d_k + d_v) "
+        f"{flops['attention'] / 3e9:.1f} GFLOP]"
+    )
+    print(f"Peak: {peak / 1e9:,.1f} GFLOP/s ({peak_source})")
+    print(f"Load average at end: {load_average()}")
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print("WARNING: the machine is busy; figures (PyTorch's most) are slower than idle.")
+    print(f"\nmedian of {args.steps} steps (alternating, after {args.warmup} warm-up):")
+    tokens = rows * length
+    result = {}
+    for name, seconds in times.items():
+        step = statistics.median(seconds)
+        achieved = flops["total"] / step
+        result[name] = tokens / step
+        print(
+            f"  {name:6s} {step:8.3f} s/step  {tokens / step:10,.0f} target tokens/s  "
+            f"{achieved / 1e9:8.1f} GFLOP/s  MFU {100 * achieved / peak:5.1f}%   "
+            f"(min {min(seconds):.3f}, max {max(seconds):.3f}; "
+            f"process CPU {statistics.median(cpu_times[name]):.2f} s)"
+        )
+    if "torch" in result:
+        print(f"  ours / torch tokens/s: {result['ours'] / result['torch']:.2f}x")
+    xla_bytes = xla_step_bytes(ours.memory)
+    print(
+        f"\nPeak memory: {gib(peak_bytes)} ({peak_kind}"
+        + (", PyTorch included)" if args.compare else ")")
+        + (f"; XLA's account of our step: {gib(xla_bytes)}" if xla_bytes is not None else "")
+    )
+    return {
+        "step_seconds": statistics.median(times["ours"]),
+        "tokens_per_second": result["ours"],
+        "flops": flops["total"],
+        "attention_flops": flops["attention"],
+        "peak_flops": peak,
+    }
+
+
+def fits(config: Config, rows: int, cap_bytes: int | None) -> tuple[bool, str]:
+    """Whether a step of `rows` rows fits: run it on GPU, XLA's account vs the cap on CPU."""
+    config = dataclasses.replace(config, batch_size=rows)
+    try:
+        step = build_our_step(config, random_batch(config))
+        if cap_bytes is None:
+            step.run()
+            return True, "ran"
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower():
+            return False, "out of memory"
+        raise
+    need = xla_step_bytes(step.memory)
+    if need is None:
+        raise SystemExit("This backend gives no memory analysis: --memory_cap_gb cannot work.")
+    return need <= cap_bytes, gib(need)
+
+
+def largest_batch(config: Config, cap_bytes: int | None, limit: int = 1 << 14) -> int:
+    """The largest multiple of 8 rows that fits: doubling from 8, then bisection."""
+    good, bad = 0, None
+    rows = 8
+    while rows <= limit:
+        ok, note = fits(config, rows, cap_bytes)
+        print(f"    {rows:6d} rows: {'fits' if ok else 'does not fit'} ({note})", flush=True)
+        if not ok:
+            bad = rows
+            break
+        good, rows = rows, rows * 2
+    if bad is None:
+        return good
+    while bad - good > 8:
+        mid = (good + bad) // 16 * 8
+        ok, note = fits(config, mid, cap_bytes)
+        print(f"    {mid:6d} rows: {'fits' if ok else 'does not fit'} ({note})", flush=True)
+        good, bad = (mid, bad) if ok else (good, mid)
+    return good
+
+
+def max_batch_mode(config: Config, args: argparse.Namespace) -> None:
+    platform = jax.devices()[0].platform
+    cap = None
+    if platform == "cpu":
+        if not args.memory_cap_gb:
+            raise SystemExit("On CPU --max_batch needs --memory_cap_gb (there is no device limit).")
+        cap = int(args.memory_cap_gb * 2**30)
+        print(f"CPU: a batch fits if XLA's account of the step is <= {gib(cap)}.")
+    else:
+        print(f"{platform}: a batch fits if one step runs without running out of memory.")
+    _, length = batch_shape(config)
+    found = {}
+    for remat in ("none", "block"):
+        print(f"  model.remat={remat}:")
+        variant = dataclasses.replace(config, model=dataclasses.replace(config.model, remat=remat))
+        found[remat] = largest_batch(variant, cap)
+    print(f"\nLargest batch (rows of {length} tokens per side):")
+    for remat, rows in found.items():
+        print(f"  remat={remat:5s} {rows:6d} rows = {rows * length:,} tokens")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--workload", choices=sorted(WORKLOADS), default="ref-small")
+    source.add_argument("--config", help="A config file, e.g. configs/base.py.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--steps", type=int, default=7, help="Timed steps (median; >= 5).")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps after compiling.")
+    parser.add_argument("--compare", choices=["torch"], help="Time PyTorch alongside.")
+    parser.add_argument("--peak_flops", type=float, help="Peak FLOP/s for MFU (else measured).")
+    parser.add_argument("--max_batch", action="store_true", help="Find the largest batch.")
+    parser.add_argument("--memory_cap_gb", type=float, help="CPU memory cap for --max_batch.")
+    args = parser.parse_args()
+    if args.steps < 5:
+        parser.error("--steps must be at least 5.")
+    overrides = parse_overrides(args.set)
+    if args.config:
+        config, label = file_config(args.config, overrides), args.config
+    else:
+        config, label = workload_config(args.workload, overrides), args.workload
+    if args.max_batch:
+        max_batch_mode(config, args)
+    else:
+        benchmark(config, label, args)
+
+
+if __name__ == "__main__":
+    main()

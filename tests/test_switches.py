@@ -1,0 +1,365 @@
+"""Performance switches compute the plain path's math: fused QKV, attention implementation,
+rematerialisation and the dropout PRNG (plus the benchmark's FLOP and parameter accounting)."""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from transformer import sharding, trainer
+from transformer.config import ConfigError, MeshConfig, from_config_dict
+from transformer.data.tasks import load_task
+from transformer.decode import greedy_decode, init_cache
+from transformer.layers import MultiHeadAttention, dropout, random_bits
+from transformer.loss import loss_and_metrics
+from transformer.model import DecoderOnlyLM, Transformer, shift_right
+
+from .model_configs import small_model_config
+
+SRC = jnp.array([[5, 6, 7, 8, 9, 1, 0, 0], [4, 9, 1, 0, 0, 0, 0, 0], [7, 6, 5, 4, 7, 6, 5, 1]])
+TGT = jnp.array([[5, 6, 7, 1, 0, 0], [4, 1, 0, 0, 0, 0], [9, 8, 7, 6, 5, 1]])
+
+
+def model_config(**overrides):
+    """One layer per stack (compiling is what these tests spend their time on)."""
+    return small_model_config(**{"num_encoder_layers": 1, "num_decoder_layers": 1, **overrides})
+
+
+def init(model, *args):
+    return nn.meta.unbox(jax.jit(lambda rng: model.init(rng, *args))(jax.random.key(0)))["params"]
+
+
+def fuse(params):
+    """Plain attention kernels -> the fused_qkv layout, recursively."""
+    if not isinstance(params, dict):
+        return params
+    if {"query", "key", "value", "out"} <= set(params):
+        q, k, v = params["query"], params["key"], params["value"]
+        return {"query_key_value": jnp.stack([q, k, v], axis=1), "out": params["out"]}
+    out = {name: fuse(sub) for name, sub in params.items()}
+    for name, sub in out.items():
+        if name == "cross_attention":
+            q, k, v = (params[name][n] for n in ("query", "key", "value"))
+            out[name] = {"query": q, "key_value": jnp.stack([k, v], axis=1), "out": sub["out"]}
+    return out
+
+
+def loss_fn(model, params, *inputs, rng=None):
+    logits = model.apply(
+        {"params": params},
+        *inputs,
+        deterministic=rng is None,
+        rngs=None if rng is None else {"dropout": rng},
+    )
+    return loss_and_metrics(logits, inputs[-1], 0.1, "integer")[0]
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+# ------------------------------------------------------------------------- fused QKV
+@pytest.mark.parametrize("normalization", ["post", "pre"])
+def test_fused_qkv_gives_the_plain_logits_and_gradients(normalization):
+    plain = Transformer(model_config(normalization=normalization))
+    fused = Transformer(model_config(normalization=normalization, fused_qkv=True))
+    params = init(plain, SRC, TGT)
+    fused_params = fuse(params)
+    assert jax.tree.structure(fused_params) == jax.tree.structure(
+        jax.eval_shape(lambda: init(fused, SRC, TGT))
+    )
+    np.testing.assert_allclose(
+        fused.apply({"params": fused_params}, SRC, TGT),
+        plain.apply({"params": params}, SRC, TGT),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    grads = jax.jit(jax.grad(lambda p: loss_fn(plain, p, SRC, TGT)))(params)
+    fused_grads = jax.jit(jax.grad(lambda p: loss_fn(fused, p, SRC, TGT)))(fused_params)
+    assert_trees_close(fused_grads, fuse(grads))
+
+
+def test_fused_qkv_language_model_gives_the_plain_logits():
+    cfg = dict(kind="decoder_only", num_encoder_layers=0)
+    plain = DecoderOnlyLM(model_config(**cfg))
+    fused = DecoderOnlyLM(model_config(**cfg, fused_qkv=True))
+    params = init(plain, TGT)
+    np.testing.assert_allclose(
+        fused.apply({"params": fuse(params)}, TGT),
+        plain.apply({"params": params}, TGT),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_fused_kernel_slices_are_initialised_like_separate_kernels():
+    cfg = model_config(d_model=64, num_heads=4, fused_qkv=True)
+    x = jnp.ones((1, 3, 64))
+    params = init(MultiHeadAttention(cfg), x, x, jnp.ones((1, 1, 3, 3), bool), True)
+    w = params["query_key_value"]
+    assert w.shape == (64, 3, 4, 16)
+    limit = np.sqrt(6.0 / (64 + 64))  # Glorot-uniform of one [d_model, heads * d_k] matrix.
+    for i in range(3):
+        assert 0.9 * limit < np.abs(w[:, i]).max() <= limit
+        assert np.std(w[:, i]) == pytest.approx(limit / np.sqrt(3), rel=0.1)
+
+
+def test_fused_attention_module_with_separate_query_and_key_inputs_matches_plain():
+    x = jax.random.normal(jax.random.key(1), (2, 3, 16))
+    y = jax.random.normal(jax.random.key(2), (2, 5, 16))
+    mask = jnp.ones((2, 1, 3, 5), bool)
+    plain, fused = (MultiHeadAttention(model_config(fused_qkv=f)) for f in (False, True))
+    params = init(plain, x, y, mask, True)
+    np.testing.assert_allclose(
+        fused.apply({"params": fuse(params)}, x, y, mask, True),
+        plain.apply({"params": params}, x, y, mask, True),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_fused_qkv_cached_decoding_equals_the_full_model():
+    cfg = model_config(vocab_size=10, tie_output_embedding=False, fused_qkv=True)
+    model = Transformer(cfg)
+    params = init(model, SRC, TGT)
+    full = model.apply({"params": params}, SRC, TGT)
+    encoded = model.apply({"params": params}, SRC, method=Transformer.encode)
+    cache = init_cache(model, params, 3, 8, encoded, SRC)
+    decoder_input = shift_right(TGT, jnp.broadcast_to(jnp.arange(6), TGT.shape))
+    steps = []
+    for i in range(TGT.shape[1]):
+        logits, state = model.apply(
+            {"params": params, "cache": cache},
+            encoded,
+            SRC,
+            decoder_input[:, i : i + 1],
+            jnp.full((3, 1), i),
+            decode=True,
+            method=Transformer.decode,
+            mutable=["cache"],
+        )
+        cache = state["cache"]
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ attention implementation
+def test_dot_product_attention_gives_the_plain_logits_and_gradients_with_padding():
+    plain = Transformer(model_config())
+    dpa = Transformer(model_config(attention="dot_product_attention"))
+    params = init(plain, SRC, TGT)  # Same parameters: only the computation differs.
+    np.testing.assert_allclose(
+        dpa.apply({"params": params}, SRC, TGT),
+        plain.apply({"params": params}, SRC, TGT),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    grads = jax.jit(jax.grad(lambda p: loss_fn(plain, p, SRC, TGT)))(params)
+    dpa_grads = jax.jit(jax.grad(lambda p: loss_fn(dpa, p, SRC, TGT)))(params)
+    assert_trees_close(dpa_grads, grads)
+
+
+def test_dot_product_attention_keeps_packed_segments_apart():
+    packed = dict(
+        inputs_positions=jnp.array([[0, 1, 2, 0, 1, 0, 0, 0]]),
+        targets_positions=jnp.array([[0, 1, 0, 1, 2, 0]]),
+        inputs_segmentation=jnp.array([[1, 1, 1, 2, 2, 0, 0, 0]]),
+        targets_segmentation=jnp.array([[1, 1, 2, 2, 2, 0]]),
+    )
+    src = jnp.array([[5, 6, 1, 7, 1, 0, 0, 0]])
+    tgt = jnp.array([[8, 1, 9, 4, 1, 0]])
+    plain = Transformer(model_config())
+    dpa = Transformer(model_config(attention="dot_product_attention"))
+    params = init(plain, SRC, TGT)
+    np.testing.assert_allclose(
+        dpa.apply({"params": params}, src, tgt, **packed),
+        plain.apply({"params": params}, src, tgt, **packed),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_dot_product_attention_greedy_decoding_equals_the_plain_path():
+    cfg = dict(vocab_size=10, tie_output_embedding=False)  # SRC, TGT < 10.
+    plain = Transformer(model_config(**cfg))
+    dpa = Transformer(model_config(**cfg, attention="dot_product_attention"))
+    params = init(plain, SRC, TGT)
+    np.testing.assert_array_equal(
+        greedy_decode(dpa, params, SRC, 10), greedy_decode(plain, params, SRC, 10)
+    )
+
+
+def test_attention_weights_are_still_returned_with_dot_product_attention():
+    model = Transformer(model_config(attention="dot_product_attention"))
+    params = init(model, SRC, TGT)
+    _, state = model.apply({"params": params}, SRC, TGT, mutable=["intermediates"])
+    weights = state["intermediates"]["encoder"]["layer_0"]["self_attention"]["attention_weights"]
+    assert weights[0].shape == (3, 2, 8, 8)
+    np.testing.assert_allclose(weights[0][1, :, :3].sum(-1), 1.0, rtol=1e-5)  # Real rows.
+
+
+def config_with(**overrides):
+    config = tiny.get_config()
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (
+            {"model.attention": "dot_product_attention", "model.attention_dropout_rate": 0.1},
+            "model.attention",
+        ),
+        ({"model.fused_qkv": True, "model.d_k": 8, "model.d_v": 16}, "model.fused_qkv"),
+        ({"model.attention": "dot_product_attention", "model.d_v": 8}, "model.attention"),
+        ({"model.remat": "all"}, "model.remat"),
+        ({"dropout_rng": "philox"}, "dropout_rng"),
+    ],
+)
+def test_unsupported_switch_combinations_are_refused_naming_the_key(overrides, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        from_config_dict(config_with(**overrides))
+
+
+# ---------------------------------------------------------------------------- remat
+@pytest.mark.parametrize("remat", ["block", "dots"])
+def test_remat_gives_the_plain_loss_and_gradients_with_dropout(remat):
+    cfg = dict(dropout_rate=0.1, attention_dropout_rate=0.1)
+    plain = Transformer(model_config(**cfg))
+    checkpointed = Transformer(model_config(**cfg, remat=remat))
+    params = init(plain, SRC, TGT)
+    shapes = jax.eval_shape(lambda: init(checkpointed, SRC, TGT))
+    assert jax.tree.structure(shapes) == jax.tree.structure(params)
+    rng = jax.random.key(7)
+    want = jax.jit(jax.value_and_grad(lambda p: loss_fn(plain, p, SRC, TGT, rng=rng)))(params)
+    got = jax.jit(jax.value_and_grad(lambda p: loss_fn(checkpointed, p, SRC, TGT, rng=rng)))(params)
+    assert_trees_close(got, want)
+
+
+def test_remat_block_saves_less_for_the_backward_pass():
+    """The residuals kept between forward and backward: fewer bytes with remat."""
+    saved = {}
+    for remat in ("none", "block"):
+        model = Transformer(model_config(remat=remat))
+        params = init(model, SRC, TGT)
+        _, vjp = jax.vjp(lambda p, m=model: loss_fn(m, p, SRC, TGT, rng=jax.random.key(0)), params)
+        saved[remat] = sum(x.size for x in jax.tree.leaves(vjp))
+    assert saved["block"] < 0.7 * saved["none"]
+
+
+# ---------------------------------------------------------------------- dropout PRNG
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory):
+    config = from_config_dict(config_with())
+    return load_task(config.data, str(tmp_path_factory.mktemp("vocab")))
+
+
+@functools.cache
+def built(overrides: tuple, vocab_size: int):
+    """trainer.build of the tiny config with `overrides`, one device; cached so that runs of
+    one config share its compiled step."""
+    config = from_config_dict(config_with(**dict(overrides)))
+    config = dataclasses.replace(config, mesh=MeshConfig(1, 1, 1)).with_vocab_size(vocab_size)
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    return config, mesh, trainer.build(config, mesh)
+
+
+def run_steps(task, num_steps, **overrides):
+    """Per-step losses and final params of `num_steps` steps of the tiny config (attention
+    dropout 0.1 unless overridden), one device."""
+    overrides = {"model.attention_dropout_rate": 0.1, **overrides}
+    config, mesh, setup = built(tuple(sorted(overrides.items())), task.tokenizer.vocab_size)
+    batches = task.train_batches(config.batch_size, config.seed, 1)
+    losses = []
+    with trainer.mesh_context(mesh, config):
+        state = setup.init(jax.random.key(config.seed))
+        for step in range(num_steps):
+            batch = sharding.global_batch(batches(step), setup.batch_sharding)
+            state, metrics = setup.train_step(state, batch)
+            losses.append(float(metrics["loss_sum"] / metrics["tokens"]))
+    return np.array(losses), jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 4, 5), (2, 4, 16, 16)])
+def test_fused_threefry_bits_equal_jax_random_bits(shape):
+    rng = jax.random.fold_in(jax.random.key(3), 11)
+    np.testing.assert_array_equal(
+        jax.jit(lambda k: random_bits(k, shape))(rng), jax.random.bits(rng, shape, jnp.uint32)
+    )
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_dropout_keeps_one_minus_rate_and_preserves_the_mean(impl):
+    rng = jax.random.key(5, impl=impl)
+    x = jnp.ones((512, 512))
+    y = jax.jit(lambda k: dropout(x, 0.1, k))(rng)
+    kept = np.asarray(y != 0)
+    assert kept.mean() == pytest.approx(0.9, abs=0.003)  # 262,144 draws: 5 sigma.
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.9, rtol=1e-6)
+    assert float(y.mean()) == pytest.approx(1.0, abs=0.005)
+    other = jax.jit(lambda k: dropout(x, 0.1, k))(jax.random.fold_in(rng, 1))
+    assert 0.15 < np.mean(kept != np.asarray(other != 0)) < 0.21  # Independent: 2 p (1 - p).
+
+
+def test_rbg_dropout_is_deterministic_differs_from_threefry_and_trains(tiny_task):
+    losses, _ = run_steps(tiny_task, 20, dropout_rng="rbg")
+    again, _ = run_steps(tiny_task, 3, dropout_rng="rbg")
+    threefry, _ = run_steps(tiny_task, 3, dropout_rng="threefry")
+    np.testing.assert_array_equal(again, losses[:3])  # Same seed, same masks.
+    assert not np.array_equal(threefry, losses[:3])  # Other random bits.
+    assert losses[-5:].mean() < 0.8 * losses[:3].mean()  # Dropout and all, it learns.
+
+
+def test_train_steps_with_remat_and_dot_product_attention_match_the_plain_ones(tiny_task):
+    """Through trainer.build, as train.py runs them, with residual dropout on (the masks must
+    be the same too): the same losses and parameters after 3 steps."""
+    no_attention_dropout = {"model.attention_dropout_rate": 0.0}
+    plain_losses, plain_params = run_steps(tiny_task, 3, **no_attention_dropout)
+    losses, params = run_steps(
+        tiny_task,
+        3,
+        **no_attention_dropout,
+        **{"model.remat": "dots", "model.attention": "dot_product_attention"},
+    )
+    np.testing.assert_allclose(losses, plain_losses, rtol=1e-5)
+    # Adam divides by sqrt(v): rounding in tiny gradients shows at a fraction of one update.
+    assert_trees_close(params, plain_params, rtol=1e-4, atol=5e-5)
+
+
+# ---------------------------------------------------------------- benchmark accounting
+def test_ref_small_model_flops_are_the_issues_194_gflop_per_step():
+    from benchmarks.train_step import model_flops, workload_config
+
+    config = workload_config("ref-small", {})
+    model = Transformer(config.model)
+    params = jax.eval_shape(
+        lambda: init(model, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
+    )
+    flops = model_flops(config, params, 64, 64)
+    assert flops["total"] / 1e9 == pytest.approx(194.5, abs=0.1)
+    assert flops["non_embedding_params"] == 5_520_384
+
+
+def test_torch_reference_has_our_parameter_count():
+    pytest.importorskip("torch")
+    from benchmarks.train_step import build_torch_step, random_batch, workload_config
+
+    config = workload_config("ref-small", {}, rows=2, length=8)
+    run, count = build_torch_step(config, random_batch(config))
+    run()  # One step runs.
+    model = Transformer(config.model)
+    params = jax.eval_shape(
+        lambda: init(model, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
+    )
+    assert count == sum(x.size for x in jax.tree.leaves(params)) == 7_617_536
