@@ -5,7 +5,8 @@
       [--steps 5] [--set KEY=VALUE ...]
 
 Each point is `benchmarks/train_step.py`'s measurement (the library's compiled train step on
-one device, random tokens without padding, median of `--steps` steps after 2 warm-up steps):
+one device, random tokens without padding, median of `--steps` steps after one warm-up step);
+all points are compiled first, then timed round robin, one step of each per round:
   - the length sweep holds the tokens per side of a batch at `--tokens` (rows = tokens /
     length), so the dense FLOPs per token stay fixed and only attention's, which grow with
     the length L (scores and weights x values: 4 x L x d_model per token per attention
@@ -58,14 +59,19 @@ FIELDS = (
 )
 
 
-def measure(workload: str, overrides: dict, rows: int, length: int, steps: int) -> dict:
-    """One point: the median step of `rows` x `length` tokens per side."""
-    config = workload_config(workload, overrides, rows=rows, length=length)
-    step = build_our_step(config, random_batch(config))
-    wall, _ = time_alternating({"ours": step.run}, steps, warmup=2)
-    seconds = statistics.median(wall["ours"])
-    flops = model_flops(config, step.params, rows, length)
+def build_points(workload: str, overrides: dict, grid: list[tuple[str, int, int]]) -> list:
+    """(sweep, rows, length, compiled step, analytic FLOPs) for each point of `grid`."""
+    built = []
+    for sweep, rows, length in grid:
+        config = workload_config(workload, overrides, rows=rows, length=length)
+        step = build_our_step(config, random_batch(config))
+        built.append((sweep, rows, length, step, model_flops(config, step.params, rows, length)))
+    return built
+
+
+def summarize(sweep: str, rows: int, length: int, seconds: float, flops: dict) -> dict:
     return {
+        "sweep": sweep,
         "rows": rows,
         "length": length,
         "tokens": rows * length,
@@ -133,9 +139,12 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     print(describe_machine())
     print(f"{args.workload}, overrides {overrides or 'none'}; load average {load_average()}")
+    built = build_points(args.workload, overrides, grid)
+    # Round robin, one step of every point per round: load from other jobs hits all alike.
+    wall, _ = time_alternating({i: b[3].run for i, b in enumerate(built)}, args.steps, warmup=1)
     points = []
-    for sweep, rows, length in grid:
-        point = {"sweep": sweep, **measure(args.workload, overrides, rows, length, args.steps)}
+    for i, (sweep, rows, length, _, flops) in enumerate(built):
+        point = summarize(sweep, rows, length, statistics.median(wall[i]), flops)
         points.append(point)
         print(
             f"  {sweep:6s} {rows:5d} x {length:4d}: {point['step_seconds']:7.3f} s/step "
