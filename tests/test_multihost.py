@@ -76,6 +76,7 @@ def two_process_run(tmp_path_factory):
     return workdir, first, resumed
 
 
+@pytest.mark.slow  # Two training runs of two processes: ~80 s on 2 cores.
 def test_two_processes_checkpoint_and_resume_together(two_process_run):
     workdir, first, resumed = two_process_run
     assert all("from scratch" in out for out in first)
@@ -83,6 +84,7 @@ def test_two_processes_checkpoint_and_resume_together(two_process_run):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6", "8"]
 
 
+@pytest.mark.slow  # Two training runs of two processes: ~80 s on 2 cores.
 def test_two_processes_match_one_process_on_the_same_global_batches(two_process_run):
     workdir = two_process_run[0]
     config_dict = tiny.get_config()

@@ -359,7 +359,7 @@ def _final_evaluation(setup: Setup, params: Any, task: Task) -> dict[str, float]
         samples = continue_prompts(
             config, setup.model, params, task, "test", config.num_samples_to_print
         )
-        for prompt, text in samples:
+        for prompt, text in samples if jax.process_index() == 0 else ():
             print(f"\nprompt:     {prompt}\ngenerated:  {text}")
         print(f"\nTest perplexity {results['perplexity']:.3f} (target side, teacher-forced).")
         return results
@@ -368,7 +368,8 @@ def _final_evaluation(setup: Setup, params: Any, task: Task) -> dict[str, float]
     )
     results.update(scores)
     split = task.splits["test"]
-    for i in range(min(config.num_samples_to_print, len(hypotheses))):
+    shown = config.num_samples_to_print if jax.process_index() == 0 else 0  # Once per job.
+    for i in range(min(shown, len(hypotheses))):
         print(
             f"\nsource:     {split.sources[i]}\nreference:  {split.references[i]}\n"
             f"hypothesis: {hypotheses[i]}"
