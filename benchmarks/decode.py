@@ -60,6 +60,7 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import describe_machine
 from configs import multi30k
 from transformer.config import from_config_dict
 from transformer.data import text_files
@@ -228,19 +229,6 @@ def fixed_beam(model: Transformer, length: int, cached: bool, beam: int = BEAM) 
 
 
 # ------------------------------------------------------------------------------ modes
-def describe_device() -> str:
-    device = jax.devices()[0]
-    cpu = "?"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (
-        f"{device.platform} ({device.device_kind}); host CPU {cpu}, {os.cpu_count()} cores; "
-        f"JAX {jax.__version__}"
-    )
-
-
 def num_params(params: Any) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
 
@@ -384,7 +372,7 @@ def main() -> None:
     args = parser.parse_args()
     if (args.workdir is None) == (args.workload is None):
         parser.error("give exactly one of --workdir and --workload")
-    print(f"Device: {describe_device()}")
+    print(f"Device: {describe_machine()}")
     if args.workload == "ref-small":
         ref_small_mode(args)
     else:

@@ -34,10 +34,10 @@ import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import describe_machine
 from benchmarks.train_step import (
     WORKLOADS,
     build_our_step,
-    describe_machine,
     load_average,
     model_flops,
     parse_overrides,

@@ -70,6 +70,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import describe_machine
 from configs import base
 from transformer import sharding, trainer
 from transformer.config import Config, MeshConfig, from_config_dict
@@ -398,19 +399,6 @@ def time_alternating(
 
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def describe_machine() -> str:
-    device = jax.devices()[0]
-    cpu = "?"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return (
-        f"{device.platform} ({device.device_kind}); host CPU {cpu}, {os.cpu_count()} cores; "
-        f"JAX {jax.__version__}"
-    )
 
 
 def gib(n: float) -> str:

@@ -1,8 +1,11 @@
-"""A small ModelConfig for model-level tests: base.py's settings at toy sizes."""
+"""Configs for tests: a small ModelConfig at toy sizes, and configs/tiny.py with overrides."""
 
 import dataclasses
+from typing import Any
 
-from configs import base
+from ml_collections import ConfigDict
+
+from configs import base, tiny
 from transformer.config import ModelConfig, from_config_dict
 
 
@@ -20,3 +23,19 @@ def small_model_config(**overrides) -> ModelConfig:
         dropout_rate=0.0,
     )
     return dataclasses.replace(cfg, **{**small, **overrides})
+
+
+def with_overrides(config: ConfigDict, overrides: dict[str, Any]) -> ConfigDict:
+    """`config` with each dotted key ("model.d_model") of `overrides` set, in place."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def tiny_config(**overrides: Any) -> ConfigDict:
+    """configs/tiny.py (the smoke run) with dotted-key overrides."""
+    return with_overrides(tiny.get_config(), overrides)

@@ -20,6 +20,9 @@ from transformer.data.tasks import VocabularyMismatchError
 from transformer.data.text_files import CorpusError
 from transformer.trainer import WorkdirError
 
+from . import model_configs
+from .model_configs import with_overrides
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMALL_RUN = {
     "num_train_steps": 20,
@@ -31,18 +34,8 @@ SMALL_RUN = {
 }
 
 
-def with_overrides(config, overrides):
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
 def tiny_config(**overrides):
-    return with_overrides(tiny.get_config(), {**SMALL_RUN, **overrides})
+    return model_configs.tiny_config(**{**SMALL_RUN, **overrides})
 
 
 def digests(directory):

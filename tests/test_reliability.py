@@ -20,13 +20,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
 from transformer import sharding, trainer
 from transformer.checkpoint import Checkpointer
 from transformer.config import MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
 from transformer.nonfinite import NonFiniteError
 from transformer.preemption import StopSignals
+
+from .model_configs import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 60
@@ -40,17 +41,6 @@ CLI_OVERRIDES = {
     "num_samples_to_print": 0,
 }
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
-
-
-def tiny_config(**overrides):
-    config = tiny.get_config()
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from configs import tiny
 from transformer import sharding, trainer
 from transformer.checkpoint import Checkpointer, CheckpointMismatchError
 from transformer.config import MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
 
+from .model_configs import tiny_config
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
-
-
-def tiny_config(**overrides):
-    config = tiny.get_config()
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
 
 
 @pytest.fixture(scope="module")
