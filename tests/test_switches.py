@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
 from transformer import sharding, trainer
 from transformer.config import ConfigError, MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
@@ -19,7 +18,7 @@ from transformer.layers import MultiHeadAttention, dropout, random_bits
 from transformer.loss import loss_and_metrics
 from transformer.model import DecoderOnlyLM, Transformer, shift_right
 
-from .model_configs import small_model_config
+from .model_configs import small_model_config, tiny_config
 
 SRC = jnp.array([[5, 6, 7, 8, 9, 1, 0, 0], [4, 9, 1, 0, 0, 0, 0, 0], [7, 6, 5, 4, 7, 6, 5, 1]])
 TGT = jnp.array([[5, 6, 7, 1, 0, 0], [4, 1, 0, 0, 0, 0], [9, 8, 7, 6, 5, 1]])
@@ -203,17 +202,6 @@ def test_attention_weights_are_still_returned_with_dot_product_attention():
     np.testing.assert_allclose(weights[0][1, :, :3].sum(-1), 1.0, rtol=1e-5)  # Real rows.
 
 
-def config_with(**overrides):
-    config = tiny.get_config()
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
-
-
 @pytest.mark.parametrize(
     "overrides, named",
     [
@@ -229,7 +217,7 @@ def config_with(**overrides):
 )
 def test_unsupported_switch_combinations_are_refused_naming_the_key(overrides, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
-        from_config_dict(config_with(**overrides))
+        from_config_dict(tiny_config(**overrides))
 
 
 # ---------------------------------------------------------------------------- remat
@@ -261,7 +249,7 @@ def test_remat_block_saves_less_for_the_backward_pass():
 # ---------------------------------------------------------------------- dropout PRNG
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
-    config = from_config_dict(config_with())
+    config = from_config_dict(tiny_config())
     return load_task(config.data, str(tmp_path_factory.mktemp("vocab")))
 
 
@@ -269,7 +257,7 @@ def tiny_task(tmp_path_factory):
 def built(overrides: tuple, vocab_size: int):
     """trainer.build of the tiny config with `overrides`, one device; cached so that runs of
     one config share its compiled step."""
-    config = from_config_dict(config_with(**dict(overrides)))
+    config = from_config_dict(tiny_config(**dict(overrides)))
     config = dataclasses.replace(config, mesh=MeshConfig(1, 1, 1)).with_vocab_size(vocab_size)
     mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
     return config, mesh, trainer.build(config, mesh)
