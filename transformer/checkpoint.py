@@ -11,6 +11,7 @@ silently giving wrong values.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -102,6 +103,7 @@ class Checkpointer:
         Raises CheckpointMismatchError for another model's checkpoint and CheckpointReadError
         for files that cannot be read or do not match their checksum; nothing is deleted.
         """
+        _silence_reads_completing_into_a_closed_loop()
         try:
             meta = self._manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
@@ -155,6 +157,25 @@ class Checkpointer:
             f"{self.step_path(step)} out of {self.directory}; evaluate.py and translate.py "
             "also take --step."
         )
+
+
+def _silence_reads_completing_into_a_closed_loop() -> None:
+    """When a restore fails, the reads still in flight finish on TensorStore's threads and try
+    to wake Orbax's event loop, which the failure already closed; each would print an "Event
+    loop is closed" traceback around the error message, a screen of noise for a damaged
+    checkpoint. Installed before a restore starts, since the first of them can come before the
+    error reaches us. Only that exact error is dropped; every other goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop_wakeups", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._drops_closed_loop_wakeups = True
+    sys.unraisablehook = hook
 
 
 def _first_line(cause: Exception | str, limit: int = 400) -> str:

@@ -1,7 +1,9 @@
 """Errors caused by the user's input (config, corpus, workdir): the CLIs print their message
 alone, without a traceback, and exit non-zero."""
 
+import logging as std_logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from absl import app, flags, logging
@@ -38,6 +40,15 @@ def cli_main(body: Callable[[], object]) -> Callable[[list[str]], None]:
         try:
             body()
         except (*USER_ERRORS, FileNotFoundError) as e:
+            _quiet_abandoned_library_work()
             sys.exit(f"error: {e}")
 
     return main
+
+
+def _quiet_abandoned_library_work() -> None:
+    """A failed checkpoint read leaves Orbax's other read tasks unfinished; at exit asyncio
+    reports each ("Task exception was never retrieved", "coroutine ... was never awaited")
+    after our message, which should stay the last line a user reads."""
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
