@@ -177,14 +177,46 @@ def fused_dot_product_attention(query: Array, key: Array, value: Array, mask: Ar
     return jnp.where(attends, out, jnp.zeros((), out.dtype))
 
 
+def cached_attention(query: Array, keys: Array, values: Array, mask: Array) -> tuple[Array, Array]:
+    """One decode step's `dot_product_attention` over a cache laid out for its two matmuls.
+
+    query: [batch, 1, heads, d_k]; keys: [batch, heads, d_k, kv_len]; values: [batch, heads,
+    kv_len, d_v]; mask: bool, broadcastable to [batch, heads, 1, kv_len]. Returns
+    ([batch, 1, heads, d_v], weights [batch, heads, 1, kv_len] fp32), as dot_product_attention
+    would for the same keys and values in its layout (decoding has no dropout).
+
+    Stored as [batch, kv_len, heads, d], every step would transpose the whole cache (and the
+    cross-attention's fixed keys and values) for the matmuls: on CPU those copies cost more
+    than the attention itself.
+    """
+    query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+    logits = jnp.einsum("bqhd,bhdk->bhqk", query, keys, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jnp.where(mask, jax.nn.softmax(logits, axis=-1), 0.0)
+    out = jnp.einsum("bhqk,bhkd->bqhd", weights.astype(values.dtype), values)
+    return out, weights
+
+
+def _keys_layout(key: Array) -> Array:
+    """[batch, len, heads, d_k] -> the cache's [batch, heads, d_k, len]."""
+    return constrain(jnp.transpose(key, (0, 2, 3, 1)), (BATCH, HEADS, None, LENGTH))
+
+
+def _values_layout(value: Array) -> Array:
+    """[batch, len, heads, d_v] -> the cache's [batch, heads, len, d_v]."""
+    return constrain(jnp.transpose(value, (0, 2, 1, 3)), (BATCH, HEADS, LENGTH, None))
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate d_k (queries, keys) and d_v (values).
 
     Projections have no biases, as in the paper's QW^Q, KW^K, VW^V and W^O.
 
     With `decode=True` the module attends incrementally, keeping keys and values in the "cache"
-    collection. The first such call only creates the cache (sized by its inputs) and otherwise
-    attends as usual; later calls each bring one new query position:
+    collection (keys [batch, heads, d_k, len], values [batch, heads, len, d_v]: the layouts
+    `cached_attention` reads without copies). The first such call only creates the cache
+    (sized by its inputs) and otherwise attends as usual; later calls each bring one new query
+    position:
       - self-attention (`static_kv=False`) appends that position's key and value to the cache
         and attends over the cached positions up to and including it;
       - encoder-decoder attention (`static_kv=True`) projects `inputs_kv`, the same encoder
@@ -270,15 +302,18 @@ class MultiHeadAttention(nn.Module):
             # The encoder output is projected on the call that creates the cache only.
             if not self.has_variable("cache", "cached_key"):
                 key, value = project_kv(inputs_kv)
-                self.put_variable("cache", "cached_key", key)
-                self.put_variable("cache", "cached_value", value)
-            key = self.get_variable("cache", "cached_key")
-            value = self.get_variable("cache", "cached_value")
+                self.put_variable("cache", "cached_key", _keys_layout(key))
+                self.put_variable("cache", "cached_value", _values_layout(value))
+            else:
+                keys = self.get_variable("cache", "cached_key")
+                values = self.get_variable("cache", "cached_value")
+                return self._attend_cached(query, keys, values, mask, w_o)
         else:
             if self.static_kv or not cfg.fused_qkv:
                 key, value = project_kv(inputs_kv)  # [batch, kv_len, heads, d_k or d_v]
-            if decode:
-                key, value, mask = self._append_to_cache(key, value, mask)
+            cached = self._append_to_cache(key, value, mask) if decode else None
+            if cached is not None:
+                return self._attend_cached(query, *cached, w_o)
 
         dropout_rng = None
         if not deterministic and cfg.attention_dropout_rate > 0.0:
@@ -300,32 +335,53 @@ class MultiHeadAttention(nn.Module):
             )  # [batch, q_len, heads, d_v]
             # Kept for attention maps: `apply(..., mutable=["intermediates"])` returns them.
             self.sow("intermediates", "attention_weights", weights)
+        return self._output(out, w_o)
+
+    def _output(self, out: Array, w_o: Array) -> Array:
+        """[batch, q_len, heads, d_v] -> W^O -> [batch, q_len, d_model]."""
         out = jnp.einsum("blhk,hkd->bld", out, w_o)  # [batch, q_len, d_model]
         return constrain(out, (BATCH, LENGTH, EMBED))
 
-    def _append_to_cache(self, key: Array, value: Array, mask: Array) -> tuple[Array, Array, Array]:
-        """Writes one step's key/value [batch, 1, heads, d] at the cache index and returns the
-        whole cache [batch, max_length, heads, d] with `mask` limited to positions <= index.
+    def _attend_cached(
+        self, query: Array, keys: Array, values: Array, mask: Array, w_o: Array
+    ) -> Array:
+        out, weights = cached_attention(query, keys, values, mask)
+        self.sow("intermediates", "attention_weights", weights)
+        return self._output(out, w_o)
 
-        On the call that creates the cache (zeros, [batch, max_length, ...] from that call's
-        inputs) everything is returned unchanged."""
+    def _append_to_cache(
+        self, key: Array, value: Array, mask: Array
+    ) -> tuple[Array, Array, Array] | None:
+        """Writes one step's key/value [batch, 1, heads, d] at the cache index and returns the
+        whole cache (keys [batch, heads, d_k, max_length], values [batch, heads, max_length,
+        d_v]) with `mask` limited to positions <= index.
+
+        On the call that creates the cache (zeros sized by that call's [batch, max_length]
+        keys and values) it writes nothing and returns None."""
         is_initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        b, length, h, d_k = key.shape
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, (b, h, d_k, length), key.dtype)
+        cached_value = self.variable(
+            "cache", "cached_value", jnp.zeros, _values_layout(value).shape, value.dtype
+        )
         cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if not is_initialized:
-            return key, value, mask
-        if key.shape[1] != 1:
-            raise ValueError(f"decode steps take one position at a time, got {key.shape[1]}")
+            return None
+        if length != 1:
+            raise ValueError(f"decode steps take one position at a time, got {length}")
         i = cache_index.value
-        cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, i, axis=1)
-        cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value, i, axis=1)
+        cached_key.value = lax.dynamic_update_slice_in_dim(
+            cached_key.value, _keys_layout(key), i, axis=3
+        )
+        cached_value.value = lax.dynamic_update_slice_in_dim(
+            cached_value.value, _values_layout(value), i, axis=2
+        )
         cache_index.value = i + 1
         # Slots past the index are not written yet: the new query must not see them.
-        mask = mask & (jnp.arange(cached_key.value.shape[1]) <= i)[None, None, None, :]
-        key = constrain(cached_key.value, (BATCH, LENGTH, HEADS, None))
-        value = constrain(cached_value.value, (BATCH, LENGTH, HEADS, None))
-        return key, value, mask
+        mask = mask & (jnp.arange(cached_key.value.shape[3]) <= i)[None, None, None, :]
+        keys = constrain(cached_key.value, (BATCH, HEADS, None, LENGTH))
+        values = constrain(cached_value.value, (BATCH, HEADS, LENGTH, None))
+        return keys, values, mask
 
 
 # ------------------------------------------------------------------- feed-forward
