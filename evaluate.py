@@ -1,4 +1,5 @@
-"""Translates a split with a trained model and reports sacreBLEU (with its signature) and chrF.
+"""Translates a split with a trained model and reports sacreBLEU (with its signature), chrF,
+and the tokenized lowercased BLEU that Multi30k papers quote.
 
   python evaluate.py --workdir DIR [--split test] [--step N] [--average_last 5]
       [--beam_size 4 --alpha 0.6] [--checkpoint_dir DIR/averaged]
@@ -57,6 +58,10 @@ def evaluate() -> None:
           f"alpha {_ALPHA.value}")  # fmt: skip
     print(f"BLEU {scores['bleu']:.2f}  ({signature})")
     print(f"chrF {scores['chrf']:.2f}")
+    print(
+        f"Tokenized lowercased BLEU {scores['tok_bleu']:.2f}  (Moses normalize + tokenize "
+        f"-l {config.data.target_lang}, as multi-bleu.perl on *.lc.norm.tok files; not sacreBLEU)"
+    )
     print(f"Hypotheses: {path}")
 
 

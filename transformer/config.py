@@ -118,6 +118,12 @@ class DataConfig:
     text_files: TextFilesConfig | None = None
     tfds: TfdsConfig | None = None
 
+    @property
+    def target_lang(self) -> str:
+        """The target language's code ("de" for the embedded German-like task)."""
+        section = self.text_files or self.tfds
+        return section.target_lang if section is not None else "de"
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
