@@ -3,6 +3,7 @@
   python benchmarks/decode.py --workdir /tmp/quickstart [--length 50] [--batch_size 64]
       [--compare_sentences 128] [--repeats 3]
   python benchmarks/decode.py --workload ref-small [--data_dir ../shared/data/multi30k]
+      [--compare hf]
 
 Default mode (`--workdir`, a trained workdir such as the quickstart's): restores its newest
 checkpoint (transformer.inference.restore), takes the test split's sources (load_task) in
@@ -32,8 +33,13 @@ d_model 256, 4 heads, d_ff 1024, post-LN, tied shared embeddings, fp32, RANDOM w
 the Multi30k training split, the 1,000 English sentences of en.test.txt in batches of 64 (the
 last one of 40), exactly 30 target tokens per sentence (as above: EOS disabled, fixed-length
 loops over the library's cached step), greedy and beam 4. It prints sentences/s next to
-figures measured on a 2-core AMD EPYC CPU like this one for CTranslate2 and for Hugging Face
-transformers `generate` (PyTorch, eager), and the ratio of ours to each.
+figures measured on a 2-core AMD EPYC CPU for CTranslate2 and for Hugging Face transformers
+`generate` (PyTorch, eager), and the ratio of ours to each. Those ratios hold only on such a
+CPU; `--compare hf` (needs `pip install -e '.[bench]'`) measures the second one here, side by
+side: a Hugging Face MarianMTModel of the same sizes (post-LN, sinusoidal positions, tied shared
+embeddings, random weights; it has attention biases, ours has none), `generate` with its KV
+cache, greedy and beam 4 with length penalty 0.6, min_new_tokens = max_new_tokens = 30, on the
+same token ids and batches, taking turns with ours pass by pass.
 
 Every figure is the median of `--repeats` passes over all of its batches, each pass ended by
 jax.block_until_ready, after one untimed call per distinct batch shape (compilation and
@@ -228,6 +234,63 @@ def fixed_beam(model: Transformer, length: int, cached: bool, beam: int = BEAM) 
     return jax.jit(decode)
 
 
+# ------------------------------------------------------------------ Hugging Face
+def hf_decoders(config: Any, length: int) -> tuple[dict[str, Decoder], int]:
+    """({"greedy", "beam 4"} -> decoder, parameter count) of Hugging Face `generate` on a
+    MarianMTModel shaped like `config` (a ModelConfig), producing exactly `length` tokens.
+
+    The decoders take (ignored params, inputs [batch, src_len] with PAD_ID padding) and return
+    numpy [batch, length], as ours do, so time_decoders alternates them with ours."""
+    import torch
+    from transformers import MarianConfig, MarianMTModel
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    hf_config = MarianConfig(
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        encoder_layers=config.num_encoder_layers,
+        decoder_layers=config.num_decoder_layers,
+        encoder_attention_heads=config.num_heads,
+        decoder_attention_heads=config.num_heads,
+        encoder_ffn_dim=config.d_ff,
+        decoder_ffn_dim=config.d_ff,
+        max_position_embeddings=config.max_len,
+        activation_function="relu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=BOS_ID,
+    )
+    model = MarianMTModel(hf_config).eval()
+    # The sinusoidal tables are stored as weights there; ours computes them.
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_positions" not in n)
+
+    def make(beams: int) -> Decoder:
+        def decode(_params: Any, inputs: Array) -> np.ndarray:
+            ids = torch.from_numpy(np.asarray(inputs, np.int64))
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=ids != PAD_ID,
+                    num_beams=beams,
+                    do_sample=False,
+                    **({"length_penalty": ALPHA} if beams > 1 else {}),
+                    min_new_tokens=length,
+                    max_new_tokens=length,
+                )
+            return out[:, 1:].numpy().astype(np.int32)  # Drops the decoder start token.
+
+        return decode
+
+    return {"greedy": make(1), f"beam {BEAM}": make(BEAM)}, n_params
+
+
 # ------------------------------------------------------------------------------ modes
 def num_params(params: Any) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
@@ -342,16 +405,34 @@ def ref_small_mode(args: argparse.Namespace) -> None:
         "greedy": fixed_greedy(model, length, True),
         f"beam {BEAM}": fixed_beam(model, length, True),
     }
-    ours = {}
-    for name, (seconds, outputs) in time_decoders(decoders, params, batches, args.repeats).items():
-        assert outputs.shape == (len(sentences), length) and np.all(outputs > EOS_ID)
-        ours[name] = len(sentences) / seconds
-    width = max(len(toolkit) for toolkit in REFERENCES) + 2
+    if args.compare == "hf":
+        import torch
+        import transformers
+
+        hf, hf_params = hf_decoders(config, length)
+        decoders.update({f"hf {name}": decode for name, decode in hf.items()})
+        print(
+            f"Hugging Face transformers {transformers.__version__} MarianMTModel, PyTorch "
+            f"{torch.__version__} eager, {torch.get_num_threads()} threads: {hf_params:,} "
+            "parameters besides its position tables\n"
+        )
+    results = time_decoders(decoders, params, batches, args.repeats)
+    speeds = {}
+    for name, (seconds, outputs) in results.items():
+        assert outputs.shape == (len(sentences), length), (name, outputs.shape)
+        speeds[name] = len(sentences) / seconds
+    assert np.all(results["greedy"][1] > EOS_ID) and np.all(results[f"beam {BEAM}"][1] > EOS_ID)
+    ours = {k: v for k, v in speeds.items() if not k.startswith("hf ")}
+    rows = {f"{toolkit} (AMD EPYC figure)": figures for toolkit, figures in REFERENCES.items()}
+    if args.compare == "hf":
+        here = "HF transformers generate (PyTorch eager), measured here"
+        rows = {here: {k: speeds[f"hf {k}"] for k in ours}, **rows}
+    width = max(len(row) for row in rows) + 2
     print(f"  {'sentences/s':{width}s}{'greedy':>18s}{'beam ' + str(BEAM):>18s}")
     print(f"  {'ours (JAX, KV cache)':{width}s}" + "".join(f"{v:18.1f}" for v in ours.values()))
-    for toolkit, figures in REFERENCES.items():
-        cells = (f"{figures[k]:.0f} (ours {v / figures[k]:.2f}x)" for k, v in ours.items())
-        print(f"  {toolkit:{width}s}" + "".join(f"{c:>18s}" for c in cells))
+    for row, figures in rows.items():
+        cells = (f"{figures[k]:.1f} (ours {v / figures[k]:.2f}x)" for k, v in ours.items())
+        print(f"  {row:{width}s}" + "".join(f"{c:>18s}" for c in cells))
     print(f"  (ours in tokens/s: {', '.join(f'{k} {v * length:.0f}' for k, v in ours.items())})")
 
 
@@ -369,9 +450,14 @@ def main() -> None:
         help="Test sentences of the cached/uncached comparison (the uncached loops are slow).",
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--compare", choices=["hf"], help="ref-small: time Hugging Face generate here too."
+    )
     args = parser.parse_args()
     if (args.workdir is None) == (args.workload is None):
         parser.error("give exactly one of --workdir and --workload")
+    if args.compare and args.workload != "ref-small":
+        parser.error("--compare hf goes with --workload ref-small")
     print(f"Device: {describe_machine()}")
     if args.workload == "ref-small":
         ref_small_mode(args)
