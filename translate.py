@@ -14,7 +14,6 @@ import sys
 from absl import app, flags
 
 from transformer import inference, trainer
-from transformer.data.text_files import CorpusError
 from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
 from transformer.special_tokens import EOS_ID
@@ -31,27 +30,8 @@ _BEAM = flags.DEFINE_integer("beam_size", 4, "Beam size; 1 decodes greedily.", l
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha.")
 
 
-def read_input(path: str) -> list[str]:
-    """Lines of `path` (or stdin); CorpusError naming the line of invalid UTF-8."""
-    if path == "-":
-        raw = sys.stdin.buffer.read()
-    else:
-        with open(path, "rb") as f:
-            raw = f.read()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    text = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            text.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as e:
-            raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {e.start}.") from None
-    return text
-
-
 def translate() -> None:
-    lines = read_input(_INPUT.value)
+    lines = inference.read_lines(_INPUT.value)
     restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
     config, setup, tokenizer = restored.config, restored.setup, restored.tokenizer
     if config.model.kind != "encoder_decoder":

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from transformer import trainer
+from transformer import inference, trainer
 from transformer.attention_maps import attention_weights
+from transformer.decode import greedy_decode_lm
 from transformer.model import Transformer
 
 from .model_configs import small_model_config
@@ -143,3 +144,52 @@ def test_attention_weights_are_distributions_over_the_right_tokens():
     causal = weights["decoder/layer_0/self_attention"]
     np.testing.assert_allclose(causal.sum(-1), 1.0, rtol=1e-5)
     assert np.all(np.triu(causal[0], k=1) == 0)  # nothing from the future
+
+
+@pytest.fixture(scope="module")
+def language_model(tmp_path_factory):
+    """A tiny decoder-only model trained on the embedded task's German side."""
+    workdir = tmp_path_factory.mktemp("lm")
+    config = tiny.get_config()
+    config.model.kind = "decoder_only"
+    config.model.num_encoder_layers = 0
+    config.bleu_every_steps = 0
+    trainer.run(config, str(workdir))
+    return workdir
+
+
+def test_generate_greedy_continues_prompts_as_the_library_decodes(language_model):
+    restored = inference.restore(str(language_model))
+    max_length = restored.config.data.max_length
+    prompts = ["der Mann", ""]
+    out = run("generate.py", "--workdir", str(language_model), "--temperature", "0",
+              "--prompt", prompts[0], "--prompt", prompts[1])  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    ids = [seq[:-1] for seq in restored.tokenizer.encode_batch(prompts)]
+    rows = np.zeros((2, max(len(i) for i in ids)), np.int32)
+    for row, seq in zip(rows, ids, strict=True):
+        row[: len(seq)] = seq
+    expected = greedy_decode_lm(restored.setup.model, restored.params, rows, max_length)
+    assert out.stdout.splitlines() == [restored.tokenizer.decode(e) for e in np.asarray(expected)]
+    assert out.stdout.startswith("der Mann ")
+
+
+def test_generate_samples_are_reproducible_by_seed_and_vary_between_rows(language_model):
+    args = ["--workdir", str(language_model), "--num_samples", "4", "--temperature", "1.5",
+            "--top_p", "0.95", "--top_k", "50", "--seed", "3"]  # fmt: skip
+    first = run("generate.py", *args, stdin="der Mann\n")
+    again = run("generate.py", *args, stdin="der Mann\n")
+    assert first.returncode == 0, first.stderr
+    samples = first.stdout.splitlines()
+    assert samples == again.stdout.splitlines() and len(samples) == 4
+    assert all(s.startswith("der Mann") for s in samples) and len(set(samples)) > 1
+
+
+def test_generate_and_translate_refuse_the_other_kind_of_model(trained, language_model):
+    out = run("generate.py", "--workdir", str(trained[0]), "--prompt", "der Mann")
+    assert out.returncode != 0 and "generate.py needs a language model" in out.stderr
+    out = run("translate.py", "--workdir", str(language_model), stdin="the man sleeps.\n")
+    assert out.returncode != 0 and "translate.py needs a translator" in out.stderr
+    out = run("generate.py", "--workdir", str(language_model), "--prompt", "der Mann " * 40)
+    assert out.returncode != 0 and re.search(r"Prompt 1 has \d+ pieces", out.stderr)
+    assert "Traceback" not in out.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -19,6 +20,7 @@ from ml_collections import ConfigDict
 from transformer import checkpoint, sharding, trainer
 from transformer.config import Config, MeshConfig, from_config_dict
 from transformer.data.tasks import load_tokenizer
+from transformer.data.text_files import CorpusError
 from transformer.data.tokenizer import Tokenizer
 
 # Inference shards the batch over every device; parameters are replicated.
@@ -93,3 +95,23 @@ def restore(
     finally:
         ckpt.close()
     return Restored(config, tokenizer, setup, params, steps)
+
+
+def read_lines(path: str) -> list[str]:
+    """Lines of `path` ('-': stdin), for translate.py and generate.py; a CorpusError names
+    the line of invalid UTF-8."""
+    if path == "-":
+        raw = sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    text = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            text.append(line.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {e.start}.") from None
+    return text
