@@ -168,7 +168,16 @@ def test_sigterm_saves_the_current_step_exits_0_and_the_same_command_resumes(
     assert_same_run(tmp_path, straight_run)
 
 
-def test_the_first_signal_asks_to_stop_and_a_second_acts_as_without_the_guard():
+@pytest.fixture
+def default_sigint():
+    """SIGINT raising KeyboardInterrupt, as in a foreground Python, whatever pytest inherited
+    (a shell's background job starts with SIGINT ignored)."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+def test_the_first_signal_asks_to_stop_and_a_second_acts_as_without_the_guard(default_sigint):
     handler, term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with StopSignals() as signals:
         assert not signals.should_stop(1)
@@ -181,6 +190,17 @@ def test_the_first_signal_asks_to_stop_and_a_second_acts_as_without_the_guard():
         assert signals.should_stop(1) and signals.reason() == "SIGINT"
         signal.raise_signal(signal.SIGINT)  # ... and Ctrl-C again: KeyboardInterrupt.
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_signal_the_process_was_told_to_ignore_stays_ignored(default_sigint):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # As `nohup` or `cmd &` start a process.
+    with StopSignals() as signals:
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        assert not signals.should_stop(1)
+        signal.raise_signal(signal.SIGTERM)  # Not ignored: a stop request.
+        assert signals.should_stop(2) and signals.reason() == "SIGTERM"
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def stop_during_a_save(proc, checkpoints) -> int:

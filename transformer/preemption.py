@@ -3,7 +3,8 @@
 Inside `StopSignals()`, the first SIGTERM or SIGINT only records the request; the training loop
 asks `should_stop(step)` after every step and, on True, saves a checkpoint and returns. A
 second signal of the same kind acts as it would have without us (SIGTERM kills, Ctrl-C raises
-KeyboardInterrupt), for when the save itself is stuck.
+KeyboardInterrupt), for when the save itself is stuck. A signal the process was started
+with ignored (`nohup`, or SIGINT in a shell's `cmd &`) stays ignored.
 
 With several processes every host must stop at the same step, or the others would wait forever
 in the next step's collectives. JAX's preemption service (started by `jax.distributed
@@ -38,7 +39,11 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             ours = (signal.SIGINT,) if self._use_service else (signal.SIGTERM, signal.SIGINT)
             for signum in ours:
-                if signal.getsignal(signum) is None:  # Set outside Python: could not restore.
+                current = signal.getsignal(signum)
+                # None: set outside Python, so it could not be restored. SIG_IGN: whoever
+                # started us asked that the signal be ignored (as `nohup` and `cmd &` do for
+                # SIGINT); it stays ignored.
+                if current is None or current == signal.SIG_IGN:
                     continue
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
