@@ -426,6 +426,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def sigint_as_in_a_terminal() -> None:
+    """For a child: SIGINT not ignored, even where pytest runs as a shell's background job
+    (whose children inherit SIGINT ignored, which StopSignals then leaves alone)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_two_hosts(workdir, env, num_train_steps):
     """train.py as processes 0 and 1 of one job, 4 CPU devices each."""
     env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -439,6 +445,7 @@ def start_two_hosts(workdir, env, num_train_steps):
             [*command, *flags, f"--process_id={i}"],
             cwd=REPO,
             env=env,
+            preexec_fn=sigint_as_in_a_terminal,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
