@@ -78,6 +78,7 @@ from transformer.decode import (
     _initial_state,
     _tile_beams,
     _transformer_step,
+    argmax,
     beam_search,
     greedy_decode,
     init_cache,
@@ -206,7 +207,7 @@ def fixed_greedy(model: Transformer, length: int, cached: bool) -> Decoder:
             token, tokens, state = carry
             position = jnp.full((batch, 1), i, jnp.int32)
             logits, state = step(token[:, None], position, state)
-            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            token = argmax(logits)
             return token, lax.dynamic_update_index_in_dim(tokens, token, i, axis=1), state
 
         carry = (

@@ -12,6 +12,7 @@ from configs import base
 from transformer import sharding
 from transformer.config import MeshConfig
 from transformer.decode import (
+    argmax,
     beam_search,
     filter_logits,
     greedy_decode,
@@ -432,6 +433,21 @@ def test_beam_search_on_a_sharded_mesh_matches_a_single_device():
         tokens, scores = search(params, src)
     np.testing.assert_array_equal(tokens, single_tokens)
     np.testing.assert_allclose(scores, single_scores, rtol=1e-5)
+
+
+def test_argmax_is_jnp_argmax_with_ties_to_the_lowest_index():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.standard_normal((5, 3, 1000)), jnp.float32)
+    np.testing.assert_array_equal(jax.jit(argmax)(logits), jnp.argmax(logits, axis=-1))
+    # Few distinct values: many ties, which jnp.argmax breaks towards the lowest index.
+    ties = jnp.asarray(rng.integers(0, 3, (64, 50)), jnp.float32)
+    np.testing.assert_array_equal(jax.jit(argmax)(ties), jnp.argmax(ties, axis=-1))
+    assert argmax(ties).dtype == jnp.int32
+
+
+def test_argmax_of_a_row_with_nan_is_still_a_token_id():
+    logits = jnp.array([[jnp.nan] * 7, [0.0, 1.0, jnp.nan, 5.0, 2.0, 5.0, 0.0], [0.0] * 7])
+    np.testing.assert_array_equal(argmax(logits), [6, 6, 0])
 
 
 def test_max_decode_length_is_the_longest_input_plus_50_within_the_cap():

