@@ -28,6 +28,7 @@ _BEAM = flags.DEFINE_integer(
     "beam_size", 4, "Beam size; 1 decodes greedily (section 6.1: 4).", lower_bound=1
 )
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha (section 6.1: 0.6).")
+flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
 
 
 def evaluate() -> None:
@@ -45,9 +46,12 @@ def evaluate() -> None:
         )  # fmt: skip
     steps = restored.steps
     name = f"{_SPLIT.value}-step{steps[-1]}" + (f"-avg{len(steps)}" if len(steps) > 1 else "")
+    if _CHECKPOINT_DIR.value:  # e.g. WORKDIR/averaged: not the training run's own step N.
+        name += "-" + os.path.basename(os.path.normpath(_CHECKPOINT_DIR.value))
+    name += f"-beam{_BEAM.value}" + (f"-alpha{_ALPHA.value:g}" if _BEAM.value > 1 else "")
     out_dir = os.path.join(_WORKDIR.value, "translations")
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{name}-beam{_BEAM.value}.txt")
+    path = os.path.join(out_dir, f"{name}.txt")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.writelines(h + "\n" for h in hypotheses)
     os.replace(path + ".tmp", path)

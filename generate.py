@@ -28,7 +28,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A trained language-model workdi
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for several.")
 _INPUT = flags.DEFINE_string("input", "-", "Without --prompt: prompts, one per line; - = stdin.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Continuations per prompt.", lower_bound=1)
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "0 decodes greedily.", lower_bound=0.0)
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "0 decodes greedily.")
+flags.register_validator(
+    "temperature", lambda t: 0 <= t < float("inf"), "--temperature must be finite and >= 0."
+)
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Only the k likeliest tokens; 0: all.", lower_bound=0)
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus: the likeliest tokens of this probability mass.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the samples.")

@@ -28,6 +28,7 @@ _AVERAGE = flags.DEFINE_integer(
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/checkpoints.")
 _BEAM = flags.DEFINE_integer("beam_size", 4, "Beam size; 1 decodes greedily.", lower_bound=1)
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha.")
+flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
 
 
 def translate() -> None:

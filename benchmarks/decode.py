@@ -11,8 +11,9 @@ batches of `--batch_size` (each padded to its longest source, rounded up to 8) a
 sentences/s and generated tokens/s for:
 
 1. the library as evaluate.py runs it: `greedy_decode` and `beam_search` (beam 4, alpha 0.6)
-   over the whole test split, with evaluate.py's output buffer, stopping at EOS. Generated
-   tokens are those of the returned translations, EOS included.
+   over the whole test split, with evaluate.py's output limits (each sentence its length +
+   50, in a buffer of the batch's width + 50), stopping at EOS. Generated tokens are those of
+   the returned translations, EOS included.
 2. exactly `--length` output tokens per sentence (EOS and PAD disabled by setting their logits
    to -inf, and loops of a fixed `--length` steps, so nothing stops early), on the first
    `--compare_sentences` test sentences, greedy and beam 4, each
@@ -312,16 +313,17 @@ def workdir_mode(args: argparse.Namespace) -> None:
     )
 
     # 1. The library, as evaluate.py runs it.
-    buffer = decode_length(config)
     batches = make_batches(sources, args.batch_size, config.data.max_length)
     print(
-        f"\nLibrary decoding as evaluate.py runs it (stops at EOS, output buffer {buffer}), "
-        f"{len(sources):,} test sentences:"
+        "\nLibrary decoding as evaluate.py runs it (each sentence stops at EOS or its length + "
+        f"50; output buffer: the batch's width + 50), {len(sources):,} test sentences:"
     )
-    library = {
-        "greedy  greedy_decode": jax.jit(lambda p, x: greedy_decode(model, p, x, buffer)),
+    library = {  # Shapes are static under jit: one buffer per batch width.
+        "greedy  greedy_decode": jax.jit(
+            lambda p, x: greedy_decode(model, p, x, decode_length(config, x.shape[1]))
+        ),
         f"beam {BEAM}  beam_search, alpha {ALPHA}": jax.jit(
-            lambda p, x: beam_search(model, p, x, buffer, BEAM, ALPHA)[0]
+            lambda p, x: beam_search(model, p, x, decode_length(config, x.shape[1]), BEAM, ALPHA)[0]
         ),
     }
     for name, (seconds, outputs) in time_decoders(library, params, batches, args.repeats).items():

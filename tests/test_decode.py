@@ -12,7 +12,6 @@ from configs import base
 from transformer import sharding
 from transformer.config import MeshConfig
 from transformer.decode import (
-    argmax,
     beam_search,
     filter_logits,
     greedy_decode,
@@ -20,9 +19,10 @@ from transformer.decode import (
     init_cache,
     length_penalty,
     max_decode_length,
+    output_limits,
     sample_lm,
 )
-from transformer.layers import MultiHeadAttention, causal_mask
+from transformer.layers import MultiHeadAttention, argmax, causal_mask
 from transformer.model import DecoderOnlyLM, Transformer, shift_right
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -448,6 +448,39 @@ def test_argmax_is_jnp_argmax_with_ties_to_the_lowest_index():
 def test_argmax_of_a_row_with_nan_is_still_a_token_id():
     logits = jnp.array([[jnp.nan] * 7, [0.0, 1.0, jnp.nan, 5.0, 2.0, 5.0, 0.0], [0.0] * 7])
     np.testing.assert_array_equal(argmax(logits), [6, 6, 0])
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_each_sentence_stops_at_its_input_length_plus_extra(beam_size):
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS)
+    params = init(model, src, src)["params"]
+    extra = 3
+    limits = np.minimum(np.asarray(SRC_LENGTHS) + extra, MAX_LENGTH)
+
+    def decode(inputs, max_length, extra):
+        if beam_size == 1:
+            return greedy_decode(model, params, inputs, max_length, extra), None
+        return beam_search(model, params, inputs, max_length, beam_size, 0.6, extra)
+
+    tokens, scores = jax.jit(decode, static_argnums=(1, 2))(src, MAX_LENGTH, extra)
+    tokens = np.asarray(tokens)
+    lengths = np.sum(tokens != PAD_ID, axis=1)
+    assert np.all(lengths <= limits), (lengths, limits)
+    cut = ~(tokens == EOS_ID).any(1)  # Rows the limit ended, not EOS.
+    assert cut.any() and not cut.all()
+    np.testing.assert_array_equal(lengths[cut], limits[cut])
+    # A sentence decodes as it would alone with its limit as the whole output buffer.
+    for i in (0, 3, 5):
+        alone, alone_score = decode(src[i : i + 1], int(limits[i]), None)
+        np.testing.assert_array_equal(alone[0], tokens[i, : limits[i]])
+        if scores is not None:
+            np.testing.assert_allclose(alone_score[0], scores[i], rtol=1e-5)
+
+
+def test_a_negative_extra_length_is_refused():
+    with pytest.raises(ValueError, match="extra must be >= 0"):
+        output_limits(random_sources(8, SRC_LENGTHS), MAX_LENGTH, -1)
 
 
 def test_max_decode_length_is_the_longest_input_plus_50_within_the_cap():

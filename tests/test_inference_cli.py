@@ -14,7 +14,9 @@ import pytest
 from configs import tiny
 from transformer import inference, trainer
 from transformer.attention_maps import attention_weights
+from transformer.data.tasks import load_task
 from transformer.decode import greedy_decode_lm
+from transformer.evaluation import continue_prompts
 from transformer.model import Transformer
 
 from .model_configs import small_model_config
@@ -67,6 +69,9 @@ def test_averaging_in_memory_and_as_a_written_checkpoint_agree(trained):
                   str(workdir / "averaged"), "--beam_size", "1")  # fmt: skip
     assert written.returncode == 0, written.stderr
     assert bleu_of(written.stdout) == bleu_of(avg.stdout)
+    # Each went to its own file, neither over the plain step 40's.
+    names = set(os.listdir(workdir / "translations"))
+    assert {"test-step40-avg3-beam1.txt", "test-step40-averaged-beam1.txt"} <= names
     again = run("average_checkpoints.py", "--workdir", str(workdir), "--last", "3")
     assert again.returncode != 0 and "exists already" in again.stderr
     assert sorted(os.listdir(workdir / "checkpoints")) == before
@@ -76,6 +81,7 @@ def test_beam_search_evaluation_runs_with_the_papers_settings(trained):
     workdir, _ = trained
     out = run("evaluate.py", "--workdir", str(workdir), "--split", "validation")
     assert out.returncode == 0, out.stderr
+    assert (workdir / "translations" / "validation-step40-beam4-alpha0.6.txt").exists()
     assert "beam 4, alpha 0.6" in out.stdout and 0.0 <= bleu_of(out.stdout) <= 100.0
 
 
@@ -95,6 +101,7 @@ def test_translate_reads_stdin_and_reports_empty_and_overlong_lines(trained):
     [
         (["--step", "7"], r"has no step 7; it has \[20, 30, 40\]"),
         (["--average_last", "4"], r"Averaging the last 4 checkpoints .* needs that many"),
+        (["--alpha", "nan"], r"--alpha must be >= 0"),
     ],
 )
 def test_bad_requests_are_clear_errors(trained, args, message):
@@ -193,3 +200,15 @@ def test_generate_and_translate_refuse_the_other_kind_of_model(trained, language
     out = run("generate.py", "--workdir", str(language_model), "--prompt", "der Mann " * 40)
     assert out.returncode != 0 and re.search(r"Prompt 1 has \d+ pieces", out.stderr)
     assert "Traceback" not in out.stderr
+    out = run("generate.py", "--workdir", str(language_model), "--temperature", "inf")
+    assert out.returncode != 0 and "--temperature must be finite and >= 0" in out.stderr
+
+
+def test_sample_continuations_stop_at_the_end_of_a_short_split(language_model):
+    restored = inference.restore(str(language_model))
+    task = load_task(restored.config.data, str(language_model))
+    sentences = len(task.splits["test"])
+    samples = continue_prompts(
+        restored.config, restored.setup.model, restored.params, task, "test", sentences + 3
+    )
+    assert len(samples) == sentences

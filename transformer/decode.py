@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from transformer.layers import argmax
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -60,13 +61,29 @@ def init_cache(
     return state["cache"]
 
 
-def greedy_decode(model: Transformer, params: Any, inputs: Array, max_length: int) -> Array:
-    """inputs: [batch, src_len] -> output ids [batch, max_length] int32, PAD after EOS."""
+def output_limits(inputs: Array, max_length: int, extra: int | None = 50) -> Array:
+    """[batch] int32: how many tokens each row of `inputs` [batch, src_len] may produce, its
+    input length (EOS included) plus `extra` (section 6.1: 50) but at most `max_length`, the
+    output buffer; `max_length` for every row where `extra` is None."""
+    if extra is None:
+        return jnp.full(inputs.shape[:1], max_length, jnp.int32)
+    if extra < 0:
+        raise ValueError(f"extra must be >= 0 (tokens beyond the input length), got {extra}")
+    lengths = jnp.sum(inputs != PAD_ID, axis=1, dtype=jnp.int32)
+    return jnp.minimum(lengths + extra, max_length)
+
+
+def greedy_decode(
+    model: Transformer, params: Any, inputs: Array, max_length: int, extra: int | None = 50
+) -> Array:
+    """inputs: [batch, src_len] -> output ids [batch, max_length] int32, PAD after EOS; each
+    row stops at EOS or after its `output_limits(inputs, max_length, extra)` tokens."""
     encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
     cache = init_cache(model, params, inputs.shape[0], max_length, encoded, inputs)
     step = _transformer_step(model, params, encoded, inputs)
     forced = jnp.full((inputs.shape[0], max_length), PAD_ID, jnp.int32)
-    return _decode_loop(step, cache, forced, _argmax)
+    limits = output_limits(inputs, max_length, extra)
+    return _decode_loop(step, cache, forced, _argmax, limits)
 
 
 def _transformer_step(model: Transformer, params: Any, encoded: Array, inputs: Array) -> StepFn:
@@ -170,19 +187,6 @@ def _check_sampling_args(top_k: int, top_p: float, temperature: float = 0.0) -> 
         raise ValueError(f"top_p must be in (0, 1] (1: no nucleus filter), got {top_p}")
 
 
-def argmax(logits: Array) -> Array:
-    """logits [..., vocab] -> [...] int32: the index of the largest logit, the lowest one
-    among ties, as jnp.argmax gives it; vocab - 1 for a row that holds a NaN (jnp.argmax
-    would give the NaN's index).
-
-    Written as a max and a min rather than jnp.argmax, whose (value, index) reduction XLA
-    does not vectorise on CPU: over [64, 8000] logits this is about 2x faster, and greedy
-    decoding runs it once per step."""
-    top = jnp.max(logits, axis=-1, keepdims=True)
-    index = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-    return jnp.min(jnp.where(logits == top, index, logits.shape[-1] - 1), axis=-1)
-
-
 def _argmax(logits: Array, step: Array) -> Array:
     """Greedy decoding's ChooseFn."""
     del step
@@ -195,18 +199,23 @@ def _decode_lm(
     """Continues each row of `prompt` [batch, prompt_len], PAD-padded at the end, with the
     tokens `choose` picks -> [batch, max_length] int32, PAD after EOS."""
     batch, prompt_len = prompt.shape
+    if prompt_len > max_length:
+        raise ValueError(f"prompts of {prompt_len} tokens do not fit max_length {max_length}")
     cache = init_cache(model, params, batch, max_length)
     step = _cached_step(model, params, DecoderOnlyLM.decode)
     forced = jnp.pad(prompt.astype(jnp.int32), ((0, 0), (0, max_length - prompt_len)))
     return _decode_loop(step, cache, forced, choose)
 
 
-def _decode_loop(step: StepFn, cache: Cache, forced: Array, choose: ChooseFn) -> Array:
+def _decode_loop(
+    step: StepFn, cache: Cache, forced: Array, choose: ChooseFn, limits: Array | None = None
+) -> Array:
     """Runs `step` from BOS at position 0 until every row has EOS or `forced` [batch,
     max_length] is full, turning each step's logits into tokens with `choose`. Where `forced`
     is not PAD its token is taken instead (a prompt), so prompts of different lengths decode
-    in one batch."""
+    in one batch. A row with a `limits` [batch] entry stops after that many tokens."""
     batch, max_length = forced.shape
+    limits = jnp.full((batch,), max_length, jnp.int32) if limits is None else limits
 
     def cond(carry: tuple[Array, ...]) -> Array:
         i, _, _, done, _ = carry
@@ -221,13 +230,13 @@ def _decode_loop(step: StepFn, cache: Cache, forced: Array, choose: ChooseFn) ->
         token = jnp.where(forced_i != PAD_ID, forced_i, choose(logits, i))
         token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, i, axis=1)
-        return i + 1, token, tokens, done | (token == EOS_ID), cache
+        return i + 1, token, tokens, done | (token == EOS_ID) | (i + 1 >= limits), cache
 
     carry = (
         jnp.int32(0),
         jnp.full((batch,), BOS_ID, jnp.int32),
         jnp.full((batch, max_length), PAD_ID, jnp.int32),
-        jnp.zeros((batch,), bool),
+        limits <= 0,
         cache,
     )
     _, _, tokens, _, _ = jax.lax.while_loop(cond, body, carry)
@@ -273,19 +282,20 @@ def beam_search(
     max_length: int,
     beam_size: int = 4,
     alpha: float = 0.6,
+    extra: int | None = 50,
 ) -> tuple[Array, Array]:
-    """Beam search over up to `max_length` output tokens for `inputs` [batch, src_len].
+    """Beam search for `inputs` [batch, src_len], each sentence's hypotheses at most its
+    `output_limits(inputs, max_length, extra)` tokens long (section 6.1: input length + 50).
 
     Returns the best finished hypothesis of each sentence, tokens [batch, max_length] int32
     with PAD after EOS, and its score [batch] float32, log-probability / length_penalty. A
-    sentence that finishes none within `max_length` gets its best alive hypothesis, scored
-    with the penalty of `max_length` tokens. With beam_size 1 and alpha 0 this is greedy
-    decoding.
+    sentence that finishes none within its limit gets its best alive hypothesis, scored
+    with the penalty of its limit. With beam_size 1 and alpha 0 this is greedy decoding.
 
     The search stops once no sentence can improve its finished hypotheses, which the bound
     it uses guarantees only for alpha >= 0.
     """
-    if alpha < 0:
+    if not alpha >= 0:  # NaN too.
         raise ValueError(f"alpha must be >= 0 for the early-stopping bound, got {alpha}")
     batch = inputs.shape[0]
     encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
@@ -295,15 +305,16 @@ def beam_search(
     step = _transformer_step(
         model, params, _tile_beams(encoded, beam_size), _tile_beams(inputs, beam_size)
     )
+    limits = output_limits(inputs, max_length, extra)
 
     def cond(state: BeamState) -> Array:
-        return (state.step < max_length) & ~jnp.all(_settled(state, alpha))
+        return (state.step < max_length) & ~jnp.all(_settled(state, alpha, limits))
 
     def body(state: BeamState) -> BeamState:
-        return _beam_step(step, state, alpha)
+        return _beam_step(step, state, alpha, limits)
 
     state = lax.while_loop(cond, body, _initial_state(batch, beam_size, max_length, cache))
-    return _best_hypotheses(state, alpha)
+    return _best_hypotheses(state, alpha, limits)
 
 
 def _initial_state(batch: int, beam: int, max_length: int, cache: Cache) -> BeamState:
@@ -320,9 +331,12 @@ def _initial_state(batch: int, beam: int, max_length: int, cache: Cache) -> Beam
     )
 
 
-def _beam_step(step: StepFn, state: BeamState, alpha: float) -> BeamState:
-    """Extends every alive hypothesis by one token and keeps the best of the results."""
-    batch, beam, _ = state.alive_tokens.shape
+def _beam_step(
+    step: StepFn, state: BeamState, alpha: float, limits: Array | None = None
+) -> BeamState:
+    """Extends every alive hypothesis by one token and keeps the best of the results; a
+    sentence that has reached its `limits` [batch] entry of tokens keeps its hypotheses."""
+    batch, beam, max_length = state.alive_tokens.shape
     i = state.step
     previous = lax.dynamic_index_in_dim(
         state.alive_tokens, jnp.maximum(i - 1, 0), axis=2, keepdims=False
@@ -351,35 +365,51 @@ def _beam_step(step: StepFn, state: BeamState, alpha: float) -> BeamState:
     scores = jnp.where(ended, top_logp / length_penalty(i + 1, alpha), -jnp.inf)[:, :beam]
     finished_scores, best = lax.top_k(jnp.concatenate([state.finished_scores, scores], 1), beam)
     finished_tokens = jnp.concatenate([state.finished_tokens, tokens[:, :beam]], 1)
+    # The batch goes on for the others; the rows of a sentence past its limit stay as they were.
+    grows = i < _limits_or(limits, batch, max_length)  # [batch]
+
+    def where_grows(new: Array, old: Array) -> Array:
+        return jnp.where(grows.reshape((batch,) + (1,) * (new.ndim - 1)), new, old)
+
     return BeamState(
         step=i + 1,
-        alive_tokens=_gather_beams(tokens, keep),
-        alive_logp=alive_logp,
-        finished_tokens=_gather_beams(finished_tokens, best),
-        finished_scores=finished_scores,
+        alive_tokens=where_grows(_gather_beams(tokens, keep), state.alive_tokens),
+        alive_logp=where_grows(alive_logp, state.alive_logp),
+        finished_tokens=where_grows(_gather_beams(finished_tokens, best), state.finished_tokens),
+        finished_scores=where_grows(finished_scores, state.finished_scores),
         cache=cache,
     )
 
 
-def _settled(state: BeamState, alpha: float) -> Array:
-    """[batch] bool: no alive hypothesis can still enter the sentence's finished ones.
+def _limits_or(limits: Array | None, batch: int, max_length: int) -> Array:
+    """`limits` [batch], or `max_length` for every sentence where it is None."""
+    return jnp.full((batch,), max_length, jnp.int32) if limits is None else limits
+
+
+def _settled(state: BeamState, alpha: float, limits: Array | None = None) -> Array:
+    """[batch] bool: the sentence has reached its `limits` entry of tokens, or no alive
+    hypothesis can still enter its finished ones.
 
     A hypothesis' log-probability only falls as it grows, and for alpha >= 0 its penalty is
-    largest at `max_length`, so logp / lp(max_length) bounds whatever score it may finish
-    with. Empty finished slots score -inf, so a sentence settles only once all are filled.
+    largest at its limit L, so logp / lp(L) bounds whatever score it may finish with. Empty
+    finished slots score -inf, so a sentence settles that way only once all are filled.
     """
-    max_length = state.alive_tokens.shape[2]
-    best_possible = state.alive_logp[:, 0] / length_penalty(max_length, alpha)
-    return best_possible < state.finished_scores[:, -1]
+    batch, _, max_length = state.alive_tokens.shape
+    limits = _limits_or(limits, batch, max_length)
+    best_possible = state.alive_logp[:, 0] / length_penalty(limits, alpha)
+    return (state.step >= limits) | (best_possible < state.finished_scores[:, -1])
 
 
-def _best_hypotheses(state: BeamState, alpha: float) -> tuple[Array, Array]:
+def _best_hypotheses(
+    state: BeamState, alpha: float, limits: Array | None = None
+) -> tuple[Array, Array]:
     """-> (tokens [batch, max_length], scores [batch]) of each sentence's best hypothesis,
-    the best alive one where none finished."""
-    max_length = state.alive_tokens.shape[2]
+    the best alive one, scored with the penalty of its limit, where none finished."""
+    batch, _, max_length = state.alive_tokens.shape
+    limits = _limits_or(limits, batch, max_length)
     finished = jnp.isfinite(state.finished_scores[:, 0])
     tokens = jnp.where(finished[:, None], state.finished_tokens[:, 0], state.alive_tokens[:, 0])
-    alive_score = state.alive_logp[:, 0] / length_penalty(max_length, alpha)
+    alive_score = state.alive_logp[:, 0] / length_penalty(limits, alpha)
     return tokens, jnp.where(finished, state.finished_scores[:, 0], alive_score)
 
 

@@ -21,10 +21,15 @@ from transformer.decode import beam_search, greedy_decode, greedy_decode_lm
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import EOS_ID, PAD_ID
 
+EXTRA_OUTPUT_TOKENS = 50  # Section 6.1: "maximum output length to input length + 50".
 
-def decode_length(config: Config) -> int:
-    """Output buffer: the longest input plus 50 (section 6.1), within the positional table."""
-    return min(config.model.max_len, config.data.max_length + 50)
+
+def decode_length(config: Config, source_length: int | None = None) -> int:
+    """Output buffer for sources of at most `source_length` tokens (default data.max_length):
+    that plus 50 (section 6.1), within the positional table. Each sentence stops at its own
+    input length + 50 inside it (`decode.output_limits`)."""
+    longest = config.data.max_length if source_length is None else source_length
+    return min(config.model.max_len, longest + EXTRA_OUTPUT_TOKENS)
 
 
 def translate_ids(
@@ -41,9 +46,9 @@ def translate_ids(
     greedy for beam_size 1, else beam search with length penalty `alpha`; in order.
 
     Sentences are decoded longest first in batches of similar length, each padded to a
-    multiple of a quarter of data.max_length: less padding for the encoder and the
-    cross-attention than one width for all, and at most four shapes to compile."""
-    decode = _compiled_decoder(model, decode_length(config), beam_size, alpha)
+    multiple of a quarter of data.max_length, with an output buffer of that width + 50: less
+    padding for the encoder, the cross-attention and the cache than one size for all, and at
+    most four shapes to compile. Each sentence stops at EOS or its own length + 50."""
     shards = sharding.num_shards(batch_sharding, dim=0)
     batch_size = -(-config.eval_batch_size // shards) * shards  # Rounded up to fill every shard.
     source = Ragged.from_lists(source_ids)
@@ -57,6 +62,7 @@ def translate_ids(
         width = min(max_length, -(-longest // quantum) * quantum)
         rows = np.full((batch_size, width), PAD_ID, np.int32)
         rows[: len(idx)] = source.padded(idx, width)
+        decode = _compiled_decoder(model, decode_length(config, width), beam_size, alpha)
         local = np.array_split(rows, jax.process_count())[jax.process_index()]
         tokens = decode(params, sharding.global_batch({"x": local}, batch_sharding)["x"])
         tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
@@ -68,9 +74,10 @@ def translate_ids(
 @functools.cache
 def _compiled_decoder(model: Transformer, length: int, beam_size: int, alpha: float):
     """One jitted decoder per setting, so evaluating again during training recompiles nothing."""
+    extra = EXTRA_OUTPUT_TOKENS
     if beam_size == 1:
-        return jax.jit(lambda p, x: greedy_decode(model, p, x, length))
-    return jax.jit(lambda p, x: beam_search(model, p, x, length, beam_size, alpha)[0])
+        return jax.jit(lambda p, x: greedy_decode(model, p, x, length, extra))
+    return jax.jit(lambda p, x: beam_search(model, p, x, length, beam_size, alpha, extra)[0])
 
 
 def translate_split(
@@ -150,6 +157,7 @@ def continue_prompts(
 ) -> list[tuple[str, str]]:
     """(prompt, greedy continuation) for the first `prompt_tokens` tokens of the first
     `num_samples` target sentences of `split` (a decoder-only model's samples)."""
+    num_samples = min(num_samples, len(task.splits[split]))
     targets = task.splits[split].targets.padded(range(num_samples), prompt_tokens)
     prompts = np.where(targets == EOS_ID, PAD_ID, targets)  # a short sentence: prompt only
     decode = jax.jit(lambda p, x: greedy_decode_lm(model, p, x, config.data.max_length))

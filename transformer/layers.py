@@ -53,6 +53,19 @@ def segment_mask(q_segments: Array, kv_segments: Array) -> Array:
 
 
 # --------------------------------------------------------------------------- dropout
+def argmax(logits: Array) -> Array:
+    """logits [..., vocab] -> [...] int32: the index of the largest logit, the lowest one
+    among ties, as jnp.argmax gives it; vocab - 1 for a row that holds a NaN (jnp.argmax
+    would give the NaN's index).
+
+    Written as a max and a min rather than jnp.argmax, whose (value, index) reduction XLA
+    does not vectorise on CPU: over [64, 8000] logits this is about 2x faster, greedy
+    decoding runs it once per step and the train step's accuracy once."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    index = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(logits == top, index, logits.shape[-1] - 1), axis=-1)
+
+
 def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
     """The Threefry-2x32 block cipher (20 rounds), as jax.random's threefry2x32 computes it.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from transformer.layers import argmax
 from transformer.special_tokens import PAD_ID
 
 Array = jax.Array
@@ -55,10 +56,7 @@ def loss_and_metrics(
     # with the "integer" loss).
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
-    # The target is the argmax where its logit is the largest: the max is the one logsumexp
-    # takes, where a separate argmax would be one more pass over the logits (a slow one on
-    # CPU). A target tied with the maximum counts as correct.
-    correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
+    correct = (argmax(logits) == targets).astype(jnp.float32)
     loss_sum = jnp.sum(loss * weights)
     return loss_sum, {
         "loss_sum": loss_sum,

@@ -215,7 +215,7 @@ def markdown(title: str, rows: Sequence[Mapping[str, str]]) -> str:
         f"# {title}",
         "",
         "Ours: the corpus's validation split, the newest checkpoint, greedy decoding. "
-        "Paper: Table 3 of Vaswani et al. 2017 (newstest2013, beam 4, checkpoint averaging).",
+        "Paper: Table 3 of Vaswani et al. 2017 (newstest2013, beam 4, no checkpoint averaging).",
         "",
         "| variant | change | params (M) | steps | dev PPL | dev BLEU "
         "| paper params (M) | paper PPL | paper BLEU |",
