@@ -4,7 +4,8 @@ The encoder runs once. The decoder then runs one token per step (`decode=True`):
 appends the new position's keys and values to its cache and attends over the cache, and the
 encoder output's cross-attention keys and values are projected once, when the cache is made.
 A step thus costs one position, not the whole output buffer, and the loop stops as soon as
-every sentence has produced EOS (greedy, sampling) or can no longer improve (beam search).
+every sentence has produced EOS (greedy, sampling) or can no longer improve (beam search), or
+has reached its limit of output tokens (section 6.1: its input length + 50).
 Greedy decoding and sampling share that loop and differ only in how a step's logits become
 a token: the argmax, or a draw from the temperature-scaled, top-k / top-p filtered softmax.
 
