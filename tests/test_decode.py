@@ -21,6 +21,7 @@ from transformer.decode import (
     max_decode_length,
     output_limits,
     sample_lm,
+    top_k,
 )
 from transformer.layers import MultiHeadAttention, argmax, causal_mask
 from transformer.model import DecoderOnlyLM, Transformer, shift_right
@@ -433,6 +434,20 @@ def test_beam_search_on_a_sharded_mesh_matches_a_single_device():
         tokens, scores = search(params, src)
     np.testing.assert_array_equal(tokens, single_tokens)
     np.testing.assert_allclose(scores, single_scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [97, 100, 4096])  # Not a multiple of the block, one, many blocks.
+def test_blockwise_top_k_is_lax_top_k_with_its_ties(n):
+    rng = np.random.default_rng(n)
+    normal = rng.standard_normal((6, n))
+    few_values = rng.integers(0, 3, (6, n)).astype(float)  # Ties everywhere.
+    some_inf = np.where(rng.random((6, n)) < 0.9, -np.inf, normal)  # Beams not started yet.
+    for x in map(jnp.asarray, (normal, few_values, some_inf)):
+        x = x.astype(jnp.float32)
+        want_values, want_index = jax.lax.top_k(x, 3)
+        values, index = jax.jit(top_k, static_argnums=(1, 2))(x, 3, 4)
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(values, want_values)
 
 
 def test_argmax_is_jnp_argmax_with_ties_to_the_lowest_index():
