@@ -18,7 +18,6 @@ from transformer.decode import (
     greedy_decode_lm,
     init_cache,
     length_penalty,
-    max_decode_length,
     output_limits,
     sample_lm,
     top_k,
@@ -498,11 +497,14 @@ def test_a_negative_extra_length_is_refused():
         output_limits(random_sources(8, SRC_LENGTHS), MAX_LENGTH, -1)
 
 
-def test_max_decode_length_is_the_longest_input_plus_50_within_the_cap():
+def test_output_limits_are_each_input_length_plus_50_within_the_buffer():
     src = random_sources(8, SRC_LENGTHS)
-    assert max_decode_length(src, cap=256) == max(SRC_LENGTHS) + 50
-    assert max_decode_length(src, 5, cap=256) == max(SRC_LENGTHS) + 5
-    assert max_decode_length(src, cap=32) == 32
+    np.testing.assert_array_equal(output_limits(src, 256), np.asarray(SRC_LENGTHS) + 50)
+    np.testing.assert_array_equal(output_limits(src, 256, 5), np.asarray(SRC_LENGTHS) + 5)
+    np.testing.assert_array_equal(
+        output_limits(src, 54), np.minimum(np.asarray(SRC_LENGTHS) + 50, 54)
+    )
+    np.testing.assert_array_equal(output_limits(src, 32, None), [32] * len(SRC_LENGTHS))
 
 
 def test_a_negative_length_penalty_is_refused():

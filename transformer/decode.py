@@ -266,16 +266,6 @@ def length_penalty(length: Array | int, alpha: float) -> Array:
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def max_decode_length(inputs: Array, extra: int = 50, *, cap: int) -> int:
-    """The paper's output limit for a batch of `inputs` [batch, src_len]: its longest input
-    (EOS included) plus `extra` tokens, but at most `cap` (the model's positions).
-
-    It reads `inputs` on the host, so call it outside jit; each distinct result compiles the
-    decoder anew, so a fixed `cap`-sized buffer may well be cheaper over many batches."""
-    longest = int(jnp.max(jnp.sum(inputs != PAD_ID, axis=1)))
-    return min(longest + extra, cap)
-
-
 def beam_search(
     model: Transformer,
     params: Any,

@@ -52,7 +52,6 @@ def segment_mask(q_segments: Array, kv_segments: Array) -> Array:
     return q_segments[:, None, :, None] == kv_segments[:, None, None, :]
 
 
-# --------------------------------------------------------------------------- dropout
 def argmax(logits: Array) -> Array:
     """logits [..., vocab] -> [...] int32: the index of the largest logit, the lowest one
     among ties, as jnp.argmax gives it; vocab - 1 for a row that holds a NaN (jnp.argmax
@@ -66,6 +65,7 @@ def argmax(logits: Array) -> Array:
     return jnp.min(jnp.where(logits == top, index, logits.shape[-1] - 1), axis=-1)
 
 
+# --------------------------------------------------------------------------- dropout
 def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
     """The Threefry-2x32 block cipher (20 rounds), as jax.random's threefry2x32 computes it.
 
