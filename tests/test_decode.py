@@ -315,6 +315,15 @@ def test_beam_of_one_without_length_penalty_is_greedy_decoding(normalization):
     assert finished.any() and not finished.all()
 
 
+def test_beam_of_one_is_greedy_also_where_top_k_works_blockwise():
+    # 2 candidates of 4,200 tokens: more than 8 x 2 x 256, so top_k takes its two-stage path.
+    model = Transformer(model_config(vocab_size=4200))
+    src = random_sources(4200, SRC_LENGTHS)
+    params = init(model, src, src)["params"]
+    tokens, _ = jit_beam_search(model, MAX_LENGTH, beam_size=1, alpha=0.0)(params, src)
+    np.testing.assert_array_equal(tokens, greedy_decode(model, params, src, MAX_LENGTH))
+
+
 # Small enough to enumerate every output: 5 non-EOS tokens, so 1 + 5 + 25 + 125 of them.
 # A beam that holds every candidate of the last step, 5**3 hypotheses x 6 tokens, is exact.
 EXHAUSTIVE_VOCAB, EXHAUSTIVE_LENGTH = 6, 4
