@@ -13,7 +13,7 @@ import pytest
 
 from configs import multi30k, tiny
 from transformer import trainer
-from transformer.checkpoint import CheckpointMismatchError, CheckpointReadError
+from transformer.checkpoint import CheckpointMismatchError, CheckpointReadError, _first_line
 from transformer.config import ConfigError
 from transformer.data.embedded import generate_splits
 from transformer.data.tasks import VocabularyMismatchError
@@ -217,6 +217,21 @@ def test_a_disk_that_fills_during_a_save_is_reported_and_earlier_checkpoints_sur
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resuming from {workdir}/checkpoints/20." in out.stdout
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
+
+
+def test_an_os_error_in_the_middle_of_a_long_library_message_is_still_named():
+    # TensorStore puts its spec, pages of it, on either side of the OS error at times.
+    spec = '{"driver": "zarr", "kvstore": ' * 40
+    error = ValueError(f"OUT_OF_RANGE: {spec} [OS error: File too large] {spec}")
+    message = _first_line(error)
+    assert len(message) < 500 and " ... " in message and message.endswith("[File too large]")
+    try:
+        try:
+            raise OSError(28, os.strerror(28))
+        except OSError as full:
+            raise RuntimeError("Writing failed") from full
+    except RuntimeError as wrapped:
+        assert _first_line(wrapped) == "RuntimeError: Writing failed [No space left on device]"
 
 
 def before_of(all_digests, step):

@@ -10,6 +10,7 @@ silently giving wrong values.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Any
@@ -178,14 +179,30 @@ def _silence_reads_completing_into_a_closed_loop() -> None:
     sys.unraisablehook = hook
 
 
+# What a full or read-only disk says, so the message names it wherever the library put it.
+_OS_ERRORS = tuple(
+    os.strerror(code)
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
+)
+
+
 def _first_line(cause: Exception | str, limit: int = 400) -> str:
-    """An error's first line, its middle cut if long: TensorStore's messages run to pages of
-    spec, with the OS error ("File too large", "No space left on device") at the end."""
+    """An error's first line, its middle cut if long (TensorStore's messages run to pages of
+    spec), and then any OS error ("File too large", "No space left on device") that the error
+    or its causes hold but the cut text lost."""
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     if isinstance(cause, Exception):
         text = f"{type(cause).__name__}: {text}"
     half = limit // 2
-    return text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
+    short = text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
+    everything, seen = str(cause), cause
+    for _ in range(8):  # The chain of causes, bounded.
+        seen = (seen.__cause__ or seen.__context__) if isinstance(seen, BaseException) else None
+        if seen is None:
+            break
+        everything += "\n" + str(seen)
+    lost = [e for e in _OS_ERRORS if e in everything and e not in short]
+    return short + (f" [{'; '.join(lost)}]" if lost else "")
 
 
 @jax.jit
