@@ -33,6 +33,8 @@ Cache = Any  # The "cache" collection: a pytree of per-layer keys, values and in
 StepFn = Callable[[Array, Array, Cache], tuple[Array, Cache]]
 # (logits [batch, vocab], step int32 []) -> the chosen tokens [batch].
 ChooseFn = Callable[[Array, Array], Array]
+# Section 6.1: "maximum output length to input length + 50".
+EXTRA_OUTPUT_TOKENS = 50
 
 
 def init_cache(
@@ -62,7 +64,7 @@ def init_cache(
     return state["cache"]
 
 
-def output_limits(inputs: Array, max_length: int, extra: int | None = 50) -> Array:
+def output_limits(inputs: Array, max_length: int, extra: int | None = EXTRA_OUTPUT_TOKENS) -> Array:
     """[batch] int32: how many tokens each row of `inputs` [batch, src_len] may produce, its
     input length (EOS included) plus `extra` (section 6.1: 50) but at most `max_length`, the
     output buffer; `max_length` for every row where `extra` is None."""
@@ -75,7 +77,11 @@ def output_limits(inputs: Array, max_length: int, extra: int | None = 50) -> Arr
 
 
 def greedy_decode(
-    model: Transformer, params: Any, inputs: Array, max_length: int, extra: int | None = 50
+    model: Transformer,
+    params: Any,
+    inputs: Array,
+    max_length: int,
+    extra: int | None = EXTRA_OUTPUT_TOKENS,
 ) -> Array:
     """inputs: [batch, src_len] -> output ids [batch, max_length] int32, PAD after EOS; each
     row stops at EOS or after its `output_limits(inputs, max_length, extra)` tokens."""
@@ -216,7 +222,7 @@ def _decode_loop(
     is not PAD its token is taken instead (a prompt), so prompts of different lengths decode
     in one batch. A row with a `limits` [batch] entry stops after that many tokens."""
     batch, max_length = forced.shape
-    limits = jnp.full((batch,), max_length, jnp.int32) if limits is None else limits
+    limits = _limits_or(limits, batch, max_length)
 
     def cond(carry: tuple[Array, ...]) -> Array:
         i, _, _, done, _ = carry
@@ -273,7 +279,7 @@ def beam_search(
     max_length: int,
     beam_size: int = 4,
     alpha: float = 0.6,
-    extra: int | None = 50,
+    extra: int | None = EXTRA_OUTPUT_TOKENS,
 ) -> tuple[Array, Array]:
     """Beam search for `inputs` [batch, src_len], each sentence's hypotheses at most its
     `output_limits(inputs, max_length, extra)` tokens long (section 6.1: input length + 50).

@@ -17,11 +17,9 @@ from transformer.config import Config
 from transformer.data.pipeline import Ragged
 from transformer.data.tasks import Task
 from transformer.data.tokenizer import Tokenizer
-from transformer.decode import beam_search, greedy_decode, greedy_decode_lm
+from transformer.decode import EXTRA_OUTPUT_TOKENS, beam_search, greedy_decode, greedy_decode_lm
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import EOS_ID, PAD_ID
-
-EXTRA_OUTPUT_TOKENS = 50  # Section 6.1: "maximum output length to input length + 50".
 
 
 def decode_length(config: Config, source_length: int | None = None) -> int:
@@ -74,10 +72,9 @@ def translate_ids(
 @functools.cache
 def _compiled_decoder(model: Transformer, length: int, beam_size: int, alpha: float):
     """One jitted decoder per setting, so evaluating again during training recompiles nothing."""
-    extra = EXTRA_OUTPUT_TOKENS
     if beam_size == 1:
-        return jax.jit(lambda p, x: greedy_decode(model, p, x, length, extra))
-    return jax.jit(lambda p, x: beam_search(model, p, x, length, beam_size, alpha, extra)[0])
+        return jax.jit(lambda p, x: greedy_decode(model, p, x, length))
+    return jax.jit(lambda p, x: beam_search(model, p, x, length, beam_size, alpha)[0])
 
 
 def translate_split(
