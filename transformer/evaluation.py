@@ -22,12 +22,11 @@ from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import EOS_ID, PAD_ID
 
 
-def decode_length(config: Config, source_length: int | None = None) -> int:
-    """Output buffer for sources of at most `source_length` tokens (default data.max_length):
-    that plus 50 (section 6.1), within the positional table. Each sentence stops at its own
-    input length + 50 inside it (`decode.output_limits`)."""
-    longest = config.data.max_length if source_length is None else source_length
-    return min(config.model.max_len, longest + EXTRA_OUTPUT_TOKENS)
+def decode_length(config: Config, source_length: int) -> int:
+    """Output buffer for sources of at most `source_length` tokens: that plus 50 (section
+    6.1), within the positional table. Each sentence stops at its own input length + 50
+    inside it (`decode.output_limits`)."""
+    return min(config.model.max_len, source_length + EXTRA_OUTPUT_TOKENS)
 
 
 def translate_ids(
