@@ -9,7 +9,9 @@ import pytest
 from transformer.layers import (
     MultiHeadAttention,
     causal_mask,
+    dense_dot_general,
     dot_product_attention,
+    matmul,
     padding_mask,
     segment_mask,
     sinusoidal_table,
@@ -85,6 +87,49 @@ def test_multi_head_attention_module_matches_projections_by_hand():
     v = np.einsum("bld,dhk->blhk", y, params["value"])
     ref = np.einsum("blhk,hkd->bld", np_attention(q, k, v, np.asarray(mask)), params["out"])
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "contract", "spec"),
+    [
+        ((2, 3, 4), (4, 5), 1, "bld,df->blf"),
+        ((2, 3, 4), (4, 2, 6), 1, "bld,dhk->blhk"),
+        ((2, 3, 4), (4, 3, 2, 6), 1, "bld,dnhk->blnhk"),
+        ((2, 3, 2, 6), (2, 6, 4), 2, "blhk,hkd->bld"),
+        ((5, 4), (4, 7), 1, "nd,df->nf"),
+    ],
+)
+def test_flat_matmul_and_its_gradients_equal_the_einsum(x_shape, w_shape, contract, spec):
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    w = jax.random.normal(jax.random.key(1), w_shape)
+    dy = jax.random.normal(jax.random.key(2), jnp.einsum(spec, x, w).shape)
+
+    def grads(f):
+        y, vjp = jax.vjp(f, x, w)
+        return (y, *vjp(dy))
+
+    ours = grads(lambda x, w: matmul(x, w, contract))
+    ref = grads(lambda x, w: jnp.einsum(spec, x, w))
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_dot_general_keeps_dense_results_and_falls_back_for_other_contractions():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4))
+    dense = nn.Dense(5, dot_general=dense_dot_general)
+    params = dense.init(jax.random.key(1), x)
+    np.testing.assert_allclose(
+        dense.apply(params, x), nn.Dense(5).apply(params, x), rtol=1e-6, atol=1e-6
+    )
+    y = jnp.ones((4, 2, 3))  # Contracting x's first axis: not the Dense pattern.
+    np.testing.assert_allclose(
+        dense_dot_general(y, x, (((0,), (2,)), ((), ()))),
+        jax.lax.dot_general(y, x, (((0,), (2,)), ((), ()))),
+    )
+    out = matmul(
+        x.astype(jnp.bfloat16), jnp.ones((4, 5), jnp.bfloat16), preferred_element_type=jnp.float32
+    )
+    assert out.dtype == jnp.float32 and out.shape == (2, 3, 5)
 
 
 @pytest.mark.parametrize("d_model", [8, 9])

@@ -32,6 +32,33 @@ def constrain(x: Array, names: tuple[str | None, ...]) -> Array:
     return nn.with_logical_constraint(x, names)
 
 
+def matmul(x: Array, w: Array, contract: int = 1, preferred_element_type=None) -> Array:
+    """x [..., *in] times w [*in, *out] -> [..., *out], `in` being w's first `contract` axes,
+    as one 2-D matmul [rows, prod(in)] x [prod(in), prod(out)].
+
+    Why not an einsum over [batch, length, ...]: XLA on CPU turns the weight gradient of
+    that 3-D product into a transpose of the output gradient and a matmul in a slow layout;
+    over the flattened rows its weight gradient is one plain [in, rows] x [rows, out] matmul,
+    2x faster for [64 x 64, 256] x [256, 1024]. The reshapes are free (row-major bitcasts)."""
+    in_shape, out_shape = w.shape[:contract], w.shape[contract:]
+    lead = x.shape[: x.ndim - contract]
+    y = lax.dot_general(
+        x.reshape(-1, math.prod(in_shape)),
+        w.reshape(math.prod(in_shape), -1),
+        (((1,), (0,)), ((), ())),
+        preferred_element_type=preferred_element_type,
+    )
+    return y.reshape(*lead, *out_shape)
+
+
+def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, **kwargs):
+    """`nn.Dense`'s dot_general (x [..., in] with its kernel [in, out]) through `matmul`."""
+    (contracting, batch_dims) = dimension_numbers
+    if contracting != ((lhs.ndim - 1,), (0,)) or batch_dims != ((), ()) or precision:
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
+    return matmul(lhs, rhs, preferred_element_type=kwargs.get("preferred_element_type"))
+
+
 def _init(init: nn.initializers.Initializer, names: tuple[str, ...]):
     return nn.with_logical_partitioning(init, names)
 
@@ -282,12 +309,13 @@ class MultiHeadAttention(nn.Module):
             return self.param(name, _init(init, names), shape, jnp.float32).astype(dtype)
 
         def project(x: Array, w: Array) -> Array:  # [b, l, d_model] -> [b, l, h, d_k or d_v]
-            y = jnp.einsum("bld,dhk->blhk", x.astype(dtype), w)
+            y = matmul(x.astype(dtype), w)
             return constrain(y, (BATCH, LENGTH, HEADS, None))
 
         def project_stacked(x: Array, w: Array) -> list[Array]:  # -> n x [b, l, h, d]
-            y = jnp.einsum("bld,dnhk->nblhk", x.astype(dtype), w)
-            return [constrain(y[i], (BATCH, LENGTH, HEADS, None)) for i in range(w.shape[1])]
+            y = matmul(x.astype(dtype), w)  # [b, l, n, h, d]
+            names = (BATCH, LENGTH, HEADS, None)
+            return [constrain(y[:, :, i], names) for i in range(w.shape[1])]
 
         d = cfg.d_model
         if cfg.fused_qkv:  # The config guarantees d_k = d_v.
@@ -352,7 +380,7 @@ class MultiHeadAttention(nn.Module):
 
     def _output(self, out: Array, w_o: Array) -> Array:
         """[batch, q_len, heads, d_v] -> W^O -> [batch, q_len, d_model]."""
-        out = jnp.einsum("blhk,hkd->bld", out, w_o)  # [batch, q_len, d_model]
+        out = matmul(out, w_o, contract=2)  # [batch, q_len, d_model]
         return constrain(out, (BATCH, LENGTH, EMBED))
 
     def _attend_cached(
@@ -411,6 +439,7 @@ class FeedForward(nn.Module):
         h = nn.Dense(
             cfg.d_ff,
             dtype=dtype,
+            dot_general=dense_dot_general,
             kernel_init=_init(nn.initializers.xavier_uniform(), ("embed", "mlp")),
             bias_init=_init(nn.initializers.zeros, ("mlp",)),
             name="wi",
@@ -420,6 +449,7 @@ class FeedForward(nn.Module):
         out = nn.Dense(
             cfg.d_model,
             dtype=dtype,
+            dot_general=dense_dot_general,
             kernel_init=_init(nn.initializers.xavier_uniform(), ("mlp", "embed")),
             bias_init=_init(nn.initializers.zeros, ("embed",)),
             name="wo",
@@ -464,7 +494,7 @@ class Embed(nn.Module):
     def attend(self, x: Array) -> Array:
         """x: [batch, length, d_model] -> logits [batch, length, vocab] in float32."""
         embedding = self.embedding.astype(x.dtype)
-        return jnp.einsum("bld,vd->blv", x, embedding, preferred_element_type=jnp.float32)
+        return matmul(x, embedding.T, preferred_element_type=jnp.float32)
 
 
 def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from transformer.layers import (
     causal_mask,
     compute_dtype,
     constrain,
+    dense_dot_general,
     layer_norm,
     padding_mask,
     segment_mask,
@@ -226,6 +227,7 @@ class Decoder(nn.Module):
                 cfg.vocab_size,
                 use_bias=False,
                 dtype=compute_dtype(cfg),
+                dot_general=dense_dot_general,
                 kernel_init=nn.with_logical_partitioning(
                     nn.initializers.xavier_uniform(), ("embed", "vocab")
                 ),
