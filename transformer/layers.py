@@ -315,8 +315,7 @@ class MultiHeadAttention(nn.Module):
 
         def project_stacked(x: Array, w: Array) -> list[Array]:  # -> n x [b, l, h, d]
             y = matmul(x.astype(dtype), w)  # [b, l, n, h, d]
-            names = (BATCH, LENGTH, HEADS, None)
-            return [constrain(y[:, :, i], names) for i in range(w.shape[1])]
+            return [constrain(y[:, :, i], (BATCH, LENGTH, HEADS, None)) for i in range(w.shape[1])]
 
         d = cfg.d_model
         if cfg.fused_qkv:  # The config guarantees d_k = d_v.
