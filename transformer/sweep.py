@@ -18,6 +18,7 @@ import copy
 import csv
 import dataclasses
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 from ml_collections import ConfigDict
@@ -253,7 +254,9 @@ def plot(rows: Sequence[Mapping[str, str]], title: str, path: str) -> None:
             twin.plot(*zip(*published, strict=True), "o", color="black")
             twin.set_ylabel(f"{label} (paper, dots)")
     axes[1].set_xticks(list(x), names, rotation=45, ha="right")
-    axes[0].set_title(title)
+    # The title lists the overrides, which can be far wider than the figure.
+    width_chars = int(fig.get_figwidth() * 100 / 7)
+    axes[0].set_title("\n".join(textwrap.wrap(title, width_chars)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=100)
     plt.close(fig)
