@@ -215,6 +215,20 @@ def measured_peak_flops(dtype: jnp.dtype, n: int = 4096, repeats: int = 5) -> fl
     return 2 * n**3 / min(times)
 
 
+def measured_torch_peak_flops(n: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of PyTorch's float32 n x n matmul (its BLAS): the fastest of `repeats`."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times)
+
+
 # ------------------------------------------------------------------------------ our step
 @dataclasses.dataclass
 class OurStep:
@@ -447,7 +461,12 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
         runs["torch"] = torch_run
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
     peak_before = None if args.peak_flops else measured_peak_flops(dtype)
+    # PyTorch's BLAS and XLA's matmul kernels differ in speed on CPU, which bounds the ratio of
+    # two matmul-bound steps; both peaks are measured around the same steps.
+    torch_peaks = [measured_torch_peak_flops()] if "torch" in runs else []
     times, cpu_times = time_alternating(runs, args.steps, args.warmup)
+    if torch_peaks:
+        torch_peaks.append(measured_torch_peak_flops())
     peak_kind, peak_bytes = peak_memory()
     if args.peak_flops:
         peak, peak_source = args.peak_flops, "given"
@@ -464,6 +483,11 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
         f"{flops['attention'] / 3e9:.1f} GFLOP]"
     )
     print(f"Peak: {peak / 1e9:,.1f} GFLOP/s ({peak_source})")
+    if torch_peaks:
+        print(
+            f"PyTorch's float32 4096^3 matmul: {max(torch_peaks) / 1e9:,.1f} GFLOP/s, "
+            f"{max(torch_peaks) / peak:.2f}x the peak above (MFU below is against ours for both)"
+        )
     print(f"Load average at end: {load_average()}")
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         print("WARNING: the machine is busy; figures (PyTorch's most) are slower than idle.")

@@ -351,3 +351,25 @@ def test_torch_reference_has_our_parameter_count():
         lambda: init(model, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
     )
     assert count == sum(x.size for x in jax.tree.leaves(params)) == 7_617_536
+
+
+def test_torch_matmul_peak_is_measured_as_flops_per_second():
+    pytest.importorskip("torch")
+    from benchmarks.train_step import measured_torch_peak_flops
+
+    peak = measured_torch_peak_flops(n=256, repeats=3)
+    # 2 n^3 FLOPs in a positive time: finite, and above a rate no CPU of this century misses.
+    assert 1e8 < peak < float("inf")
+
+
+def test_matmul_benchmark_times_the_same_products_in_both_libraries():
+    pytest.importorskip("torch")
+    from benchmarks.matmul import products
+
+    pairs = products(rows=48, d_in=16, d_out=24)
+    assert set(pairs) == {"forward x @ w", "input grad dy @ w^T", "weight grad x^T @ dy"}
+    shapes = {"forward x @ w": (48, 24), "input grad dy @ w^T": (48, 16)}
+    for name, (ours, theirs) in pairs.items():
+        expected = np.asarray(theirs().numpy())
+        assert expected.shape == shapes.get(name, (16, 24))
+        np.testing.assert_allclose(np.asarray(ours()), expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,98 @@
+"""XLA's and PyTorch's float32 matmuls on the shapes of a train step, side by side.
+
+  python benchmarks/matmul.py [--workload ref-base] [--repeats 7]
+
+For each dense layer of the workload (x [rows, d_in] times w [d_in, d_out], rows = batch x
+length) it times, jitted in JAX and eagerly in PyTorch (`pip install -e '.[bench]'`), the
+three products of its forward and backward pass: the forward x @ w, the input gradient
+dy @ w^T and the weight gradient x^T @ dy, and also the square 4096^3 matmul that
+benchmarks/train_step.py takes as its peak. The two libraries take turns, product by
+product. A train step whose time is mostly these products cannot be faster than the ratio
+of the two kernels' speeds allows, whatever else it fuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.machine import describe_machine
+
+WORKLOADS = {  # rows, d_model, d_ff: benchmarks/train_step.py's fixed workloads.
+    "ref-small": (64 * 64, 256, 1024),
+    "ref-base": (64 * 64, 512, 2048),
+}
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # Compile (JAX) and warm up.
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def products(rows: int, d_in: int, d_out: int) -> dict[str, tuple[Callable, Callable]]:
+    """name -> (JAX product, PyTorch product) of the layer [rows, d_in] x [d_in, d_out]."""
+    import torch
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (rows, d_in))
+    w = jax.random.normal(keys[1], (d_in, d_out))
+    dy = jax.random.normal(keys[2], (rows, d_out))
+    tx, tw, tdy = (torch.from_numpy(np.asarray(a).copy()) for a in (x, w, dy))
+
+    def jitted(contract: tuple[tuple[int, ...], tuple[int, ...]], a, b) -> Callable:
+        f = jax.jit(lambda a, b: lax.dot_general(a, b, (contract, ((), ()))))
+        return lambda: f(a, b).block_until_ready()
+
+    return {
+        "forward x @ w": (jitted(((1,), (0,)), x, w), lambda: tx @ tw),
+        "input grad dy @ w^T": (jitted(((1,), (1,)), dy, w), lambda: tdy @ tw.t()),
+        "weight grad x^T @ dy": (jitted(((0,), (0,)), x, dy), lambda: tx.t() @ tdy),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="ref-base")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    if args.repeats < 3:
+        parser.error("--repeats must be at least 3.")
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(describe_machine())
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; float32")
+    rows, d_model, d_ff = WORKLOADS[args.workload]
+    layers = [(rows, d_model, d_model), (rows, d_model, d_ff), (rows, d_ff, d_model), (4096,) * 3]
+    print(f"\n{'product':46s} {'XLA GFLOP/s':>12s} {'PyTorch':>9s} {'PyTorch / XLA':>14s}")
+    for rows_, d_in, d_out in layers:
+        gflop = 2 * rows_ * d_in * d_out / 1e9
+        for name, (ours, theirs) in products(rows_, d_in, d_out).items():
+            t_ours, t_theirs = [], []
+            for _ in range(2):  # Turns, so that noise hits both alike.
+                t_ours.append(median_seconds(ours, args.repeats))
+                t_theirs.append(median_seconds(theirs, args.repeats))
+            xla, pt = gflop / min(t_ours), gflop / min(t_theirs)
+            label = f"[{rows_},{d_in}]x[{d_in},{d_out}] {name}"
+            print(f"{label:46s} {xla:12.1f} {pt:9.1f} {pt / xla:13.2f}x")
+    print(f"\nLoad average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
