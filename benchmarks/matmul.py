@@ -26,12 +26,7 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import describe_machine
-from benchmarks.train_step import fastest_flops
-
-WORKLOADS = {  # rows, d_model, d_ff: benchmarks/train_step.py's fixed workloads.
-    "ref-small": (64 * 64, 256, 1024),
-    "ref-base": (64 * 64, 512, 2048),
-}
+from benchmarks.train_step import WORKLOADS, batch_shape, fastest_flops, workload_config
 
 
 def products(rows: int, d_in: int, d_out: int) -> dict[str, tuple[Callable, Callable]]:
@@ -67,7 +62,9 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     print(describe_machine())
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; float32")
-    rows, d_model, d_ff = WORKLOADS[args.workload]
+    config = workload_config(args.workload, {})
+    batch, length = batch_shape(config)
+    rows, d_model, d_ff = batch * length, config.model.d_model, config.model.d_ff
     layers = [(rows, d_model, d_model), (rows, d_model, d_ff), (rows, d_ff, d_model), (4096,) * 3]
     print(f"\n{'product':46s} {'XLA GFLOP/s':>12s} {'PyTorch':>9s} {'PyTorch / XLA':>14s}")
     for rows_, d_in, d_out in layers:
