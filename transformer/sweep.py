@@ -232,6 +232,9 @@ def markdown(title: str, rows: Sequence[Mapping[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_PLOT_DPI = 100
+
+
 def plot(rows: Sequence[Mapping[str, str]], title: str, path: str) -> None:
     """Dev BLEU and dev perplexity per variant (bars), the paper's on a second axis (dots)."""
     import matplotlib
@@ -254,10 +257,11 @@ def plot(rows: Sequence[Mapping[str, str]], title: str, path: str) -> None:
             twin.plot(*zip(*published, strict=True), "o", color="black")
             twin.set_ylabel(f"{label} (paper, dots)")
     axes[1].set_xticks(list(x), names, rotation=45, ha="right")
-    # The title lists the overrides, which can be far wider than the figure.
-    width_chars = int(fig.get_figwidth() * 100 / 7)
+    # The title lists the overrides, which can be far wider than the figure: wrap it at about
+    # 7 pixels per character of font size 9.
+    width_chars = int(fig.get_figwidth() * _PLOT_DPI / 7)
     axes[0].set_title("\n".join(textwrap.wrap(title, width_chars)), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=100)
+    fig.savefig(path + ".tmp.png", dpi=_PLOT_DPI)
     plt.close(fig)
     os.replace(path + ".tmp.png", path)
