@@ -3,7 +3,7 @@
   python benchmarks/decode.py --workdir /tmp/quickstart [--length 50] [--batch_size 64]
       [--compare_sentences 128] [--repeats 3]
   python benchmarks/decode.py --workload ref-small [--data_dir ../shared/data/multi30k]
-      [--compare hf]
+      [--compare hf] [--devices 2]
 
 Default mode (`--workdir`, a trained workdir such as the quickstart's): restores its newest
 checkpoint (transformer.inference.restore), takes the test split's sources (load_task) in
@@ -42,6 +42,14 @@ embeddings, random weights; it has attention biases, ours has none), `generate` 
 cache, greedy and beam 4 with length penalty 0.6, min_new_tokens = max_new_tokens = 30, on the
 same token ids and batches, taking turns with ours pass by pass.
 
+`--devices N` (ref-small) splits the CPU into N JAX devices (`jax_num_cpu_devices`), and each
+decodes its own batch of 64 at the same time (`transformer.sharding.map_rows`, as evaluate.py
+and translate.py decode on several devices): global batches of 64 x N, the last one padded
+(its padding rows are not counted). A decode step of 64 rows is many small ops that one core
+runs one after another; two batches at once keep both cores busy. With `--compare hf`,
+Hugging Face gets the same: N worker processes of cores / N threads, each given its part of
+every batch at once.
+
 Every figure is the median of `--repeats` passes over all of its batches, each pass ended by
 jax.block_until_ready, after one untimed call per distinct batch shape (compilation and
 warm-up); the decoders compared in a table take turns, pass by pass.
@@ -64,11 +72,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import describe_machine
 from configs import multi30k
+from transformer import sharding
 from transformer.config import from_config_dict
 from transformer.data import text_files
 from transformer.data.tasks import load_task
@@ -195,8 +205,11 @@ def uncached_step(
     return step, {"decoder_input": jnp.full((inputs.shape[0], length), PAD_ID, jnp.int32)}
 
 
-def fixed_greedy(model: Transformer, length: int, cached: bool) -> Decoder:
-    """Greedy decoding of exactly `length` tokens: a fori_loop of `length` steps, no EOS."""
+def fixed_greedy(
+    model: Transformer, length: int, cached: bool, rows: NamedSharding | None = None
+) -> Decoder:
+    """Greedy decoding of exactly `length` tokens: a fori_loop of `length` steps, no EOS.
+    With `rows`, every device decodes its own rows of the batch (`sharding.map_rows`)."""
     make_step = cached_step if cached else uncached_step
 
     def decode(params: Any, inputs: Array) -> Array:
@@ -218,12 +231,19 @@ def fixed_greedy(model: Transformer, length: int, cached: bool) -> Decoder:
         )
         return lax.fori_loop(0, length, body, carry)[1]
 
-    return jax.jit(decode)
+    return sharding.map_rows(decode, rows) if rows else jax.jit(decode)
 
 
-def fixed_beam(model: Transformer, length: int, cached: bool, beam: int = BEAM) -> Decoder:
+def fixed_beam(
+    model: Transformer,
+    length: int,
+    cached: bool,
+    beam: int = BEAM,
+    rows: NamedSharding | None = None,
+) -> Decoder:
     """Beam search of exactly `length` tokens: the library's beam step (top-k over beam x
-    vocabulary, state reordered by parent) in a fori_loop of `length` steps, no EOS."""
+    vocabulary, state reordered by parent) in a fori_loop of `length` steps, no EOS. With
+    `rows`, every device decodes its own rows of the batch (`sharding.map_rows`)."""
     make_step = cached_step if cached else uncached_step
 
     def decode(params: Any, inputs: Array) -> Array:
@@ -233,7 +253,7 @@ def fixed_beam(model: Transformer, length: int, cached: bool, beam: int = BEAM) 
         beams = lax.fori_loop(0, length, lambda _, s: _beam_step(step, s, ALPHA), beams)
         return _best_hypotheses(beams, ALPHA)[0]
 
-    return jax.jit(decode)
+    return sharding.map_rows(decode, rows) if rows else jax.jit(decode)
 
 
 # ------------------------------------------------------------------ Hugging Face
@@ -291,6 +311,50 @@ def hf_decoders(config: Any, length: int) -> tuple[dict[str, Decoder], int]:
         return decode
 
     return {"greedy": make(1), f"beam {BEAM}": make(BEAM)}, n_params
+
+
+def _hf_worker(conn: Any, config: Any, length: int, threads: int) -> None:
+    """A process of `hf_process_decoders`: decodes the batches it is sent until sent None."""
+    import torch
+
+    decoders, _ = hf_decoders(config, length)
+    torch.set_num_threads(threads)
+    conn.send("ready")
+    try:
+        while (request := conn.recv()) is not None:
+            name, inputs = request
+            conn.send(decoders[name](None, inputs))
+    except EOFError:  # The benchmark has ended.
+        return
+
+
+def hf_process_decoders(config: Any, length: int, processes: int) -> dict[str, Decoder]:
+    """`hf_decoders` run by `processes` worker processes of cores / processes threads each,
+    the same weights in each (seed 0): every batch is split into that many equal parts, one
+    per process, decoded at once, and joined again, as ours splits it over its devices."""
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    context = multiprocessing.get_context("spawn")  # A fork would copy JAX's threads.
+    conns = []
+    for _ in range(processes):
+        ours, theirs = context.Pipe()
+        context.Process(
+            target=_hf_worker, args=(theirs, config, length, threads), daemon=True
+        ).start()
+        conns.append(ours)
+    for conn in conns:
+        assert conn.recv() == "ready"
+
+    def make(name: str) -> Decoder:
+        def decode(_params: Any, inputs: Array) -> np.ndarray:
+            for conn, part in zip(conns, np.split(np.asarray(inputs), processes), strict=True):
+                conn.send((name, part))
+            return np.concatenate([conn.recv() for conn in conns])
+
+        return decode
+
+    return {"greedy": make("greedy"), f"beam {BEAM}": make(f"beam {BEAM}")}
 
 
 # ------------------------------------------------------------------------------ modes
@@ -390,7 +454,12 @@ def ref_small_mode(args: argparse.Namespace) -> None:
     params = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy, dummy)["params"]))(
         jax.random.key(0)
     )
-    batches = make_batches(tokenizer.encode_batch(sentences), batch_size, config.max_len)
+    devices = args.devices
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    batches = make_batches(tokenizer.encode_batch(sentences), batch_size * devices, config.max_len)
+    batches = [jax.device_put(b, rows) for b in batches]  # Rows split over the devices.
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     print(
         f"ref-small: {config.num_encoder_layers} + {config.num_decoder_layers} layers, d_model "
         f"{config.d_model}, {config.num_heads} heads, d_ff {config.d_ff}, post-LN, tied shared "
@@ -402,33 +471,48 @@ def ref_small_mode(args: argparse.Namespace) -> None:
     )
     print(
         f"{len(sentences):,} sentences of en.test.txt in batches of {batch_size}, exactly "
-        f"{length} target tokens each (EOS disabled); KV-cached; median of {args.repeats}\n"
+        f"{length} target tokens each (EOS disabled); KV-cached; median of {args.repeats}"
     )
+    if devices > 1:
+        print(
+            f"{devices} devices ({jax.devices()[0].platform}), each decoding its own batch of "
+            f"{batch_size} at the same time (global batches of {batch_size * devices}, the last "
+            "padded)"
+        )
+    print()
+    many = rows if devices > 1 else None
     decoders = {
-        "greedy": fixed_greedy(model, length, True),
-        f"beam {BEAM}": fixed_beam(model, length, True),
+        "greedy": fixed_greedy(model, length, True, many),
+        f"beam {BEAM}": fixed_beam(model, length, True, rows=many),
     }
     if args.compare == "hf":
         import torch
         import transformers
 
         hf, hf_params = hf_decoders(config, length)
+        threads = f"{torch.get_num_threads()} threads"
+        if devices > 1:
+            hf = hf_process_decoders(config, length, devices)
+            per_process = max(1, (os.cpu_count() or 1) // devices)
+            threads = f"{devices} processes of {per_process} thread{'s' * (per_process > 1)}"
         decoders.update({f"hf {name}": decode for name, decode in hf.items()})
         print(
             f"Hugging Face transformers {transformers.__version__} MarianMTModel, PyTorch "
-            f"{torch.__version__} eager, {torch.get_num_threads()} threads: {hf_params:,} "
-            "parameters besides its position tables\n"
+            f"{torch.__version__} eager, {threads}: {hf_params:,} parameters besides its "
+            "position tables\n"
         )
     results = time_decoders(decoders, params, batches, args.repeats)
     speeds = {}
     for name, (seconds, outputs) in results.items():
-        assert outputs.shape == (len(sentences), length), (name, outputs.shape)
-        speeds[name] = len(sentences) / seconds
+        assert outputs.shape[0] >= len(sentences) and outputs.shape[1] == length, name
+        speeds[name] = len(sentences) / seconds  # Padding rows of the last batch not counted.
     assert np.all(results["greedy"][1] > EOS_ID) and np.all(results[f"beam {BEAM}"][1] > EOS_ID)
     ours = {k: v for k, v in speeds.items() if not k.startswith("hf ")}
     rows = {f"{toolkit} (AMD EPYC figure)": figures for toolkit, figures in REFERENCES.items()}
     if args.compare == "hf":
         here = "HF transformers generate (PyTorch eager), measured here"
+        if devices > 1:
+            here += f", {devices} processes"
         rows = {here: {k: speeds[f"hf {k}"] for k in ours}, **rows}
     width = max(len(row) for row in rows) + 2
     print(f"  {'sentences/s':{width}s}{'greedy':>18s}{'beam ' + str(BEAM):>18s}")
@@ -454,6 +538,13 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="ref-small: split the CPU into this many JAX devices (one per core at most), each "
+        "decoding its own batch of 64 at once; with --compare hf, as many PyTorch processes.",
+    )
+    parser.add_argument(
         "--compare", choices=["hf"], help="ref-small: time Hugging Face generate here too."
     )
     args = parser.parse_args()
@@ -461,6 +552,12 @@ def main() -> None:
         parser.error("give exactly one of --workdir and --workload")
     if args.compare and args.workload != "ref-small":
         parser.error("--compare hf goes with --workload ref-small")
+    if args.devices != 1 and args.workload != "ref-small":
+        parser.error("--devices goes with --workload ref-small")
+    if args.devices > 1:  # Before JAX starts its CPU backend.
+        jax.config.update("jax_num_cpu_devices", args.devices)
+    if args.devices < 1 or len(jax.devices()) < args.devices:
+        parser.error(f"--devices {args.devices}: this machine has {len(jax.devices())} devices")
     print(f"Device: {describe_machine()}")
     if args.workload == "ref-small":
         ref_small_mode(args)

@@ -1,11 +1,17 @@
-"""benchmarks/decode.py's Hugging Face comparison decodes the workload it claims to."""
+"""benchmarks/decode.py decodes the workload it claims to: Hugging Face's side, in one process
+or several, and ours on one device or several."""
 
 import dataclasses
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from transformer.config import from_config_dict
+from transformer.model import build_model
 
 from .model_configs import tiny_config
 
@@ -22,3 +28,36 @@ def test_hf_comparison_generates_exactly_length_tokens_per_sentence_with_its_kv_
         assert out.shape == (3, 7) and out.dtype == np.int32, name
         assert np.all(out != 1), name  # EOS (id 1) held off by min_new_tokens = length
     assert n_params > 0
+
+
+def test_hf_worker_processes_decode_as_one_process_does():
+    pytest.importorskip("transformers")
+    from benchmarks.decode import hf_decoders, hf_process_decoders
+
+    config = dataclasses.replace(from_config_dict(tiny_config()).model, vocab_size=50)
+    inputs = np.array([[5, 6, 7, 1], [8, 9, 1, 0], [4, 1, 0, 0], [9, 9, 8, 1]], np.int32)
+    alone, _ = hf_decoders(config, length=5)
+    split = hf_process_decoders(config, length=5, processes=2)
+    for name in alone:
+        np.testing.assert_array_equal(split[name](None, inputs), alone[name](None, inputs), name)
+
+
+def test_each_device_decoding_its_own_rows_gives_one_devices_tokens():
+    from benchmarks.decode import fixed_beam, fixed_greedy
+
+    config = dataclasses.replace(from_config_dict(tiny_config()).model, vocab_size=50)
+    model = build_model(config)
+    inputs = jnp.asarray(np.random.default_rng(0).integers(3, 50, (16, 6)), jnp.int32)
+    params = nn.meta.unbox(jax.jit(lambda r: model.init(r, inputs, inputs))(jax.random.key(0)))
+    params = params["params"]
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    placed = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    pairs = {
+        "greedy": (fixed_greedy(model, 7, True), fixed_greedy(model, 7, True, rows)),
+        "beam": (fixed_beam(model, 7, True), fixed_beam(model, 7, True, rows=rows)),
+    }
+    for name, (on_one, on_each) in pairs.items():
+        each = on_each(placed, jax.device_put(inputs, rows))
+        assert len(each.sharding.device_set) == len(jax.devices()), name
+        np.testing.assert_array_equal(each, on_one(params, inputs), name)

@@ -1,11 +1,13 @@
 """Translating a split in length-sorted batches, and the two BLEU variants it reports."""
 
+import dataclasses
+
 import jax
 import pytest
 import sacrebleu
 
 from transformer import sharding, trainer
-from transformer.config import from_config_dict
+from transformer.config import MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
 from transformer.evaluation import tokenized_bleu, translate_ids
 
@@ -60,3 +62,30 @@ def test_tokenized_bleu_ignores_case_and_punctuation_spacing_as_the_moses_files_
 
 def test_empty_hypotheses_score_zero():
     assert tokenized_bleu(["", ""], ["Ein Hund läuft im Park.", "Eine Katze schläft."], "de") == 0.0
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_every_device_decoding_its_own_rows_gives_one_devices_translations(untrained, beam_size):
+    """8 devices with replicated parameters (inference: each decodes its rows under
+    shard_map) and with FSDP-sharded ones (training's validation BLEU: one jit over the mesh)
+    translate exactly as one device does."""
+    config, _, params, task = untrained
+    inputs = task.splits["test"].inputs
+    sources = [inputs[i] for i in range(20)]
+
+    def translate(mesh_config, devices):
+        cfg = dataclasses.replace(config, mesh=mesh_config)
+        built = trainer.build(cfg, sharding.make_mesh(mesh_config, devices))
+        placed = jax.device_put(params, built.state_shardings.params)
+        with trainer.mesh_context(built.mesh, cfg):
+            out = translate_ids(
+                cfg, built.model, placed, task.tokenizer, sources, built.batch_sharding, beam_size
+            )
+        return out, placed
+
+    one, _ = translate(MeshConfig(1, 1, 1), jax.devices()[:1])
+    replicated, placed = translate(MeshConfig(8, 1, 1), jax.devices())
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(placed))
+    fsdp, placed = translate(MeshConfig(2, 4, 1), jax.devices())
+    assert not all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(placed))
+    assert replicated == one and fsdp == one and len(set(one)) > 10

@@ -52,6 +52,9 @@ def translate_ids(
     max_length = config.data.max_length
     quantum = max(1, -(-max_length // 4))
     order = np.argsort(-np.minimum(source.lengths, max_length), kind="stable")
+    per_shard = shards > 1 and all(
+        leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params)
+    )
     hypotheses: list[str] = [""] * len(source_ids)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -59,7 +62,9 @@ def translate_ids(
         width = min(max_length, -(-longest // quantum) * quantum)
         rows = np.full((batch_size, width), PAD_ID, np.int32)
         rows[: len(idx)] = source.padded(idx, width)
-        decode = _compiled_decoder(model, decode_length(config, width), beam_size, alpha)
+        decode = _compiled_decoder(
+            model, decode_length(config, width), beam_size, alpha, batch_sharding, per_shard
+        )
         local = np.array_split(rows, jax.process_count())[jax.process_index()]
         tokens = decode(params, sharding.global_batch({"x": local}, batch_sharding)["x"])
         tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
@@ -69,11 +74,28 @@ def translate_ids(
 
 
 @functools.cache
-def _compiled_decoder(model: Transformer, length: int, beam_size: int, alpha: float):
-    """One jitted decoder per setting, so evaluating again during training recompiles nothing."""
-    if beam_size == 1:
-        return jax.jit(lambda p, x: greedy_decode(model, p, x, length))
-    return jax.jit(lambda p, x: beam_search(model, p, x, length, beam_size, alpha)[0])
+def _compiled_decoder(
+    model: Transformer,
+    length: int,
+    beam_size: int,
+    alpha: float,
+    batch_sharding: jax.sharding.NamedSharding,
+    per_shard: bool,
+):
+    """One jitted decoder per setting, so evaluating again during training recompiles nothing.
+
+    With `per_shard` (parameters replicated, the batch split over several devices) every
+    device decodes its own rows (`sharding.map_rows`). Left to the partitioner, the beam's
+    reorder by parent hypothesis and the loop's stopping test become cross-device work at
+    every step. Otherwise (training's validation BLEU, with parameters sharded by the
+    training rules) one jit over the mesh."""
+
+    def decode(params: Any, inputs: jax.Array) -> jax.Array:
+        if beam_size == 1:
+            return greedy_decode(model, params, inputs, length)
+        return beam_search(model, params, inputs, length, beam_size, alpha)[0]
+
+    return sharding.map_rows(decode, batch_sharding) if per_shard else jax.jit(decode)
 
 
 def translate_split(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -82,3 +82,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Assembles each process's rows into global arrays sharded over the mesh."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def map_rows(fn: Callable[[Any, jax.Array], jax.Array], rows: NamedSharding) -> Callable:
+    """jit of `fn(params, batch)` run by every device on its own rows of the batch.
+
+    `rows` shards the batch's first dimension (the other dimensions stay whole); `params`
+    must be replicated. Each device runs `fn` alone under `jax.shard_map` with no logical
+    axis rules (its arrays are its own), so nothing crosses devices: for decoding, no device
+    waits for another inside the loop, and each stops when its own rows are done. On a CPU
+    split into one device per core it also runs the small ops of several batches at once."""
+
+    def own_rows(params: Any, batch: jax.Array) -> jax.Array:
+        with nn.logical_axis_rules(()):
+            return fn(params, batch)
+
+    spec = PartitionSpec(rows.spec[0])
+    # The loops carry per-device values only and nothing is reduced: no replication to check.
+    mapped = jax.shard_map(
+        own_rows, mesh=rows.mesh, in_specs=(PartitionSpec(), spec), out_specs=spec, check_vma=False
+    )
+    return jax.jit(mapped)
