@@ -456,9 +456,9 @@ def ref_small_mode(args: argparse.Namespace) -> None:
     )
     devices = args.devices
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
-    rows = NamedSharding(mesh, PartitionSpec("data"))
+    row_sharding = NamedSharding(mesh, PartitionSpec("data"))
     batches = make_batches(tokenizer.encode_batch(sentences), batch_size * devices, config.max_len)
-    batches = [jax.device_put(b, rows) for b in batches]  # Rows split over the devices.
+    batches = [jax.device_put(b, row_sharding) for b in batches]  # Rows split over the devices.
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     print(
         f"ref-small: {config.num_encoder_layers} + {config.num_decoder_layers} layers, d_model "
@@ -480,7 +480,7 @@ def ref_small_mode(args: argparse.Namespace) -> None:
             "padded)"
         )
     print()
-    many = rows if devices > 1 else None
+    many = row_sharding if devices > 1 else None
     decoders = {
         "greedy": fixed_greedy(model, length, True, many),
         f"beam {BEAM}": fixed_beam(model, length, True, rows=many),
