@@ -1,14 +1,17 @@
 """Translating a split in length-sorted batches, and the two BLEU variants it reports."""
 
 import dataclasses
+import re
 
 import jax
+import jax.numpy as jnp
 import pytest
 import sacrebleu
 
 from transformer import sharding, trainer
 from transformer.config import MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
+from transformer.decode import beam_search, greedy_decode
 from transformer.evaluation import tokenized_bleu, translate_ids
 
 from .model_configs import tiny_config
@@ -89,3 +92,27 @@ def test_every_device_decoding_its_own_rows_gives_one_devices_translations(untra
     fsdp, placed = translate(MeshConfig(2, 4, 1), jax.devices())
     assert not all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(placed))
     assert replicated == one and fsdp == one and len(set(one)) > 10
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_rows_decoded_per_device_need_no_cross_device_work(untrained, beam_size):
+    """Left to the partitioner, the loop's stopping test (and the beam's reorder) make
+    collectives at every step; decoded per device by sharding.map_rows, there are none."""
+    config, _, params, _ = untrained
+    config = dataclasses.replace(config, mesh=MeshConfig(8, 1, 1))
+    built = trainer.build(config, sharding.make_mesh(config.mesh, jax.devices()))
+    params = jax.device_put(params, built.state_shardings.params)
+    inputs = jax.device_put(jnp.ones((16, 8), jnp.int32), built.batch_sharding)
+
+    def decode(p, x):
+        if beam_size == 1:
+            return greedy_decode(built.model, p, x, 12)
+        return beam_search(built.model, p, x, 12, beam_size, 0.6)[0]
+
+    collectives = re.compile(r"all-reduce|all-gather|collective-permute|all-to-all")
+    with trainer.mesh_context(built.mesh, config):
+        partitioned = jax.jit(decode).lower(params, inputs).compile().as_text()
+        per_device = sharding.map_rows(decode, built.batch_sharding).lower(params, inputs)
+        per_device = per_device.compile().as_text()
+    assert collectives.search(partitioned)
+    assert not collectives.search(per_device)
