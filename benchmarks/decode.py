@@ -328,13 +328,18 @@ def _hf_worker(conn: Any, config: Any, length: int, threads: int) -> None:
         return
 
 
+def threads_per_process(processes: int) -> int:
+    """The cores each of `processes` PyTorch processes gets (at least one)."""
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 def hf_process_decoders(config: Any, length: int, processes: int) -> dict[str, Decoder]:
     """`hf_decoders` run by `processes` worker processes of cores / processes threads each,
     the same weights in each (seed 0): every batch is split into that many equal parts, one
     per process, decoded at once, and joined again, as ours splits it over its devices."""
     import multiprocessing
 
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    threads = threads_per_process(processes)
     context = multiprocessing.get_context("spawn")  # A fork would copy JAX's threads.
     conns = []
     for _ in range(processes):
@@ -493,7 +498,7 @@ def ref_small_mode(args: argparse.Namespace) -> None:
         threads = f"{torch.get_num_threads()} threads"
         if devices > 1:
             hf = hf_process_decoders(config, length, devices)
-            per_process = max(1, (os.cpu_count() or 1) // devices)
+            per_process = threads_per_process(devices)
             threads = f"{devices} processes of {per_process} thread{'s' * (per_process > 1)}"
         decoders.update({f"hf {name}": decode for name, decode in hf.items()})
         print(
