@@ -1,6 +1,6 @@
 """Train-step throughput, model FLOPs and MFU, optionally side by side with PyTorch.
 
-  python benchmarks/train_step.py --workload ref-small [--compare torch] [--steps 7]
+  python benchmarks/train_step.py --workload ref-small [--compare torch flax] [--steps 7]
   python benchmarks/train_step.py --workload ref-base --peak_flops 989e12
   python benchmarks/train_step.py --config configs/big.py --set model.dtype=bfloat16
   python benchmarks/train_step.py --workload ref-base --max_batch --memory_cap_gb 8
@@ -39,6 +39,10 @@ fp32, `torch.set_num_threads(cores)`), on the same batch, and times it alternati
 step by step, so machine noise hits both alike. (PyTorch's label smoothing spreads eps over
 all `vocab` tokens, ours over the `vocab - 1` non-targets: the same cost.)
 
+`--compare flax --flax_wmt DIR` times flax/examples/wmt's own train step (its model, loss and
+`jax.pmap`-ed step, imported from the example's folder of a Flax source tree; see
+benchmarks/flax_wmt.py) on the same batch in the same way, with our workload's sizes.
+
 Memory: peak device memory (`memory_stats()["peak_bytes_in_use"]`) on GPU, the process's
 peak RSS on CPU, and XLA's own account of the compiled step (arguments + outputs + temporaries
 - donated). `--max_batch` searches the largest batch (a multiple of 8 rows) that fits, with
@@ -70,6 +74,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.flax_wmt import build_flax_wmt_step
 from benchmarks.machine import describe_machine
 from configs import base
 from transformer import sharding, trainer
@@ -430,7 +435,7 @@ def describe_switches(config: Config) -> str:
 
 # ------------------------------------------------------------------------------- modes
 def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str, float]:
-    """Times our step (and PyTorch's with --compare torch) and prints the figures."""
+    """Times our step (and the --compare ones, in turn with it) and prints the figures."""
     rows, length = batch_shape(config)
     batch = random_batch(config)
     m = config.model
@@ -448,7 +453,14 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
     n_params = sum(x.size for x in jax.tree.leaves(ours.params))
     print(f"Ours: {n_params:,} parameters; compiled in {ours.compile_seconds:.1f} s")
     runs = {"ours": ours.run}
-    if args.compare == "torch":
+    compare = args.compare or []
+    if "flax" in compare:
+        if not args.flax_wmt:
+            raise SystemExit("--compare flax needs --flax_wmt DIR (see benchmarks/flax_wmt.py).")
+        flax_run, flax_params = build_flax_wmt_step(config, batch, args.flax_wmt)
+        print(f"flax/examples/wmt (from {args.flax_wmt}): {flax_params:,} parameters")
+        runs["flax"] = flax_run
+    if "torch" in compare:
         import torch
 
         torch_run, torch_params = build_torch_step(config, batch)
@@ -503,12 +515,13 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
             f"(min {min(seconds):.3f}, max {max(seconds):.3f}; "
             f"process CPU {statistics.median(cpu_times[name]):.2f} s)"
         )
-    if "torch" in result:
-        print(f"  ours / torch tokens/s: {result['ours'] / result['torch']:.2f}x")
+    for other in ("torch", "flax"):
+        if other in result:
+            print(f"  ours / {other} tokens/s: {result['ours'] / result[other]:.2f}x")
     xla_bytes = xla_step_bytes(ours.memory)
     print(
         f"\nPeak memory: {gib(peak_bytes)} ({peak_kind}"
-        + (", PyTorch included)" if args.compare else ")")
+        + (", the compared steps included)" if compare else ")")
         + (f"; XLA's account of our step: {gib(xla_bytes)}" if xla_bytes is not None else "")
     )
     return {
@@ -588,7 +601,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=7, help="Timed steps (median; >= 5).")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps after compiling.")
-    parser.add_argument("--compare", choices=["torch"], help="Time PyTorch alongside.")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        choices=["torch", "flax"],
+        help="Time PyTorch eager and/or flax/examples/wmt alongside ours.",
+    )
+    parser.add_argument("--flax_wmt", help="flax/examples/wmt folder for --compare flax.")
     parser.add_argument("--peak_flops", type=float, help="Peak FLOP/s for MFU (else measured).")
     parser.add_argument("--max_batch", action="store_true", help="Find the largest batch.")
     parser.add_argument("--memory_cap_gb", type=float, help="CPU memory cap for --max_batch.")

@@ -1,0 +1,54 @@
+"""benchmarks/train_step.py --compare flax runs flax/examples/wmt's own step on our workload.
+
+The example comes from a Flax source tree (`FLAX_WMT=.../examples/wmt`; .ci/run unpacks the
+installed version's source distribution); without one, only the error paths are tested."""
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks.flax_wmt import build_flax_wmt_step, load_example
+from benchmarks.train_step import random_batch, workload_config
+
+FLAX_WMT = os.environ.get("FLAX_WMT")
+needs_example = pytest.mark.skipif(
+    not (FLAX_WMT and (Path(FLAX_WMT) / "train.py").is_file()),
+    reason="FLAX_WMT does not name a flax/examples/wmt folder",
+)
+
+
+def test_a_folder_without_the_example_is_refused_naming_it(tmp_path):
+    (tmp_path / "models.py").write_text("")
+    with pytest.raises(SystemExit, match=re.escape(f"{tmp_path}: no train.py")):
+        load_example(tmp_path)
+
+
+def test_a_train_py_without_the_step_is_refused_naming_what_is_missing(tmp_path):
+    (tmp_path / "models.py").write_text("")
+    (tmp_path / "train.py").write_text("import jax\n\ndef train_step():\n    pass\n")
+    with pytest.raises(SystemExit, match="defines no TrainState"):
+        load_example(tmp_path)
+
+
+@needs_example
+def test_flax_wmt_step_runs_our_workload_with_our_parameters_plus_its_final_norms():
+    config = workload_config("ref-small", {}, rows=2, length=8)
+    run, count = build_flax_wmt_step(config, random_batch(config), FLAX_WMT)
+    run()
+    run()  # The donated state comes back and steps again.
+    # Ours has 7,617,536 (test_switches); pre-LN adds a LayerNorm (scale and bias) after each
+    # of its two stacks.
+    assert count == 7_617_536 + 2 * 2 * config.model.d_model
+
+
+@needs_example
+def test_flax_wmt_comparison_refuses_models_it_cannot_express():
+    config = workload_config("ref-small", {}, rows=2, length=8)
+    untied = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, tie_output_embedding=False)
+    )
+    with pytest.raises(SystemExit, match="tied shared embeddings"):
+        build_flax_wmt_step(untied, random_batch(untied), FLAX_WMT)
