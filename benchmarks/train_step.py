@@ -1,4 +1,4 @@
-"""Train-step throughput, model FLOPs and MFU, optionally side by side with PyTorch.
+"""Train-step throughput, model FLOPs and MFU, optionally beside PyTorch and flax/examples/wmt.
 
   python benchmarks/train_step.py --workload ref-small [--compare torch flax] [--steps 7]
   python benchmarks/train_step.py --workload ref-base --peak_flops 989e12
@@ -455,8 +455,6 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
     runs = {"ours": ours.run}
     compare = args.compare or []
     if "flax" in compare:
-        if not args.flax_wmt:
-            raise SystemExit("--compare flax needs --flax_wmt DIR (see benchmarks/flax_wmt.py).")
         flax_run, flax_params = build_flax_wmt_step(config, batch, args.flax_wmt)
         print(f"flax/examples/wmt (from {args.flax_wmt}): {flax_params:,} parameters")
         runs["flax"] = flax_run
@@ -614,6 +612,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 5:
         parser.error("--steps must be at least 5.")
+    if "flax" in (args.compare or []) and not args.flax_wmt:
+        parser.error("--compare flax needs --flax_wmt DIR (see benchmarks/flax_wmt.py).")
     overrides = parse_overrides(args.set)
     if args.config:
         config, label = file_config(args.config, overrides), args.config
