@@ -1,11 +1,12 @@
-"""Times the two label-smoothed cross-entropy formulations side by side.
+"""Times the label-smoothed cross-entropy formulations side by side.
 
   python benchmarks/loss.py [--repeats 7]
 
-For each workload it alternates the `one_hot` and `integer` formulations (so machine noise hits
-both alike) and prints the median time of: the loss and its gradient alone, over logits of
+For each workload it alternates the formulations (so machine noise hits all alike) and prints
+the median time of: the `one_hot` and `integer` losses and their gradient alone, over logits of
 [batch, length, vocab] for a small and the paper's 37K vocabulary; and a whole quickstart train
-step. The faster formulation is the default in configs/base.py.
+step with each of `one_hot`, `integer` and `chunked` (which fuses the output projection into
+the loss, so it has no loss-only form). configs/base.py says which is the default and why.
 """
 
 from __future__ import annotations
@@ -75,22 +76,26 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{jax.devices()[0].device_kind}, JAX {jax.__version__}; median of {args.repeats}")
     with tempfile.TemporaryDirectory() as workdir:
+        pair, three = ("one_hot", "integer"), ("one_hot", "integer", "chunked")
         workloads = {
-            "loss+grad [64,64,1024]": lambda f: loss_only(1024, f),
-            "loss+grad [64,64,37000]": lambda f: loss_only(37_000, f),
-            "quickstart train step": lambda f: train_step(f, workdir),
+            "loss+grad [64,64,1024]": (lambda f: loss_only(1024, f), pair),
+            "loss+grad [64,64,37000]": (lambda f: loss_only(37_000, f), pair),
+            "quickstart train step": (lambda f: train_step(f, workdir), three),
         }
-        for name, make in workloads.items():
-            fns = {f: make(f) for f in ("one_hot", "integer")}
+        for name, (make, formulations) in workloads.items():
+            fns = {f: make(f) for f in formulations}
             times = {f: [] for f in fns}
-            for _ in range(3):  # alternate the two sides
+            for _ in range(3):  # alternate the sides
                 for f, fn in fns.items():
                     times[f].append(median_seconds(fn, args.repeats))
-            one_hot, integer = (statistics.median(times[f]) for f in fns)
-            print(
-                f"{name:26s} one_hot {one_hot * 1e3:8.2f} ms   integer {integer * 1e3:8.2f} ms"
-                f"   one_hot/integer {one_hot / integer:5.2f}x"
+            medians = {f: statistics.median(t) for f, t in times.items()}
+            figures = "   ".join(f"{f} {t * 1e3:8.2f} ms" for f, t in medians.items())
+            ratios = "   ".join(
+                f"{f}/integer {t / medians['integer']:5.2f}x"
+                for f, t in medians.items()
+                if f != "integer"
             )
+            print(f"{name:26s} {figures}   {ratios}")
 
 
 if __name__ == "__main__":

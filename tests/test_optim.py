@@ -7,7 +7,7 @@ import pytest
 
 from configs import base
 from transformer.config import from_config_dict
-from transformer.loss import loss_and_metrics, smoothed_cross_entropy
+from transformer.loss import chunked_loss_and_metrics, loss_and_metrics, smoothed_cross_entropy
 from transformer.optim import make_optimizer, paper_schedule
 
 
@@ -97,3 +97,62 @@ def test_one_hot_and_integer_gradients_agree():
         for f in ("one_hot", "integer")
     ]
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------- the chunked (fused) loss
+def plain_projected(hidden, weight, targets, eps):
+    logits = jnp.einsum("bld,vd->blv", hidden, weight, preferred_element_type=jnp.float32)
+    return loss_and_metrics(logits, targets, eps, "integer")
+
+
+@pytest.mark.parametrize("chunks", [1, 4, 5, 12, 50])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_chunked_loss_gives_the_plain_loss_metrics_and_gradients(chunks, eps):
+    """Chunk counts that do not divide the length 12 (5, 50) fall back to a divisor."""
+    rng = np.random.default_rng(4)
+    hidden = jnp.asarray(rng.normal(size=(3, 12, 8)), jnp.float32)
+    weight = jnp.asarray(rng.normal(size=(29, 8)), jnp.float32)
+    targets = jnp.asarray(rng.integers(1, 29, (3, 12))).at[1, 7:].set(0).at[2, 2:].set(0)
+    # Some targets are the argmax, so that "correct" counts something.
+    targets = targets.at[0, :6].set(jnp.argmax(jnp.einsum("ld,vd->lv", hidden[0, :6], weight), -1))
+
+    def chunked(h, w):
+        return chunked_loss_and_metrics(h, w, targets, eps, chunks)
+
+    def plain(h, w):
+        return plain_projected(h, w, targets, eps)
+
+    want_sum, want = plain(hidden, weight)
+    got_sum, got = jax.jit(chunked)(hidden, weight)  # Not differentiated: no gradient products.
+    assert float(want["correct"]) >= 6
+    assert float(got_sum) == pytest.approx(float(want_sum), rel=1e-6)
+    for key in want:
+        assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-5), key
+    (_, got_aux), got_grads = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True))(
+        hidden, weight
+    )
+    (_, _), want_grads = jax.value_and_grad(plain, argnums=(0, 1), has_aux=True)(hidden, weight)
+    for key in want:
+        assert float(got_aux[key]) == pytest.approx(float(want[key]), rel=1e-5), key
+    for g, w in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    # Padding rows get no gradient.
+    np.testing.assert_array_equal(got_grads[0][2, 2:], 0.0)
+
+
+def test_chunked_loss_gradient_scales_with_the_cotangent_and_keeps_dtypes():
+    rng = np.random.default_rng(5)
+    hidden = jnp.asarray(rng.normal(size=(2, 8, 4)), jnp.bfloat16)
+    weight = jnp.asarray(rng.normal(size=(11, 4)), jnp.float32)
+    targets = jnp.asarray(rng.integers(1, 11, (2, 8)))
+
+    def loss(h, w, scale):
+        return scale * chunked_loss_and_metrics(h, w, targets, 0.1, 2)[0]
+
+    one = jax.grad(loss, argnums=(0, 1))(hidden, weight, 1.0)
+    three = jax.grad(loss, argnums=(0, 1))(hidden, weight, 3.0)
+    assert one[0].dtype == jnp.bfloat16 and one[1].dtype == jnp.float32
+    np.testing.assert_allclose(three[1], 3 * one[1], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(three[0], np.float32), 3 * np.asarray(one[0], np.float32), rtol=1e-2
+    )

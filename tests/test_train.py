@@ -49,16 +49,18 @@ def run_steps(config, task, mesh_config, devices, num_steps):
 
 
 @pytest.mark.parametrize(
-    "mesh_config",
+    "mesh_config, cross_entropy",
     [
-        MeshConfig(data=8, fsdp=1, tensor=1),
-        MeshConfig(data=2, fsdp=4, tensor=1),
-        MeshConfig(data=2, fsdp=2, tensor=2),
+        (MeshConfig(data=8, fsdp=1, tensor=1), "chunked"),
+        (MeshConfig(data=2, fsdp=4, tensor=1), "chunked"),
+        (MeshConfig(data=2, fsdp=2, tensor=2), "chunked"),
+        (MeshConfig(data=2, fsdp=2, tensor=2), "integer"),
     ],
-    ids=["data8", "data2-fsdp4", "data2-fsdp2-tensor2"],
+    ids=["data8", "data2-fsdp4", "data2-fsdp2-tensor2", "data2-fsdp2-tensor2-integer"],
 )
-def test_sharded_train_step_matches_one_device(task_and_config, mesh_config):
+def test_sharded_train_step_matches_one_device(task_and_config, mesh_config, cross_entropy):
     task, config = task_and_config
+    config = dataclasses.replace(config, cross_entropy=cross_entropy)
     assert len(jax.devices()) == 8
     one_losses, one_params, _ = run_steps(
         config, task, MeshConfig(1, 1, 1), jax.devices()[:1], num_steps=3

@@ -149,7 +149,10 @@ class Config:
     adam_eps: float
     label_smoothing: float  # epsilon_ls
     grad_clip_norm: float  # Global-norm clipping; 0 disables it.
-    cross_entropy: Literal["one_hot", "integer"]
+    # "chunked": the pre-softmax projection fused into the loss, over cross_entropy_chunks
+    # pieces of the target length (the full logits never stored; see loss.py).
+    cross_entropy: Literal["one_hot", "integer", "chunked"]
+    cross_entropy_chunks: int  # Used by "chunked"; must divide the target length.
     dropout_rng: Literal["threefry", "rbg"]  # PRNG implementation of the dropout key.
     log_every_steps: int
     eval_every_steps: int  # Validation loss; 0 disables it.
@@ -250,6 +253,12 @@ def _check_values(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"config.{key}={value!r}: {why}.")
 
+    require(
+        cfg.cross_entropy_chunks > 0,
+        "cross_entropy_chunks",
+        cfg.cross_entropy_chunks,
+        "must be positive",
+    )
     m = cfg.model
     for key in ("d_model", "d_ff", "num_heads", "num_decoder_layers", "max_len"):
         require(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")

@@ -179,6 +179,28 @@ class Encoder(nn.Module):
         return x
 
 
+class OutputProjection(nn.Module):
+    """The untied pre-softmax projection, x [..., d_model] -> logits [..., vocab] float32,
+    computed as `nn.Dense` without bias computes it (its kernel, [d_model, vocab], has the
+    same name and initialisation); `kernel` is also what the chunked loss multiplies by."""
+
+    config: ModelConfig
+
+    def setup(self) -> None:
+        self.kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "vocab")),
+            (self.config.d_model, self.config.vocab_size),
+            jnp.float32,
+        )
+
+    def __call__(self, x: Array) -> Array:
+        dtype = compute_dtype(self.config)
+        return dense_dot_general(
+            x.astype(dtype), self.kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ()))
+        ).astype(jnp.float32)
+
+
 class Decoder(nn.Module):
     """Embedding + positions + N decoder layers + pre-softmax projection."""
 
@@ -195,10 +217,13 @@ class Decoder(nn.Module):
         cross_mask: Array | None,
         deterministic: bool,
         decode: bool = False,
-    ) -> Array:
+        output: str = "logits",
+    ) -> Array | tuple[Array, Array]:
         """decoder_input, positions, segmentation: [batch, length];
         encoded: [batch, src_len, d_model] or None (decoder-only).
-        Returns logits [batch, length, vocab] in float32.
+        Returns logits [batch, length, vocab] in float32; with output="hidden" instead
+        (hidden [batch, length, d_model], weight [vocab, d_model]) such that the logits are
+        hidden @ weight^T (for `loss.chunked_loss_and_metrics`).
 
         decode=True: after the call that creates the cache, each call is one step with length 1
         (the newest token and its position) on unpacked rows (segmentation None)."""
@@ -220,19 +245,11 @@ class Decoder(nn.Module):
             )
         if cfg.normalization == "pre":
             x = layer_norm(cfg, "final_norm")(x)
-        if cfg.tie_output_embedding:
-            logits = self.embed.attend(x)
-        else:
-            logits = nn.Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                dtype=compute_dtype(cfg),
-                dot_general=dense_dot_general,
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.xavier_uniform(), ("embed", "vocab")
-                ),
-                name="logits",
-            )(x).astype(jnp.float32)
+        projection = None if cfg.tie_output_embedding else OutputProjection(cfg, name="logits")
+        if output == "hidden":
+            weight = self.embed.embedding if projection is None else projection.kernel.T
+            return x, weight
+        logits = self.embed.attend(x) if projection is None else projection(x)
         return constrain(logits, (BATCH, LENGTH, "activation_vocab"))
 
     def _decode_self_mask(self, decoder_input: Array) -> Array:
@@ -296,9 +313,11 @@ class Transformer(nn.Module):
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
-    ) -> Array:
+        output: str = "logits",
+    ) -> Array | tuple[Array, Array]:
         """encoded: [batch, src_len, d_model]; inputs: [batch, src_len] (for its padding);
-        decoder_input: [batch, tgt_len]. Returns logits [batch, tgt_len, vocab] float32.
+        decoder_input: [batch, tgt_len]. Returns logits [batch, tgt_len, vocab] float32, or
+        with output="hidden" (hidden, weight) as `Decoder` does.
 
         decode=True: incremental decoding with the "cache" collection mutable. The first call
         creates the cache from a [batch, max_length] decoder_input (and projects `encoded` for
@@ -319,6 +338,7 @@ class Transformer(nn.Module):
             cross_mask,
             deterministic,
             decode,
+            output,
         )
 
     def __call__(
@@ -330,9 +350,11 @@ class Transformer(nn.Module):
         inputs_segmentation: Array | None = None,
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
-    ) -> Array:
+        output: str = "logits",
+    ) -> Array | tuple[Array, Array]:
         """inputs: [batch, src_len]; targets: [batch, tgt_len] (teacher forcing).
-        Returns logits [batch, tgt_len, vocab] float32 predicting `targets`."""
+        Returns logits [batch, tgt_len, vocab] float32 predicting `targets` (output="hidden":
+        the decoder's (hidden, weight), as `Decoder` returns them)."""
         if targets_positions is None:
             targets_positions = default_positions(targets)
         encoded = self.encode(inputs, inputs_positions, inputs_segmentation, deterministic)
@@ -344,6 +366,7 @@ class Transformer(nn.Module):
             inputs_segmentation,
             targets_segmentation,
             deterministic,
+            output=output,
         )
 
 
@@ -362,8 +385,10 @@ class DecoderOnlyLM(nn.Module):
         targets_positions: Array | None = None,
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
-    ) -> Array:
-        """targets: [batch, length]. Returns logits [batch, length, vocab] predicting them."""
+        output: str = "logits",
+    ) -> Array | tuple[Array, Array]:
+        """targets: [batch, length]. Returns logits [batch, length, vocab] predicting them
+        (output="hidden": the decoder's (hidden, weight), as `Decoder` returns them)."""
         if targets_positions is None:
             targets_positions = default_positions(targets)
         return self.decode(
@@ -371,6 +396,7 @@ class DecoderOnlyLM(nn.Module):
             targets_positions,
             targets_segmentation,
             deterministic,
+            output=output,
         )
 
     def decode(
@@ -380,9 +406,10 @@ class DecoderOnlyLM(nn.Module):
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
-    ) -> Array:
+        output: str = "logits",
+    ) -> Array | tuple[Array, Array]:
         """decoder_input: [batch, length], already shifted right (BOS first).
-        Returns logits [batch, length, vocab] float32.
+        Returns logits [batch, length, vocab] float32 (or (hidden, weight), as `Decoder`).
 
         decode=True: incremental decoding as in `Transformer.decode`, without an encoder."""
         if targets_positions is None:
@@ -397,6 +424,7 @@ class DecoderOnlyLM(nn.Module):
             None,
             deterministic,
             decode,
+            output,
         )
 
 

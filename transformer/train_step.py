@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from transformer.config import Config
-from transformer.loss import loss_and_metrics
+from transformer.loss import chunked_loss_and_metrics, loss_and_metrics
 
 Batch = dict[str, jax.Array]
 
@@ -33,6 +33,28 @@ def model_inputs(kind: str, batch: Batch) -> Batch:
     if kind == "decoder_only":
         return {k: v for k, v in batch.items() if k.startswith("targets")}
     return batch
+
+
+def model_loss(
+    config: Config,
+    model: nn.Module,
+    params: Any,
+    batch: Batch,
+    deterministic: bool,
+    rngs: dict[str, jax.Array],
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The summed smoothed loss of `batch` and its metric sums (`loss.loss_and_metrics`), by
+    the formulation that config.cross_entropy names."""
+    inputs = model_inputs(config.model.kind, batch)
+    if config.cross_entropy == "chunked":
+        hidden, weight = model.apply(
+            {"params": params}, **inputs, deterministic=deterministic, rngs=rngs, output="hidden"
+        )
+        return chunked_loss_and_metrics(
+            hidden, weight, batch["targets"], config.label_smoothing, config.cross_entropy_chunks
+        )
+    logits = model.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
+    return loss_and_metrics(logits, batch["targets"], config.label_smoothing, config.cross_entropy)
 
 
 def make_train_step(
@@ -56,15 +78,7 @@ def make_train_step(
 
     def micro_step(params, batch, rng):
         def loss_fn(p):
-            logits = model.apply(
-                {"params": p},
-                **model_inputs(config.model.kind, batch),
-                deterministic=False,
-                rngs={"dropout": rng},
-            )
-            return loss_and_metrics(
-                logits, batch["targets"], config.label_smoothing, config.cross_entropy
-            )
+            return model_loss(config, model, p, batch, deterministic=False, rngs={"dropout": rng})
 
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, sums
@@ -132,10 +146,6 @@ def make_eval_step(config: Config, model: nn.Module) -> Callable[[Any, Batch], d
     """Summed loss metrics of a batch with dropout off."""
 
     def eval_step(params, batch):
-        logits = model.apply({"params": params}, **model_inputs(config.model.kind, batch))
-        _, sums = loss_and_metrics(
-            logits, batch["targets"], config.label_smoothing, config.cross_entropy
-        )
-        return sums
+        return model_loss(config, model, params, batch, deterministic=True, rngs={})[1]
 
     return eval_step
