@@ -126,3 +126,16 @@ def test_a_language_model_cannot_ask_for_bleu():
     config.model.num_encoder_layers = 0
     with pytest.raises(ConfigError, match=r"bleu_every_steps=5000: must be 0 for a decoder-only"):
         from_config_dict(config)
+
+
+def test_a_workdir_config_from_before_the_chunked_loss_still_reads(tmp_path):
+    import json
+
+    from transformer.inference import read_config
+
+    saved = base.get_config().to_dict()
+    saved.update(cross_entropy="integer")
+    del saved["cross_entropy_chunks"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = from_config_dict(read_config(str(tmp_path)))
+    assert config.cross_entropy == "integer"

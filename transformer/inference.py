@@ -45,7 +45,12 @@ def read_config(workdir: str) -> ConfigDict:
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"{path} does not exist: {workdir} is not a trained workdir.")
     with open(path, encoding="utf-8") as f:
-        return ConfigDict(json.load(f))
+        config = ConfigDict(json.load(f))
+    # Workdirs written before the chunked loss existed trained with stored logits
+    # ("integer" or "one_hot"), which never read this key.
+    if "cross_entropy_chunks" not in config:
+        config.cross_entropy_chunks = 8
+    return config
 
 
 def select_steps(available: list[int], step: int | None, average_last: int, where: str):
