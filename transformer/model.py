@@ -245,6 +245,8 @@ class Decoder(nn.Module):
             )
         if cfg.normalization == "pre":
             x = layer_norm(cfg, "final_norm")(x)
+        if output not in ("logits", "hidden"):
+            raise ValueError(f'output must be "logits" or "hidden", not {output!r}.')
         projection = None if cfg.tie_output_embedding else OutputProjection(cfg, name="logits")
         if output == "hidden":
             weight = self.embed.embedding if projection is None else projection.kernel.T
