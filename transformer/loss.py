@@ -46,6 +46,10 @@ def smoothed_cross_entropy(
     raise ValueError(f"Unknown cross-entropy formulation {formulation!r}.")
 
 
+# The metric sums of `loss_and_metrics`, in the order `chunked_loss_and_metrics` stacks them.
+METRICS = ("loss_sum", "nll_sum", "correct", "tokens")
+
+
 def loss_and_metrics(
     logits: Array, targets: Array, label_smoothing: float, formulation: str
 ) -> tuple[Array, dict[str, Array]]:
@@ -104,28 +108,15 @@ def chunked_loss_and_metrics(
         """Metric sums [4] of one chunk, and with_grads: (d hidden, d weight) of its loss."""
         logits = matmul(h, w.T, preferred_element_type=jnp.float32)
         logits = constrain(logits, (BATCH, LENGTH, VOCAB))
-        weights = (t != PAD_ID).astype(jnp.float32)
-        top = jnp.max(logits, axis=-1, keepdims=True)
-        exp = jnp.exp(logits - top)
-        total = jnp.sum(exp, axis=-1, keepdims=True)
-        lse = (top + jnp.log(total))[..., 0]
-        target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        all_lp = jnp.sum(logits, axis=-1) - vocab * lse
-        loss = -((confidence - low) * (target_logit - lse) + low * all_lp)
-        correct = (argmax(logits) == t).astype(jnp.float32)
-        sums = jnp.stack(
-            [
-                jnp.sum(loss * weights),
-                jnp.sum((lse - target_logit) * weights),
-                jnp.sum(correct * weights),
-                jnp.sum(weights),
-            ]
-        )
+        _, metrics = loss_and_metrics(logits, t, label_smoothing, "integer")
+        sums = jnp.stack([metrics[key] for key in METRICS])
         if not with_grads:
             return sums, None
-        # d loss / d logits = softmax - q: q sums to 1 (1 - eps + (vocab - 1) * low).
+        # d loss / d logits = softmax - q: q sums to 1 (1 - eps + (vocab - 1) * low). XLA
+        # shares the softmax's max and exponentials with the loss's log-sum-exp.
         smoothed = low + (confidence - low) * jax.nn.one_hot(t, vocab, dtype=jnp.float32)
-        grad = ((exp / total - smoothed) * weights[..., None]).astype(h.dtype)
+        weights = (t != PAD_ID).astype(jnp.float32)[..., None]
+        grad = ((jax.nn.softmax(logits, axis=-1) - smoothed) * weights).astype(h.dtype)
         grad_hidden = matmul(grad, w, preferred_element_type=jnp.float32).astype(h.dtype)
         grad_weight = lax.dot_general(
             grad.reshape(-1, vocab),
@@ -159,14 +150,9 @@ def chunked_loss_and_metrics(
 
     def loss_sums_bwd(residuals, cotangent: Array):
         grad_hidden, grad_weight = residuals
-        scale = cotangent[0]  # The metrics (sums 1 to 3) are counts, not differentiable.
+        scale = cotangent[0]  # METRICS[0] is the loss sum; the others are not differentiable.
         return scale.astype(grad_hidden.dtype) * grad_hidden, scale * grad_weight, None
 
     loss_sums.defvjp(loss_sums_fwd, loss_sums_bwd)
     sums = loss_sums(hidden_chunks, weight, target_chunks)
-    return sums[0], {
-        "loss_sum": sums[0],
-        "nll_sum": sums[1],
-        "correct": sums[2],
-        "tokens": sums[3],
-    }
+    return sums[0], dict(zip(METRICS, sums, strict=True))
