@@ -152,7 +152,7 @@ class Config:
     # "chunked": the pre-softmax projection fused into the loss, over cross_entropy_chunks
     # pieces of the target length (the full logits never stored; see loss.py).
     cross_entropy: Literal["one_hot", "integer", "chunked"]
-    cross_entropy_chunks: int  # Used by "chunked"; must divide the target length.
+    cross_entropy_chunks: int  # Used by "chunked"; a length it does not divide takes a divisor.
     dropout_rng: Literal["threefry", "rbg"]  # PRNG implementation of the dropout key.
     log_every_steps: int
     eval_every_steps: int  # Validation loss; 0 disables it.
