@@ -99,10 +99,23 @@ def trained_copy(trained, tmp_path):
     "flag, fragments",
     [
         ("--config.model.num_layer=3", ["--config.model.num_layer: the config has no key"]),
-        ("--config.model.num_heads=abc", ["num_heads=abc: invalid literal for int()"]),
         ("--config.model.num_heads=3", ["model.num_heads=3: must divide model.d_model=32"]),
-        ("--config.nonfinite_policy=sometimes", ["nonfinite_policy='sometimes'", "'skip'"]),
-        ("--config.max_consecutive_nonfinite=0", ["max_consecutive_nonfinite=0: must be pos"]),
+        # Each case runs the CLI twice; the default run keeps the two above.
+        pytest.param(
+            "--config.model.num_heads=abc",
+            ["num_heads=abc: invalid literal for int()"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "--config.nonfinite_policy=sometimes",
+            ["nonfinite_policy='sometimes'", "'skip'"],
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "--config.max_consecutive_nonfinite=0",
+            ["max_consecutive_nonfinite=0: must be pos"],
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_bad_config_keys_and_values_are_named_and_touch_nothing(
@@ -196,6 +209,7 @@ FULL_DISK = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_a_save_is_reported_and_earlier_checkpoints_survive(trained_copy):
     workdir, before = trained_copy
     flags = cli_flags(workdir, {**SMALL_RUN, "num_train_steps": 30})

@@ -473,7 +473,7 @@ def test_argmax_of_a_row_with_nan_is_still_a_token_id():
     np.testing.assert_array_equal(argmax(logits), [6, 6, 0])
 
 
-@pytest.mark.parametrize("beam_size", [1, 4])
+@pytest.mark.parametrize("beam_size", [pytest.param(1, marks=pytest.mark.slow), 4])
 def test_each_sentence_stops_at_its_input_length_plus_extra(beam_size):
     model = Transformer(model_config())
     src = random_sources(8, SRC_LENGTHS)

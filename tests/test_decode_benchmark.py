@@ -16,6 +16,7 @@ from transformer.model import build_model
 from .model_configs import tiny_config
 
 
+@pytest.mark.slow
 def test_hf_comparison_generates_exactly_length_tokens_per_sentence_with_its_kv_cache():
     pytest.importorskip("transformers")
     from benchmarks.decode import BEAM, hf_decoders
@@ -30,6 +31,7 @@ def test_hf_comparison_generates_exactly_length_tokens_per_sentence_with_its_kv_
     assert n_params > 0
 
 
+@pytest.mark.slow
 def test_hf_worker_processes_decode_as_one_process_does():
     pytest.importorskip("transformers")
     from benchmarks.decode import hf_decoders, hf_process_decoders

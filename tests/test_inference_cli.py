@@ -56,6 +56,7 @@ def test_greedy_evaluation_reproduces_the_training_runs_test_bleu(trained):
     assert len(hyps) == 64
 
 
+@pytest.mark.slow
 def test_averaging_in_memory_and_as_a_written_checkpoint_agree(trained):
     workdir, _ = trained
     before = sorted(os.listdir(workdir / "checkpoints"))
@@ -181,6 +182,7 @@ def test_generate_greedy_continues_prompts_as_the_library_decodes(language_model
     assert out.stdout.startswith("der Mann ")
 
 
+@pytest.mark.slow
 def test_generate_samples_are_reproducible_by_seed_and_vary_between_rows(language_model):
     args = ["--workdir", str(language_model), "--num_samples", "4", "--temperature", "1.5",
             "--top_p", "0.95", "--top_k", "50", "--seed", "3"]  # fmt: skip
@@ -192,6 +194,7 @@ def test_generate_samples_are_reproducible_by_seed_and_vary_between_rows(languag
     assert all(s.startswith("der Mann") for s in samples) and len(set(samples)) > 1
 
 
+@pytest.mark.slow
 def test_generate_and_translate_refuse_the_other_kind_of_model(trained, language_model):
     out = run("generate.py", "--workdir", str(trained[0]), "--prompt", "der Mann")
     assert out.returncode != 0 and "generate.py needs a language model" in out.stderr

@@ -74,6 +74,7 @@ def run_cli(workdir, *flags):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sweep_cli_tabulates_each_variant_and_a_second_run_trains_nothing(tmp_path):
     flags = [
         "--variants=base,A_h4", "--data=tiny", f"--scale={SCALE}",

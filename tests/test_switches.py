@@ -64,7 +64,7 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 
 
 # ------------------------------------------------------------------------- fused QKV
-@pytest.mark.parametrize("normalization", ["post", "pre"])
+@pytest.mark.parametrize("normalization", ["post", pytest.param("pre", marks=pytest.mark.slow)])
 def test_fused_qkv_gives_the_plain_logits_and_gradients(normalization):
     plain = Transformer(model_config(normalization=normalization))
     fused = Transformer(model_config(normalization=normalization, fused_qkv=True))
@@ -123,6 +123,7 @@ def test_fused_attention_module_with_separate_query_and_key_inputs_matches_plain
     )
 
 
+@pytest.mark.slow
 def test_fused_qkv_cached_decoding_equals_the_full_model():
     cfg = model_config(vocab_size=10, tie_output_embedding=False, fused_qkv=True)
     model = Transformer(cfg)
@@ -164,6 +165,7 @@ def test_dot_product_attention_gives_the_plain_logits_and_gradients_with_padding
     assert_trees_close(dpa_grads, grads)
 
 
+@pytest.mark.slow
 def test_dot_product_attention_keeps_packed_segments_apart():
     packed = dict(
         inputs_positions=jnp.array([[0, 1, 2, 0, 1, 0, 0, 0]]),
@@ -184,6 +186,7 @@ def test_dot_product_attention_keeps_packed_segments_apart():
     )
 
 
+@pytest.mark.slow
 def test_dot_product_attention_greedy_decoding_equals_the_plain_path():
     cfg = dict(vocab_size=10, tie_output_embedding=False)  # SRC, TGT < 10.
     plain = Transformer(model_config(**cfg))
@@ -224,7 +227,7 @@ def test_unsupported_switch_combinations_are_refused_naming_the_key(overrides, n
 
 
 # ---------------------------------------------------------------------------- remat
-@pytest.mark.parametrize("remat", ["block", "dots"])
+@pytest.mark.parametrize("remat", ["block", pytest.param("dots", marks=pytest.mark.slow)])
 def test_remat_gives_the_plain_loss_and_gradients_with_dropout(remat):
     cfg = dict(dropout_rate=0.1, attention_dropout_rate=0.1)
     plain = Transformer(model_config(**cfg))
@@ -238,6 +241,7 @@ def test_remat_gives_the_plain_loss_and_gradients_with_dropout(remat):
     assert_trees_close(got, want)
 
 
+@pytest.mark.slow
 def test_remat_block_saves_less_for_the_backward_pass():
     """The residuals kept between forward and backward: fewer bytes with remat."""
     saved = {}
@@ -303,6 +307,7 @@ def test_dropout_keeps_one_minus_rate_and_preserves_the_mean(impl):
     assert 0.15 < np.mean(kept != np.asarray(other != 0)) < 0.21  # Independent: 2 p (1 - p).
 
 
+@pytest.mark.slow
 def test_rbg_dropout_is_deterministic_differs_from_threefry_and_trains(tiny_task):
     losses, _ = run_steps(tiny_task, 20, dropout_rng="rbg")
     again, _ = run_steps(tiny_task, 3, dropout_rng="rbg")
@@ -312,6 +317,7 @@ def test_rbg_dropout_is_deterministic_differs_from_threefry_and_trains(tiny_task
     assert losses[-5:].mean() < 0.8 * losses[:3].mean()  # Dropout and all, it learns.
 
 
+@pytest.mark.slow
 def test_train_steps_with_remat_and_dot_product_attention_match_the_plain_ones(tiny_task):
     """Through trainer.build, as train.py runs them, with residual dropout on (the masks must
     be the same too): the same losses and parameters after 3 steps."""
@@ -336,7 +342,9 @@ def test_train_steps_with_remat_and_dot_product_attention_match_the_plain_ones(t
     assert diffs.max() <= 0.05 * reach
 
 
-@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize(
+    "tie", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["tied", "untied"]
+)
 def test_chunked_cross_entropy_trains_like_the_integer_one(tiny_task, tie):
     """The fused projection and loss over pieces of the length, through trainer.build with
     dropout on: the same losses and parameters after 3 steps as the stored logits give."""
@@ -352,6 +360,7 @@ def test_chunked_cross_entropy_trains_like_the_integer_one(tiny_task, tie):
     assert ("logits" in params["decoder"]) is not tie  # The untied kernel is where it was.
 
 
+@pytest.mark.slow
 def test_chunked_cross_entropy_step_holds_less_memory_than_stored_logits():
     """XLA's own account of the compiled step: the [8, 64, 8,192] float32 logits (16 MiB)
     and their gradient are never stored whole."""

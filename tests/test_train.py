@@ -51,10 +51,11 @@ def run_steps(config, task, mesh_config, devices, num_steps):
 @pytest.mark.parametrize(
     "mesh_config, cross_entropy",
     [
-        (MeshConfig(data=8, fsdp=1, tensor=1), "chunked"),
-        (MeshConfig(data=2, fsdp=4, tensor=1), "chunked"),
+        # The default run keeps the mesh that uses all three axes; the others run with -m slow.
+        pytest.param(MeshConfig(data=8, fsdp=1, tensor=1), "chunked", marks=pytest.mark.slow),
+        pytest.param(MeshConfig(data=2, fsdp=4, tensor=1), "chunked", marks=pytest.mark.slow),
         (MeshConfig(data=2, fsdp=2, tensor=2), "chunked"),
-        (MeshConfig(data=2, fsdp=2, tensor=2), "integer"),
+        pytest.param(MeshConfig(data=2, fsdp=2, tensor=2), "integer", marks=pytest.mark.slow),
     ],
     ids=["data8", "data2-fsdp4", "data2-fsdp2-tensor2", "data2-fsdp2-tensor2-integer"],
 )
@@ -195,6 +196,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_trains_with_overrides(tmp_path):
     out = run_cli(
         "--config",
@@ -221,6 +223,7 @@ def test_bfloat16_training_tracks_float32_and_keeps_float32_master_weights(task_
     assert all(p.dtype == np.float32 for p in jax.tree.leaves(bf16_params))
 
 
+@pytest.mark.slow
 def test_gradient_clipping_bounds_the_gradient_adam_sees(task_and_config):
     task, config = task_and_config
     clipped = dataclasses.replace(config, grad_clip_norm=0.01)
