@@ -8,7 +8,9 @@
 The step is the one users run: `transformer.trainer.build` (the jitted, state-donating
 `make_train_step` with Adam, label smoothing and dropout) on one device, compiled ahead
 (`.lower().compile()`), then called on one fixed batch of random tokens (no padding). Every
-figure is a median over `--steps` steps, each ended by `jax.block_until_ready`.
+figure is a median over `--steps` steps, each ended by `jax.block_until_ready`. On CPU the
+malloc changes step times by up to 2x (XLA's buffers are allocated every step): the first
+line names it, and the README's Performance section says how to preload tcmalloc.
 
 Workloads (fp32, one device, label smoothing 0.1, Adam, dropout 0.1 on residuals and
 embeddings and 0.1 on attention weights, a shared 8,192-token vocabulary tied to the output
@@ -78,6 +80,7 @@ from benchmarks.flax_wmt import build_flax_wmt_step
 from benchmarks.machine import describe_machine
 from configs import base
 from transformer import sharding, trainer
+from transformer.allocator import cpu_allocator_hint
 from transformer.config import Config, MeshConfig, from_config_dict
 from transformer.special_tokens import BOS_ID, NUM_SPECIAL
 
@@ -441,6 +444,7 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
     m = config.model
     print(describe_machine())
     print(f"Load average at start: {load_average()}")
+    start_load = os.getloadavg()[0]
     print(
         f"{label}: {m.kind}, {m.num_encoder_layers} + {m.num_decoder_layers} layers, d_model "
         f"{m.d_model}, {m.num_heads} heads, d_ff {m.d_ff}, vocab {m.vocab_size:,}; batch {rows} "
@@ -498,8 +502,14 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
             f"{max(torch_peaks) / peak:.2f}x the peak above (MFU below is against ours for both)"
         )
     print(f"Load average at end: {load_average()}")
-    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+    # The steps themselves keep every core busy (a load of about one per core): other jobs
+    # show as load before the start, or beyond that at the end.
+    cores = os.cpu_count() or 1
+    if start_load > 0.5 * cores or os.getloadavg()[0] > 1.25 * cores:
         print("WARNING: the machine is busy; figures (PyTorch's most) are slower than idle.")
+    hint = cpu_allocator_hint(jax.default_backend())
+    if hint:
+        print(hint)
     print(f"\nmedian of {args.steps} steps (alternating, after {args.warmup} warm-up):")
     tokens = rows * length
     result = {}

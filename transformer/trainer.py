@@ -23,7 +23,7 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from transformer import checkpoint, sharding
+from transformer import allocator, checkpoint, sharding
 from transformer.config import Config, ConfigError, differences, from_config_dict
 from transformer.data.prefetch import prefetch
 from transformer.data.tasks import Task, load_task
@@ -195,6 +195,9 @@ def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
                 f"vocabulary {config.model.vocab_size}; mesh {dict(mesh.shape)}; "
                 + (f"resuming from {ckpt.directory}/{start}." if start else "from scratch.")
             )
+            hint = allocator.cpu_allocator_hint(jax.default_backend())
+            if hint and jax.process_index() == 0:
+                print(hint)
             with StopSignals() as signals:
                 state, stopped = _train_loop(setup, task, state, ckpt, meta, writer, signals)
             # Committed before the long final evaluation, which a signal may still cut short.
