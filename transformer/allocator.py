@@ -4,9 +4,9 @@ faulting in fresh memory.
 XLA on CPU allocates a step's temporaries (gigabytes for the paper's base model) with malloc
 and frees them when the step ends. glibc's malloc hands allocations that large to mmap and
 back to the kernel on free, so every step faults in and zeroes its buffers anew: on a 2-core
-EPYC that was a third of the ref-base step's CPU time. tcmalloc keeps freed memory for the
-next step (README, Performance). An allocator can only be chosen before the process starts
-(LD_PRELOAD), so this module only reports it and says where one is.
+EPYC that was a quarter of the ref-base step's CPU time and half its wall time. tcmalloc
+keeps freed memory for the next step (README, Performance). An allocator can only be chosen
+before the process starts (LD_PRELOAD), so this module only reports it and says where one is.
 """
 
 from __future__ import annotations
