@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from transformer import sharding, trainer
+from transformer.allocator import cpu_allocator_hint
 from transformer.checkpoint import Checkpointer, CheckpointMismatchError
 from transformer.config import MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
@@ -253,6 +254,9 @@ def test_decoder_only_language_model_trains_through_the_same_loop(tmp_path, caps
     assert "bleu" not in results and results["perplexity"] > 1.0
     out = capsys.readouterr().out
     assert "Test perplexity" in out and "generated:" in out
+    # On CPU under glibc's malloc the run says how to preload tcmalloc; otherwise it does not.
+    hint = cpu_allocator_hint(jax.default_backend())
+    assert (hint in out) if hint else ("LD_PRELOAD" not in out)
 
 
 def test_checkpointer_saves_on_its_interval_and_keeps_the_newest(tmp_path):
