@@ -50,23 +50,32 @@ def run_steps(config, task, mesh_config, devices, num_steps):
 
 
 @pytest.mark.parametrize(
-    "mesh_config, cross_entropy",
+    "mesh_config, cross_entropy, remat",
     [
         # The default run keeps the mesh that uses all three axes; the others run with -m slow.
-        pytest.param(MeshConfig(data=8, fsdp=1, tensor=1), "chunked", marks=pytest.mark.slow),
-        pytest.param(MeshConfig(data=2, fsdp=4, tensor=1), "chunked", marks=pytest.mark.slow),
-        (MeshConfig(data=2, fsdp=2, tensor=2), "chunked"),
-        pytest.param(MeshConfig(data=2, fsdp=2, tensor=2), "integer", marks=pytest.mark.slow),
+        pytest.param(MeshConfig(8, 1, 1), "chunked", "none", marks=pytest.mark.slow),
+        pytest.param(MeshConfig(2, 4, 1), "chunked", "none", marks=pytest.mark.slow),
+        (MeshConfig(2, 2, 2), "chunked", "none"),
+        pytest.param(MeshConfig(2, 2, 2), "integer", "none", marks=pytest.mark.slow),
+        pytest.param(MeshConfig(2, 2, 2), "chunked", "block", marks=pytest.mark.slow),
     ],
-    ids=["data8", "data2-fsdp4", "data2-fsdp2-tensor2", "data2-fsdp2-tensor2-integer"],
+    ids=[
+        "data8",
+        "data2-fsdp4",
+        "data2-fsdp2-tensor2",
+        "data2-fsdp2-tensor2-integer",
+        "data2-fsdp2-tensor2-remat",
+    ],
 )
-def test_sharded_train_step_matches_one_device(task_and_config, mesh_config, cross_entropy):
+def test_sharded_train_step_matches_one_device(task_and_config, mesh_config, cross_entropy, remat):
+    """`remat` applies to the sharded run only: against the plain step on one device."""
     task, config = task_and_config
     config = dataclasses.replace(config, cross_entropy=cross_entropy)
     assert len(jax.devices()) == 8
     one_losses, one_params, _ = run_steps(
         config, task, MeshConfig(1, 1, 1), jax.devices()[:1], num_steps=3
     )
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, remat=remat))
     losses, params, state = run_steps(config, task, mesh_config, jax.devices(), num_steps=3)
     np.testing.assert_allclose(losses, one_losses, rtol=2e-5)
     jax.tree.map(
