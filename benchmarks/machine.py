@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
+import time
 
 import jax
 
@@ -22,3 +25,51 @@ def describe_machine() -> str:
         f"{device.platform} ({device.device_kind}); host CPU {cpu}, {os.cpu_count()} cores; "
         f"JAX {jax.__version__}; {current_allocator()}"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds so far, summed over cores: the machine's busy and stolen time
+    (/proc/stat; None where it cannot be read) and this process's own, all its threads."""
+
+    wall: float
+    busy: float | None
+    steal: float | None
+    own: float
+
+
+def sample_cpu(stat_path: str = "/proc/stat") -> CpuSample:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    busy = steal = None
+    try:
+        with open(stat_path, encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        fields = []
+    if fields[:1] == ["cpu"] and len(fields) >= 9:
+        # user nice system idle iowait irq softirq steal ... (guest time is inside user).
+        user, nice, system, _, _, irq, softirq, stolen = (int(x) for x in fields[1:9])
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (user + nice + system + irq + softirq) / tick
+        steal = stolen / tick
+    return CpuSample(time.perf_counter(), busy, steal, own.ru_utime + own.ru_stime)
+
+
+def other_load(start: CpuSample, end: CpuSample, cores: int) -> tuple[str, bool]:
+    """(a line saying how much CPU time other processes and the hypervisor took between the
+    two samples, whether that is enough to slow the figures measured between them).
+
+    Unlike the load average, which lags a minute behind and counts our own threads, this is
+    the machine's busy time less this process's, so a run right after another is not
+    mistaken for a busy machine, nor a busy one for idle."""
+    if start.busy is None or end.busy is None or start.steal is None or end.steal is None:
+        return "Other processes' CPU time: unknown (no /proc/stat)", False
+    capacity = max(end.wall - start.wall, 1e-9) * cores
+    others = max(end.busy - start.busy - (end.own - start.own), 0.0)
+    stolen = end.steal - start.steal
+    line = (
+        f"Other processes' CPU time: {others:.1f} core-s of {capacity:.1f} "
+        f"({100 * others / capacity:.1f}% of the machine); stolen by the hypervisor: "
+        f"{stolen:.1f} core-s ({100 * stolen / capacity:.1f}%)"
+    )
+    return line, (others + stolen) > 0.05 * capacity

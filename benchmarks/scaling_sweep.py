@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, other_load, sample_cpu
 from benchmarks.train_step import (
     WORKLOADS,
     build_our_step,
@@ -140,6 +140,7 @@ def main() -> None:
     print(describe_machine())
     print(f"{args.workload}, overrides {overrides or 'none'}; load average {load_average()}")
     built = build_points(args.workload, overrides, grid)
+    cpu_start = sample_cpu()
     # Round robin, one step of every point per round: load from other jobs hits all alike.
     wall, _ = time_alternating({i: b[3].run for i, b in enumerate(built)}, args.steps, warmup=1)
     points = []
@@ -161,6 +162,7 @@ def main() -> None:
         writer.writerows(points)
     png_path = os.path.join(args.out, "scaling.png")
     plot(points, f"{args.workload} train step, {describe_machine()}", png_path)
+    print(other_load(cpu_start, sample_cpu(), os.cpu_count() or 1)[0])
     print(f"Load average at end {load_average()}. Wrote {csv_path} and {png_path}.")
 
 

@@ -77,7 +77,7 @@ from ml_collections import ConfigDict
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.flax_wmt import build_flax_wmt_step
-from benchmarks.machine import describe_machine
+from benchmarks.machine import describe_machine, other_load, sample_cpu
 from configs import base
 from transformer import sharding, trainer
 from transformer.allocator import cpu_allocator_hint
@@ -444,7 +444,6 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
     m = config.model
     print(describe_machine())
     print(f"Load average at start: {load_average()}")
-    start_load = os.getloadavg()[0]
     print(
         f"{label}: {m.kind}, {m.num_encoder_layers} + {m.num_decoder_layers} layers, d_model "
         f"{m.d_model}, {m.num_heads} heads, d_ff {m.d_ff}, vocab {m.vocab_size:,}; batch {rows} "
@@ -476,6 +475,7 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
     peak_before = None if args.peak_flops else measured_peak_flops(dtype)
     # PyTorch's BLAS and XLA's matmul kernels differ in speed on CPU, which bounds the ratio of
     # two matmul-bound steps; both peaks are measured around the same steps.
+    cpu_start = sample_cpu()
     torch_peaks = [measured_torch_peak_flops()] if "torch" in runs else []
     times, cpu_times = time_alternating(runs, args.steps, args.warmup)
     if torch_peaks:
@@ -487,6 +487,7 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
         # Before and after the steps; the better one, as other load only ever lowers it.
         peak = max(peak_before, measured_peak_flops(dtype))
         peak_source = f"measured: the fastest {jnp.dtype(dtype).name} 4096^3 matmul"
+    others, busy = other_load(cpu_start, sample_cpu(), os.cpu_count() or 1)
 
     print(
         f"\nModel FLOPs per step: {flops['total'] / 1e9:.1f} GFLOP = 3 x forward "
@@ -502,10 +503,8 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
             f"{max(torch_peaks) / peak:.2f}x the peak above (MFU below is against ours for both)"
         )
     print(f"Load average at end: {load_average()}")
-    # The steps themselves keep every core busy (a load of about one per core): other jobs
-    # show as load before the start, or beyond that at the end.
-    cores = os.cpu_count() or 1
-    if start_load > 0.5 * cores or os.getloadavg()[0] > 1.25 * cores:
+    print(others)
+    if busy:
         print("WARNING: the machine is busy; figures (PyTorch's most) are slower than idle.")
     hint = cpu_allocator_hint(jax.default_backend())
     if hint:
