@@ -4,6 +4,7 @@
   python benchmarks/train_step.py --workload ref-base --peak_flops 989e12
   python benchmarks/train_step.py --config configs/big.py --set model.dtype=bfloat16
   python benchmarks/train_step.py --workload ref-base --max_batch --memory_cap_gb 8
+  python benchmarks/train_step.py --workload ref-base --variant model.remat=block
 
 The step is the one users run: `transformer.trainer.build` (the jitted, state-donating
 `make_train_step` with Adam, label smoothing and dropout) on one device, compiled ahead
@@ -437,9 +438,15 @@ def describe_switches(config: Config) -> str:
 
 
 # ------------------------------------------------------------------------------- modes
-def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str, float]:
-    """Times our step (and the --compare ones, in turn with it) and prints the figures."""
+def benchmark(
+    config: Config, label: str, args: argparse.Namespace, variants: dict[str, Config] | None = None
+) -> dict[str, float]:
+    """Times our step (and the --compare ones and our `variants`, named by their overrides,
+    in turn with it) and prints the figures."""
     rows, length = batch_shape(config)
+    for name, variant in (variants or {}).items():
+        if batch_shape(variant) != (rows, length):
+            raise SystemExit(f"--variant {name}: changes the batch, so tokens/s would not compare.")
     batch = random_batch(config)
     m = config.model
     print(describe_machine())
@@ -456,6 +463,12 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
     n_params = sum(x.size for x in jax.tree.leaves(ours.params))
     print(f"Ours: {n_params:,} parameters; compiled in {ours.compile_seconds:.1f} s")
     runs = {"ours": ours.run}
+    step_flops = {"ours": flops["total"]}  # The compared libraries run our model's math.
+    for name, variant in (variants or {}).items():
+        built = build_our_step(variant, batch)
+        step_flops[name] = model_flops(variant, built.params, rows, length)["total"]
+        print(f"Variant {name}: compiled in {built.compile_seconds:.1f} s")
+        runs[name] = built.run
     compare = args.compare or []
     if "flax" in compare:
         flax_run, flax_params = build_flax_wmt_step(config, batch, args.flax_wmt)
@@ -512,12 +525,13 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
     print(f"\nmedian of {args.steps} steps (alternating, after {args.warmup} warm-up):")
     tokens = rows * length
     result = {}
+    width = max(6, *(len(name) for name in times))
     for name, seconds in times.items():
         step = statistics.median(seconds)
-        achieved = flops["total"] / step
+        achieved = step_flops.get(name, flops["total"]) / step
         result[name] = tokens / step
         print(
-            f"  {name:6s} {step:8.3f} s/step  {tokens / step:10,.0f} target tokens/s  "
+            f"  {name:{width}s} {step:8.3f} s/step  {tokens / step:10,.0f} target tokens/s  "
             f"{achieved / 1e9:8.1f} GFLOP/s  MFU {100 * achieved / peak:5.1f}%   "
             f"(min {min(seconds):.3f}, max {max(seconds):.3f}; "
             f"process CPU {statistics.median(cpu_times[name]):.2f} s)"
@@ -525,6 +539,8 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
     for other in ("torch", "flax"):
         if other in result:
             print(f"  ours / {other} tokens/s: {result['ours'] / result[other]:.2f}x")
+    for name in variants or {}:
+        print(f"  {name} / ours tokens/s: {result[name] / result['ours']:.2f}x")
     xla_bytes = xla_step_bytes(ours.memory)
     print(
         f"\nPeak memory: {gib(peak_bytes)} ({peak_kind}"
@@ -537,6 +553,7 @@ def benchmark(config: Config, label: str, args: argparse.Namespace) -> dict[str,
         "flops": flops["total"],
         "attention_flops": flops["attention"],
         "peak_flops": peak,
+        "variant_tokens_per_second": {name: result[name] for name in variants or {}},
     }
 
 
@@ -606,6 +623,13 @@ def main() -> None:
     source.add_argument("--workload", choices=sorted(WORKLOADS), default="ref-small")
     source.add_argument("--config", help="A config file, e.g. configs/base.py.")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="Also time our step with these overrides (on top of --set), in turn with the rest.",
+    )
     parser.add_argument("--steps", type=int, default=7, help="Timed steps (median; >= 5).")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps after compiling.")
     parser.add_argument(
@@ -624,14 +648,20 @@ def main() -> None:
     if "flax" in (args.compare or []) and not args.flax_wmt:
         parser.error("--compare flax needs --flax_wmt DIR (see benchmarks/flax_wmt.py).")
     overrides = parse_overrides(args.set)
-    if args.config:
-        config, label = file_config(args.config, overrides), args.config
-    else:
-        config, label = workload_config(args.workload, overrides), args.workload
+
+    def make_config(extra: dict[str, Any]) -> Config:
+        if args.config:
+            return file_config(args.config, {**overrides, **extra})
+        return workload_config(args.workload, {**overrides, **extra})
+
+    config, label = make_config({}), args.config or args.workload
     if args.max_batch:
+        if args.variant:
+            parser.error("--variant times steps; --max_batch finds a batch size.")
         max_batch_mode(config, args)
     else:
-        benchmark(config, label, args)
+        variants = {v: make_config(parse_overrides(v.split(","))) for v in args.variant}
+        benchmark(config, label, args, variants)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 The example comes from a Flax source tree (`FLAX_WMT=.../examples/wmt`; .ci/run unpacks the
 installed version's source distribution); without one, only the error paths are tested."""
 
+import argparse
 import dataclasses
 import os
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.flax_wmt import build_flax_wmt_step, load_example
-from benchmarks.train_step import random_batch, workload_config
+from benchmarks.train_step import benchmark, random_batch, workload_config
 
 FLAX_WMT = os.environ.get("FLAX_WMT")
 needs_example = pytest.mark.skipif(
@@ -52,3 +53,27 @@ def test_flax_wmt_comparison_refuses_models_it_cannot_express():
     )
     with pytest.raises(SystemExit, match="tied shared embeddings"):
         build_flax_wmt_step(untied, random_batch(untied), FLAX_WMT)
+
+
+def small_workload(**overrides):
+    layers = {"model.num_encoder_layers": 1, "model.num_decoder_layers": 1}
+    return workload_config("ref-small", {**layers, **overrides}, rows=2, length=8)
+
+
+BENCH_ARGS = argparse.Namespace(steps=5, warmup=0, compare=None, peak_flops=1e12, flax_wmt=None)
+
+
+def test_a_variant_is_timed_in_turn_with_our_step_and_named_by_its_overrides(capsys):
+    variant = small_workload(**{"model.remat": "block"})
+    result = benchmark(small_workload(), "small", BENCH_ARGS, {"model.remat=block": variant})
+    out = capsys.readouterr().out
+    assert "Variant model.remat=block: compiled in" in out
+    assert re.search(r"^  model\.remat=block +\d+\.\d+ s/step", out, re.M), out
+    assert re.search(r"model\.remat=block / ours tokens/s: \d+\.\d\dx", out), out
+    assert result["variant_tokens_per_second"]["model.remat=block"] > 0
+
+
+def test_a_variant_that_changes_the_batch_is_refused():
+    bigger = workload_config("ref-small", {}, rows=4, length=8)
+    with pytest.raises(SystemExit, match="--variant batch_size=4: changes the batch"):
+        benchmark(small_workload(), "small", BENCH_ARGS, {"batch_size=4": bigger})
