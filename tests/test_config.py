@@ -128,14 +128,15 @@ def test_a_language_model_cannot_ask_for_bleu():
         from_config_dict(config)
 
 
-def test_a_workdir_config_from_before_the_chunked_loss_still_reads(tmp_path):
+def test_a_workdir_config_from_before_the_chunked_loss_and_donate_state_still_reads(tmp_path):
     import json
 
     from transformer.inference import read_config
 
     saved = base.get_config().to_dict()
     saved.update(cross_entropy="integer")
-    del saved["cross_entropy_chunks"]
+    del saved["cross_entropy_chunks"], saved["donate_state"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = from_config_dict(read_config(str(tmp_path)))
     assert config.cross_entropy == "integer"
+    assert config.donate_state is True

@@ -1,5 +1,6 @@
 """Performance switches compute the plain path's math: fused QKV, attention implementation,
-rematerialisation and the dropout PRNG (plus the benchmark's FLOP and parameter accounting)."""
+rematerialisation, the dropout PRNG, the chunked loss and the donated state (plus the
+benchmark's FLOP and parameter accounting)."""
 
 import dataclasses
 import functools
@@ -355,6 +356,30 @@ def test_train_steps_with_remat_and_dot_product_attention_match_the_plain_ones(t
     scale = np.concatenate([np.abs(b).ravel() for b in jax.tree.leaves(plain_params)])
     assert np.mean(diffs <= 5e-5 + 1e-4 * scale) >= 0.999
     assert diffs.max() <= 0.05 * reach
+
+
+def test_donated_state_is_consumed_and_steps_exactly_like_a_kept_one(tiny_task):
+    """donate_state: the step writes the new state over the old one's buffers (XLA aliases
+    all of it), and computes what the undonated step does, bit for bit."""
+    results = {}
+    for donate in (True, False):
+        config, mesh, setup = built((("donate_state", donate),), tiny_task.tokenizer.vocab_size)
+        batches = tiny_task.train_batches(config.batch_size, config.seed, 1)
+        with trainer.mesh_context(mesh, config):
+            state = setup.init(jax.random.key(config.seed))
+            state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+            batch = sharding.global_batch(batches(0), setup.batch_sharding)
+            memory = setup.train_step.lower(state, batch).compile().memory_analysis()
+            old = state
+            for step in range(3):
+                state, metrics = setup.train_step(
+                    state, sharding.global_batch(batches(step), setup.batch_sharding)
+                )
+        deleted = {leaf.is_deleted() for leaf in jax.tree.leaves(old)}
+        results[donate] = (deleted, memory.alias_size_in_bytes, jax.device_get(state), metrics)
+    assert results[True][0] == {True} and results[False][0] == {False}
+    assert results[True][1] >= state_bytes and results[False][1] == 0
+    jax.tree.map(np.testing.assert_array_equal, results[True][2:], results[False][2:])
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,9 @@ class Config:
     cross_entropy: Literal["one_hot", "integer", "chunked"]
     cross_entropy_chunks: int  # Used by "chunked"; a length it does not divide takes a divisor.
     dropout_rng: Literal["threefry", "rbg"]  # PRNG implementation of the dropout key.
+    # The train step consumes the state it is given, writing the new one into its buffers;
+    # False keeps the old state readable after the step (debugging), at a second copy.
+    donate_state: bool
     log_every_steps: int
     eval_every_steps: int  # Validation loss; 0 disables it.
     bleu_every_steps: int  # Validation BLEU (greedy); 0 disables it (and must, for an LM).

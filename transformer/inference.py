@@ -46,10 +46,12 @@ def read_config(workdir: str) -> ConfigDict:
         raise CheckpointNotFoundError(f"{path} does not exist: {workdir} is not a trained workdir.")
     with open(path, encoding="utf-8") as f:
         config = ConfigDict(json.load(f))
-    # Workdirs written before the chunked loss existed trained with stored logits
-    # ("integer" or "one_hot"), which never read this key.
-    if "cross_entropy_chunks" not in config:
-        config.cross_entropy_chunks = 8
+    # Keys added since workdirs were first written, with the value those runs had: the
+    # stored logits ("integer" or "one_hot") never read cross_entropy_chunks, and the state
+    # was always donated.
+    for key, value in (("cross_entropy_chunks", 8), ("donate_state", True)):
+        if key not in config:
+            config[key] = value
     return config
 
 

@@ -96,7 +96,7 @@ def build(config: Config, mesh: jax.sharding.Mesh) -> Setup:
             make_train_step(config, model, tx, schedule),
             in_shardings=(state_shardings, batch_sharding),
             out_shardings=(state_shardings, replicated),
-            donate_argnums=0,
+            donate_argnums=0 if config.donate_state else (),
         ),
         eval_step=jax.jit(
             make_eval_step(config, model),
