@@ -404,14 +404,21 @@ def time_alternating(
     runs: dict[str, Callable[[], None]], steps: int, warmup: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """(wall, process CPU) seconds of each step of each run, the runs taking turns step by
-    step after `warmup` untimed steps each."""
+    step after `warmup` untimed steps each.
+
+    Each round starts one run further on, so that every run follows each other one as often
+    (up to one round): a step that pays for the one before it (page faults after another
+    library's frees, its threads still spinning) pays the same for all of them."""
     for run in runs.values():
         for _ in range(warmup):
             run()
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(steps):
-        for name, run in runs.items():
+    names = list(runs)
+    for round_ in range(steps):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = runs[name]
             start, start_cpu = time.perf_counter(), process_cpu_seconds()
             run()
             wall[name].append(time.perf_counter() - start)
@@ -522,7 +529,7 @@ def benchmark(
     hint = cpu_allocator_hint(jax.default_backend())
     if hint:
         print(hint)
-    print(f"\nmedian of {args.steps} steps (alternating, after {args.warmup} warm-up):")
+    print(f"\nmedian of {args.steps} steps (taking turns, after {args.warmup} warm-up):")
     tokens = rows * length
     result = {}
     width = max(6, *(len(name) for name in times))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.flax_wmt import build_flax_wmt_step, load_example
-from benchmarks.train_step import benchmark, random_batch, workload_config
+from benchmarks.train_step import benchmark, random_batch, time_alternating, workload_config
 
 FLAX_WMT = os.environ.get("FLAX_WMT")
 needs_example = pytest.mark.skipif(
@@ -77,3 +77,18 @@ def test_a_variant_that_changes_the_batch_is_refused():
     bigger = workload_config("ref-small", {}, rows=4, length=8)
     with pytest.raises(SystemExit, match="--variant batch_size=4: changes the batch"):
         benchmark(small_workload(), "small", BENCH_ARGS, {"batch_size=4": bigger})
+
+
+def test_runs_take_turns_and_each_round_starts_one_run_further_on():
+    order = []
+    runs = {name: (lambda name=name: order.append(name)) for name in ("ours", "flax", "torch")}
+    wall, cpu = time_alternating(runs, steps=4, warmup=1)
+    assert order[:3] == ["ours", "flax", "torch"]  # Warm-up.
+    assert order[3:] == [
+        *("ours", "flax", "torch"),
+        *("flax", "torch", "ours"),
+        *("torch", "ours", "flax"),
+        *("ours", "flax", "torch"),
+    ]
+    assert {name: len(times) for name, times in wall.items()} == dict.fromkeys(runs, 4)
+    assert all(t >= 0 for times in (*wall.values(), *cpu.values()) for t in times)
