@@ -2,7 +2,7 @@
 
   python benchmarks/scaling_sweep.py [--workload ref-small] [--out /tmp/scaling]
       [--lengths 32,64,128,256,512] [--tokens 4096] [--batches 16,32,64,128] [--length 64]
-      [--steps 5] [--set KEY=VALUE ...]
+      [--steps 9] [--set KEY=VALUE ...]
 
 Each point is `benchmarks/train_step.py`'s measurement (the library's compiled train step on
 one device, random tokens without padding, median of `--steps` steps after one warm-up step);
@@ -75,7 +75,7 @@ def summarize(sweep: str, rows: int, length: int, seconds: float, flops: dict) -
         "rows": rows,
         "length": length,
         "tokens": rows * length,
-        "step_seconds": round(seconds, 4),
+        "step_seconds": round(seconds, 6),
         "target_tokens_per_second": round(rows * length / seconds, 1),
         "gflop_per_step": round(flops["total"] / 1e9, 2),
         "attention_gflop_per_step": round(flops["attention"] / 1e9, 2),
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="Tokens per side (lengths).")
     parser.add_argument("--batches", default="16,32,64,128")
     parser.add_argument("--length", type=int, default=64, help="Length of the batch sweep.")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     overrides = parse_overrides(args.set)
