@@ -23,6 +23,7 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -131,8 +132,9 @@ def example_config(models: ModuleType, config: Config, deterministic: bool = Fal
 
 def build_flax_wmt_step(
     config: Config, batch: dict[str, np.ndarray], directory: str | Path
-) -> tuple[Callable[[], None], int]:
-    """(one blocking train step, parameter count) of flax/examples/wmt on `batch` (one device).
+) -> tuple[Callable[[], None], dict[str, Any]]:
+    """(one blocking train step, {"parameters", "description"}) of flax/examples/wmt on
+    `batch` (one device).
 
     batch: inputs, targets [rows, length] int32 with no padding (the example treats id 0 as
     padding and shifts the targets right itself).
@@ -179,5 +181,8 @@ def build_flax_wmt_step(
         holder[0], metrics = p_train_step(holder[0], device_batch, dropout_rng=dropout_rngs)
         jax.block_until_ready((holder[0], metrics))
 
-    count = sum(x.size for x in jax.tree.leaves(params))
-    return run, count
+    info = {
+        "parameters": sum(x.size for x in jax.tree.leaves(params)),
+        "description": f"flax/examples/wmt (from {directory})",
+    }
+    return run, info

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import resource
 import time
+from collections.abc import Callable
 
 import jax
 
@@ -55,17 +56,21 @@ def sample_cpu(stat_path: str = "/proc/stat") -> CpuSample:
     return CpuSample(time.perf_counter(), busy, steal, own.ru_utime + own.ru_stime)
 
 
-def other_load(start: CpuSample, end: CpuSample, cores: int) -> tuple[str, bool]:
+def other_load(
+    start: CpuSample, end: CpuSample, cores: int, ours_elsewhere: float = 0.0
+) -> tuple[str, bool]:
     """(a line saying how much CPU time other processes and the hypervisor took between the
     two samples, whether that is enough to slow the figures measured between them).
+    `ours_elsewhere`: CPU seconds that the benchmark's own worker processes spent between
+    the samples, which are not other load.
 
     Unlike the load average, which lags a minute behind and counts our own threads, this is
-    the machine's busy time less this process's, so a run right after another is not
+    the machine's busy time less the benchmark's, so a run right after another is not
     mistaken for a busy machine, nor a busy one for idle."""
     if start.busy is None or end.busy is None or start.steal is None or end.steal is None:
         return "Other processes' CPU time: unknown (no /proc/stat)", False
     capacity = max(end.wall - start.wall, 1e-9) * cores
-    others = max(end.busy - start.busy - (end.own - start.own), 0.0)
+    others = max(end.busy - start.busy - (end.own - start.own) - ours_elsewhere, 0.0)
     stolen = end.steal - start.steal
     line = (
         f"Other processes' CPU time: {others:.1f} core-s of {capacity:.1f} "
@@ -73,3 +78,14 @@ def other_load(start: CpuSample, end: CpuSample, cores: int) -> tuple[str, bool]
         f"{stolen:.1f} core-s ({100 * stolen / capacity:.1f}%)"
     )
     return line, (others + stolen) > 0.05 * capacity
+
+
+def fastest_flops(run: Callable[[], object], flops: float, repeats: int) -> float:
+    """flops / the fastest of `repeats` timed calls of `run`, after one untimed call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return flops / min(times)

@@ -25,8 +25,8 @@ from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.machine import describe_machine
-from benchmarks.train_step import WORKLOADS, batch_shape, fastest_flops, workload_config
+from benchmarks.machine import describe_machine, fastest_flops
+from benchmarks.train_step import WORKLOADS, batch_shape, workload_config
 
 
 def products(rows: int, d_in: int, d_out: int) -> dict[str, tuple[Callable, Callable]]:

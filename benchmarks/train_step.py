@@ -36,22 +36,27 @@ FLOPs. ref-small: 194.5 GFLOP per step. MFU = model FLOPs per second / peak; the
 matmuls in the compute dtype, before and after the timed steps.
 
 `--compare torch` (needs `pip install -e '.[bench]'`) builds the same model in PyTorch eager
-(`nn.TransformerEncoder/DecoderLayer`, post-LN, no attention biases so the parameter counts
-match, dropout in the same places, `F.cross_entropy(label_smoothing=...)`, `torch.optim.Adam`,
-fp32, `torch.set_num_threads(cores)`), on the same batch, and times it alternating with ours,
-step by step, so machine noise hits both alike. (PyTorch's label smoothing spreads eps over
-all `vocab` tokens, ours over the `vocab - 1` non-targets: the same cost.)
+(benchmarks/torch_step.py: `nn.TransformerEncoder/DecoderLayer`, post-LN, no attention biases
+so the parameter counts match, dropout in the same places, `F.cross_entropy(label_smoothing=
+...)`, `torch.optim.Adam`, fp32, `torch.set_num_threads(cores)`) on the same batch, and times
+it alternating with ours, step by step, so machine noise hits both alike. (PyTorch's label
+smoothing spreads eps over all `vocab` tokens, ours over the `vocab - 1` non-targets: the same
+cost.)
 
 `--compare flax --flax_wmt DIR` times flax/examples/wmt's own train step (its model, loss and
 `jax.pmap`-ed step, imported from the example's folder of a Flax source tree; see
 benchmarks/flax_wmt.py) on the same batch in the same way, with our workload's sizes.
 
+Each compared library steps in a process of its own (benchmarks/worker.py), as it would run
+alone: in one process, the memory PyTorch's step leaves in glibc's heap made the next JAX
+step's page faults cost five times the system time (ref-base: 4.4 against 6.3-7.9 s a step).
+
 Memory: peak device memory (`memory_stats()["peak_bytes_in_use"]`) on GPU, the process's
-peak RSS on CPU, and XLA's own account of the compiled step (arguments + outputs + temporaries
-- donated). `--max_batch` searches the largest batch (a multiple of 8 rows) that fits, with
-`model.remat` "none" and "block": on GPU by running a step until it runs out of memory; on
-CPU, which has no device memory limit, by XLA's account of the step against
-`--memory_cap_gb`.
+peak RSS on CPU (each compared library's in its own process), and XLA's own account of the
+compiled step (arguments + outputs + temporaries - donated). `--max_batch` searches the
+largest batch (a multiple of 8 rows) that fits, with `model.remat` "none" and "block": on GPU
+by running a step until it runs out of memory; on CPU, which has no device memory limit, by
+XLA's account of the step against `--memory_cap_gb`.
 """
 
 from __future__ import annotations
@@ -77,13 +82,13 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.flax_wmt import build_flax_wmt_step
-from benchmarks.machine import describe_machine, other_load, sample_cpu
+from benchmarks.machine import describe_machine, fastest_flops, other_load, sample_cpu
+from benchmarks.worker import StepWorker, peak_memory
 from configs import base
 from transformer import sharding, trainer
 from transformer.allocator import cpu_allocator_hint
 from transformer.config import Config, MeshConfig, from_config_dict
-from transformer.special_tokens import BOS_ID, NUM_SPECIAL
+from transformer.special_tokens import NUM_SPECIAL
 
 WORKLOADS = {
     "ref-small": dict(d_model=256, num_heads=4, d_ff=1024, num_encoder_layers=3),
@@ -218,25 +223,6 @@ def measured_peak_flops(dtype: jnp.dtype, n: int = 4096, repeats: int = 5) -> fl
     return fastest_flops(lambda: jax.block_until_ready(matmul(a, b)), 2 * n**3, repeats)
 
 
-def measured_torch_peak_flops(n: int = 4096, repeats: int = 5) -> float:
-    """FLOP/s of PyTorch's float32 n x n matmul (its BLAS): the fastest of `repeats`."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return fastest_flops(lambda: a @ b, 2 * n**3, repeats)
-
-
-def fastest_flops(run: Callable[[], object], flops: float, repeats: int) -> float:
-    """flops / the fastest of `repeats` timed calls of `run`, after one untimed call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return flops / min(times)
-
-
 # ------------------------------------------------------------------------------ our step
 @dataclasses.dataclass
 class OurStep:
@@ -282,116 +268,27 @@ def xla_step_bytes(memory: Any) -> int | None:
     )
 
 
-def peak_memory() -> tuple[str, int]:
-    """(what, bytes): the device's peak on GPU/TPU, the process's peak RSS on CPU."""
-    device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and "peak_bytes_in_use" in stats:
-        return "device peak_bytes_in_use", int(stats["peak_bytes_in_use"])
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return "process peak RSS", int(rss_kib) * 1024
-
-
-# ---------------------------------------------------------------------------- PyTorch
-def build_torch_step(config: Config, batch: dict[str, np.ndarray]) -> tuple[Callable, int]:
-    """(one blocking train step, parameter count) of the equivalent PyTorch eager model."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    m = config.model
-    if m.kind != "encoder_decoder" or m.normalization != "post" or m.activation != "relu":
-        raise SystemExit("--compare torch covers post-LN ReLU encoder-decoder models only.")
-    if not (m.share_embeddings and m.tie_output_embedding) or m.head_dim_k != m.head_dim_v:
-        raise SystemExit("--compare torch needs tied shared embeddings and d_k = d_v.")
-    if m.positional_encoding != "sinusoidal" or m.dtype != "float32":
-        raise SystemExit("--compare torch needs sinusoidal positions and float32.")
-    if m.head_dim_k * m.num_heads != m.d_model:
-        raise SystemExit("--compare torch needs heads x d_k = d_model (nn.MultiheadAttention).")
-
-    def strip_attention_biases(attention: nn.MultiheadAttention) -> None:
-        # Ours has none (Q W^Q ...): removing them makes the parameter counts equal.
-        attention.register_parameter("in_proj_bias", None)
-        attention.out_proj.register_parameter("bias", None)
-        attention.dropout = m.attention_dropout_rate
-
-    def layer(cls: type) -> nn.Module:
-        block = cls(
-            m.d_model,
-            m.num_heads,
-            m.d_ff,
-            m.dropout_rate,
-            layer_norm_eps=m.layer_norm_epsilon,
-            batch_first=True,
+# --------------------------------------------------------------------- compared steps
+def start_workers(
+    config: Config, batch: dict[str, np.ndarray], compare: list[str], flax_wmt: str | None
+) -> dict[str, StepWorker]:
+    """A worker process for each compared library ("torch", "flax"), its step built on
+    `batch`: each library steps in a process of its own (benchmarks/worker.py says why)."""
+    workers = {}
+    if "flax" in compare:
+        # A second JAX process must not claim the accelerator memory that ours holds.
+        workers["flax"] = StepWorker(
+            "flax",
+            "benchmarks.flax_wmt:build_flax_wmt_step",
+            config,
+            batch,
+            flax_wmt,
+            env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
         )
-        block.dropout = nn.Identity()  # PyTorch drops inside the FFN too; ours does not.
-        for name in ("self_attn", "multihead_attn"):
-            if hasattr(block, name):
-                strip_attention_biases(getattr(block, name))
-        return block
-
-    class TorchTransformer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = nn.Embedding(m.vocab_size, m.d_model)
-            nn.init.normal_(self.embed.weight, std=m.d_model**-0.5)
-            from transformer.layers import sinusoidal_table
-
-            self.register_buffer(
-                "positions", torch.from_numpy(sinusoidal_table(m.max_len, m.d_model))
-            )
-            self.dropout = nn.Dropout(m.dropout_rate)
-            self.encoder = nn.TransformerEncoder(
-                layer(nn.TransformerEncoderLayer),
-                m.num_encoder_layers,
-                norm=None,
-                enable_nested_tensor=False,
-            )
-            self.decoder = nn.TransformerDecoder(
-                layer(nn.TransformerDecoderLayer), m.num_decoder_layers, norm=None
-            )
-
-        def embed_and_position(self, tokens: torch.Tensor) -> torch.Tensor:
-            x = self.embed(tokens) * math.sqrt(m.d_model) + self.positions[: tokens.shape[1]]
-            return self.dropout(x)
-
-        def forward(self, inputs: torch.Tensor, decoder_input: torch.Tensor) -> torch.Tensor:
-            length = decoder_input.shape[1]
-            causal = nn.Transformer.generate_square_subsequent_mask(length)
-            memory = self.encoder(self.embed_and_position(inputs))
-            x = self.decoder(
-                self.embed_and_position(decoder_input), memory, tgt_mask=causal, tgt_is_causal=True
-            )
-            return x @ self.embed.weight.T  # tied pre-softmax projection
-
-    model = TorchTransformer()
-    model.train()
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=1e-4, betas=(config.adam_b1, config.adam_b2), eps=config.adam_eps
-    )
-    inputs = torch.from_numpy(batch["inputs"]).long()
-    targets = torch.from_numpy(batch["targets"]).long()
-    decoder_input = torch.cat([torch.full_like(targets[:, :1], BOS_ID), targets[:, :-1]], dim=1)
-
-    def run() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs, decoder_input)
-        loss = (
-            F.cross_entropy(
-                logits.reshape(-1, m.vocab_size),
-                targets.reshape(-1),
-                label_smoothing=config.label_smoothing,
-                reduction="sum",
-            )
-            / targets.numel()
-        )
-        loss.backward()
-        optimizer.step()
-
-    count = sum(p.numel() for p in model.parameters())
-    return run, count
+    if "torch" in compare:
+        builder = "benchmarks.torch_step:build_torch_step"
+        workers["torch"] = StepWorker("torch", builder, config, batch)
+    return workers
 
 
 # ------------------------------------------------------------------------------ timing
@@ -401,28 +298,33 @@ def process_cpu_seconds() -> float:
 
 
 def time_alternating(
-    runs: dict[str, Callable[[], None]], steps: int, warmup: int
+    runs: dict[str, Callable[[], None]],
+    steps: int,
+    warmup: int,
+    cpu_clocks: dict[str, Callable[[], float]] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """(wall, process CPU) seconds of each step of each run, the runs taking turns step by
-    step after `warmup` untimed steps each.
+    """(wall, CPU) seconds of each step of each run, the runs taking turns step by step after
+    `warmup` untimed steps each. A run's CPU time is read from its entry in `cpu_clocks` (a
+    worker process's own), else from this process.
 
     Each round starts one run further on, so that every run follows each other one as often
-    (up to one round): a step that pays for the one before it (page faults after another
-    library's frees, its threads still spinning) pays the same for all of them."""
+    (up to one round): a step that pays for the one before it (threads still spinning, caches
+    refilled) pays the same for all of them."""
     for run in runs.values():
         for _ in range(warmup):
             run()
+    clocks = {name: (cpu_clocks or {}).get(name, process_cpu_seconds) for name in runs}
     wall: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for round_ in range(steps):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            run = runs[name]
-            start, start_cpu = time.perf_counter(), process_cpu_seconds()
+            run, clock = runs[name], clocks[name]
+            start, start_cpu = time.perf_counter(), clock()
             run()
             wall[name].append(time.perf_counter() - start)
-            cpu[name].append(process_cpu_seconds() - start_cpu)
+            cpu[name].append(clock() - start_cpu)
     return wall, cpu
 
 
@@ -476,30 +378,33 @@ def benchmark(
         step_flops[name] = model_flops(variant, built.params, rows, length)["total"]
         print(f"Variant {name}: compiled in {built.compile_seconds:.1f} s")
         runs[name] = built.run
-    compare = args.compare or []
-    if "flax" in compare:
-        flax_run, flax_params = build_flax_wmt_step(config, batch, args.flax_wmt)
-        print(f"flax/examples/wmt (from {args.flax_wmt}): {flax_params:,} parameters")
-        runs["flax"] = flax_run
-    if "torch" in compare:
-        import torch
-
-        torch_run, torch_params = build_torch_step(config, batch)
+    workers = start_workers(config, batch, args.compare or [], args.flax_wmt)
+    for name, worker in workers.items():
+        count = worker.info["parameters"]
         print(
-            f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads: "
-            f"{torch_params:,} parameters"
-            + ("" if torch_params == n_params else f" (ours {n_params:,}: NOT equal)")
+            f"{worker.info['description']}, process {worker.info['pid']}: {count:,} parameters"
+            + ("" if name == "flax" or count == n_params else f" (ours {n_params:,}: NOT equal)")
         )
-        runs["torch"] = torch_run
+        runs[name] = worker.run
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
     peak_before = None if args.peak_flops else measured_peak_flops(dtype)
     # PyTorch's BLAS and XLA's matmul kernels differ in speed on CPU, which bounds the ratio of
     # two matmul-bound steps; both peaks are measured around the same steps.
+    torch_peak = "benchmarks.torch_step:measured_torch_peak_flops"
+    torch_peaks = [workers["torch"].call(torch_peak)] if "torch" in workers else []
     cpu_start = sample_cpu()
-    torch_peaks = [measured_torch_peak_flops()] if "torch" in runs else []
-    times, cpu_times = time_alternating(runs, args.steps, args.warmup)
+    workers_cpu_start = sum(w.cpu_seconds for w in workers.values())
+    times, cpu_times = time_alternating(
+        runs,
+        args.steps,
+        args.warmup,
+        {name: (lambda w=w: w.cpu_seconds) for name, w in workers.items()},
+    )
+    cpu_end = sample_cpu()
+    workers_cpu = sum(w.cpu_seconds for w in workers.values()) - workers_cpu_start
     if torch_peaks:
-        torch_peaks.append(measured_torch_peak_flops())
+        torch_peaks.append(workers["torch"].call(torch_peak))
+    worker_memory = {name: worker.close() for name, worker in workers.items()}
     peak_kind, peak_bytes = peak_memory()
     if args.peak_flops:
         peak, peak_source = args.peak_flops, "given"
@@ -507,7 +412,7 @@ def benchmark(
         # Before and after the steps; the better one, as other load only ever lowers it.
         peak = max(peak_before, measured_peak_flops(dtype))
         peak_source = f"measured: the fastest {jnp.dtype(dtype).name} 4096^3 matmul"
-    others, busy = other_load(cpu_start, sample_cpu(), os.cpu_count() or 1)
+    others, busy = other_load(cpu_start, cpu_end, os.cpu_count() or 1, workers_cpu)
 
     print(
         f"\nModel FLOPs per step: {flops['total'] / 1e9:.1f} GFLOP = 3 x forward "
@@ -551,9 +456,10 @@ def benchmark(
     xla_bytes = xla_step_bytes(ours.memory)
     print(
         f"\nPeak memory: {gib(peak_bytes)} ({peak_kind}"
-        + (", the compared steps included)" if compare else ")")
-        + (f"; XLA's account of our step: {gib(xla_bytes)}" if xla_bytes is not None else "")
+        + (f"; XLA's account of our step: {gib(xla_bytes)})" if xla_bytes is not None else ")")
     )
+    for name, (kind, size) in worker_memory.items():
+        print(f"  {name}: {gib(size)} ({kind}, in its own process)")
     return {
         "step_seconds": statistics.median(times["ours"]),
         "tokens_per_second": result["ours"],

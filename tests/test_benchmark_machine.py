@@ -33,6 +33,13 @@ def test_other_load_is_the_machines_busy_time_less_our_own():
     assert busy
 
 
+def test_the_benchmarks_own_worker_processes_are_not_other_load():
+    start = CpuSample(wall=100.0, busy=50.0, steal=2.0, own=10.0)
+    # 19 busy core-s: 9 ours, 9 our workers' (a compared library's step), 1 someone else's.
+    line, _ = other_load(start, CpuSample(110.0, 69.0, 2.0, 19.0), cores=2, ours_elsewhere=9.0)
+    assert line.startswith("Other processes' CPU time: 1.0 core-s of 20.0")
+
+
 def test_the_machines_time_is_read_from_proc_stat_in_clock_ticks(tmp_path):
     stat = tmp_path / "stat"
     # user nice system idle iowait irq softirq steal guest guest_nice, in USER_HZ ticks.

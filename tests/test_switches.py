@@ -433,21 +433,22 @@ def test_ref_small_model_flops_are_the_issues_194_gflop_per_step():
 
 def test_torch_reference_has_our_parameter_count():
     pytest.importorskip("torch")
-    from benchmarks.train_step import build_torch_step, random_batch, workload_config
+    from benchmarks.torch_step import build_torch_step
+    from benchmarks.train_step import random_batch, workload_config
 
     config = workload_config("ref-small", {}, rows=2, length=8)
-    run, count = build_torch_step(config, random_batch(config))
+    run, info = build_torch_step(config, random_batch(config))
     run()  # One step runs.
     model = Transformer(config.model)
     params = jax.eval_shape(
         lambda: init(model, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
     )
-    assert count == sum(x.size for x in jax.tree.leaves(params)) == 7_617_536
+    assert info["parameters"] == sum(x.size for x in jax.tree.leaves(params)) == 7_617_536
 
 
 def test_torch_matmul_peak_is_measured_as_flops_per_second():
     pytest.importorskip("torch")
-    from benchmarks.train_step import measured_torch_peak_flops
+    from benchmarks.torch_step import measured_torch_peak_flops
 
     peak = measured_torch_peak_flops(n=256, repeats=3)
     # 2 n^3 FLOPs in a positive time: finite, and above a rate no CPU of this century misses.

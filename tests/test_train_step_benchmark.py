@@ -37,12 +37,13 @@ def test_a_train_py_without_the_step_is_refused_naming_what_is_missing(tmp_path)
 @needs_example
 def test_flax_wmt_step_runs_our_workload_with_our_parameters_plus_its_final_norms():
     config = workload_config("ref-small", {}, rows=2, length=8)
-    run, count = build_flax_wmt_step(config, random_batch(config), FLAX_WMT)
+    run, info = build_flax_wmt_step(config, random_batch(config), FLAX_WMT)
     run()
     run()  # The donated state comes back and steps again.
     # Ours has 7,617,536 (test_switches); pre-LN adds a LayerNorm (scale and bias) after each
     # of its two stacks.
-    assert count == 7_617_536 + 2 * 2 * config.model.d_model
+    assert info["parameters"] == 7_617_536 + 2 * 2 * config.model.d_model
+    assert info["description"] == f"flax/examples/wmt (from {FLAX_WMT})"
 
 
 @needs_example
