@@ -2,11 +2,13 @@
 
   python benchmarks/scaling_sweep.py [--workload ref-small] [--out /tmp/scaling]
       [--lengths 32,64,128,256,512] [--tokens 4096] [--batches 16,32,64,128] [--length 64]
-      [--steps 9] [--set KEY=VALUE ...]
+      [--steps 9] [--lead_in 1] [--set KEY=VALUE ...]
 
 Each point is `benchmarks/train_step.py`'s measurement (the library's compiled train step on
 one device, random tokens without padding, median of `--steps` steps after one warm-up step);
-all points are compiled first, then timed round robin, one step of each per round:
+all points are compiled first, then timed round robin, one timed step of each per round, right
+after `--lead_in` untimed ones of the same point (as `benchmarks/train_step.py` does, so that
+a step follows one of its own as in training):
   - the length sweep holds the tokens per side of a batch at `--tokens` (rows = tokens /
     length), so the dense FLOPs per token stay fixed and only attention's, which grow with
     the length L (scores and weights x values: 4 x L x d_model per token per attention
@@ -15,7 +17,7 @@ all points are compiled first, then timed round robin, one step of each per roun
 Writes `scaling.csv` (one row per point: sweep, rows, length, tokens, seconds per step, target
 tokens/s, model GFLOP per step, of which attention, achieved GFLOP/s) and `scaling.png` (tokens/s
 against length with the analytic attention share of the FLOPs, and tokens/s against batch) to
-`--out`. The default grid takes a few minutes on a 2-core CPU.
+`--out`. The default grid takes about ten minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ def main() -> None:
     parser.add_argument("--batches", default="16,32,64,128")
     parser.add_argument("--length", type=int, default=64, help="Length of the batch sweep.")
     parser.add_argument("--steps", type=int, default=9)
+    parser.add_argument(
+        "--lead_in", type=int, default=1, help="Untimed steps before each timed one of a point."
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     overrides = parse_overrides(args.set)
@@ -142,7 +147,8 @@ def main() -> None:
     built = build_points(args.workload, overrides, grid)
     cpu_start = sample_cpu()
     # Round robin, one step of every point per round: load from other jobs hits all alike.
-    wall, _ = time_alternating({i: b[3].run for i, b in enumerate(built)}, args.steps, warmup=1)
+    runs = {i: b[3].run for i, b in enumerate(built)}
+    wall, _ = time_alternating(runs, args.steps, warmup=1, lead_in=args.lead_in)
     points = []
     for i, (sweep, rows, length, _, flops) in enumerate(built):
         point = summarize(sweep, rows, length, statistics.median(wall[i]), flops)

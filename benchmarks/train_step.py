@@ -302,14 +302,19 @@ def time_alternating(
     steps: int,
     warmup: int,
     cpu_clocks: dict[str, Callable[[], float]] | None = None,
+    lead_in: int = 0,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """(wall, CPU) seconds of each step of each run, the runs taking turns step by step after
-    `warmup` untimed steps each. A run's CPU time is read from its entry in `cpu_clocks` (a
-    worker process's own), else from this process.
+    """(wall, CPU) seconds of `steps` timed steps of each run, the runs taking turns after
+    `warmup` untimed steps each. In each turn a run takes `lead_in` untimed steps right
+    before its timed one. A run's CPU time is read from its entry in `cpu_clocks` (a worker
+    process's own), else from this process.
 
     Each round starts one run further on, so that every run follows each other one as often
-    (up to one round): a step that pays for the one before it (threads still spinning, caches
-    refilled) pays the same for all of them."""
+    (up to one round). A lead-in step makes the timed step follow one of its own, as in
+    training: on CPU under glibc's malloc the first step after seconds of another run's
+    faults in memory that the machine has meanwhile reclaimed (on a VM with free-page
+    reporting, from the hypervisor: up to 4x the system time), a cost that back-to-back
+    training steps never pay."""
     for run in runs.values():
         for _ in range(warmup):
             run()
@@ -321,6 +326,8 @@ def time_alternating(
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             run, clock = runs[name], clocks[name]
+            for _ in range(lead_in):
+                run()
             start, start_cpu = time.perf_counter(), clock()
             run()
             wall[name].append(time.perf_counter() - start)
@@ -399,6 +406,7 @@ def benchmark(
         args.steps,
         args.warmup,
         {name: (lambda w=w: w.cpu_seconds) for name, w in workers.items()},
+        args.lead_in,
     )
     cpu_end = sample_cpu()
     workers_cpu = sum(w.cpu_seconds for w in workers.values()) - workers_cpu_start
@@ -434,7 +442,8 @@ def benchmark(
     hint = cpu_allocator_hint(jax.default_backend())
     if hint:
         print(hint)
-    print(f"\nmedian of {args.steps} steps (taking turns, after {args.warmup} warm-up):")
+    lead = f", each after {args.lead_in} of its own" if args.lead_in else ""
+    print(f"\nmedian of {args.steps} steps (taking turns{lead}, after {args.warmup} warm-up):")
     tokens = rows * length
     result = {}
     width = max(6, *(len(name) for name in times))
@@ -545,6 +554,12 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=7, help="Timed steps (median; >= 5).")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps after compiling.")
+    parser.add_argument(
+        "--lead_in",
+        type=int,
+        default=1,
+        help="Untimed steps a run takes right before each timed one (0: strictly alternating).",
+    )
     parser.add_argument(
         "--compare",
         nargs="+",

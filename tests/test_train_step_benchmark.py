@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,9 @@ def small_workload(**overrides):
     return workload_config("ref-small", {**layers, **overrides}, rows=2, length=8)
 
 
-BENCH_ARGS = argparse.Namespace(steps=5, warmup=0, compare=None, peak_flops=1e12, flax_wmt=None)
+BENCH_ARGS = argparse.Namespace(
+    steps=5, warmup=0, lead_in=1, compare=None, peak_flops=1e12, flax_wmt=None
+)
 
 
 def test_a_variant_is_timed_in_turn_with_our_step_and_named_by_its_overrides(capsys):
@@ -93,3 +96,20 @@ def test_runs_take_turns_and_each_round_starts_one_run_further_on():
     ]
     assert {name: len(times) for name, times in wall.items()} == dict.fromkeys(runs, 4)
     assert all(t >= 0 for times in (*wall.values(), *cpu.values()) for t in times)
+
+
+def test_each_timed_step_follows_lead_in_steps_of_its_own_run_untimed():
+    order = []
+
+    def make(name):
+        def run():
+            order.append(name)
+            time.sleep(0.02 if len(order) % 2 else 0.0)  # Lead-in steps (odd calls) are slow.
+
+        return run
+
+    runs = {name: make(name) for name in ("ours", "torch")}
+    wall, _ = time_alternating(runs, steps=2, warmup=0, lead_in=1)
+    assert order == ["ours", "ours", "torch", "torch", "torch", "torch", "ours", "ours"]
+    timed = [t for times in wall.values() for t in times]
+    assert max(timed) < 0.015  # Only the fast, second step of each turn was timed.
