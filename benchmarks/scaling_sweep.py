@@ -17,7 +17,7 @@ a step follows one of its own as in training):
 Writes `scaling.csv` (one row per point: sweep, rows, length, tokens, seconds per step, target
 tokens/s, model GFLOP per step, of which attention, achieved GFLOP/s) and `scaling.png` (tokens/s
 against length with the analytic attention share of the FLOPs, and tokens/s against batch) to
-`--out`. The default grid takes about ten minutes on a 2-core CPU.
+`--out`. The default grid takes a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
