@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from benchmarks.flax_wmt import build_flax_wmt_step, load_example
-from benchmarks.train_step import benchmark, random_batch, time_alternating, workload_config
+from benchmarks.train_step import (
+    benchmark,
+    fits,
+    largest_batch,
+    next_rows,
+    random_batch,
+    time_alternating,
+    workload_config,
+)
 
 FLAX_WMT = os.environ.get("FLAX_WMT")
 needs_example = pytest.mark.skipif(
@@ -113,3 +121,32 @@ def test_each_timed_step_follows_lead_in_steps_of_its_own_run_untimed():
     assert order == ["ours", "ours", "torch", "torch", "torch", "torch", "ours", "ours"]
     timed = [t for times in wall.values() for t in times]
     assert max(timed) < 0.015  # Only the fast, second step of each turn was timed.
+
+
+def test_the_largest_batch_is_the_last_multiple_of_8_whose_step_fits_the_cap(capsys):
+    config = small_workload()
+    _, _, cap = fits(config, 100, 1 << 40)  # XLA's account of a 100-row step.
+    assert largest_batch(config, cap, cap) == 96
+    tries = re.findall(r"^ +(\d+) rows: (fits|does not fit)", capsys.readouterr().out, re.M)
+    assert ("96", "fits") in tries
+    assert ("104", "does not fit") in tries
+    assert len(tries) <= 10
+
+
+def test_no_batch_fits_when_8_rows_do_not():
+    assert largest_batch(small_workload(), cap_bytes=1024, budget=1024) == 0
+
+
+def test_the_next_batch_is_where_the_accounts_line_meets_the_budget_inside_the_bracket():
+    # 1 MB + 10 kB a row; the budget is reached at 300 rows.
+    accounts = {8: 1_080_000, 16: 1_160_000}
+    assert next_rows(accounts, 4_000_000, good=16, bad=16392, bisect=False) == 296
+    # Between a fitting and a failing batch, the line through their two accounts.
+    accounts.update({200: 3_000_000, 1000: 11_000_000})
+    assert next_rows(accounts, 4_000_000, good=200, bad=1000, bisect=False) == 296
+    # ... but an eighth of the bracket inside it at least.
+    assert next_rows(accounts, 3_100_000, good=200, bad=1000, bisect=False) == 296
+    assert next_rows(accounts, 4_000_000, good=16, bad=400, bisect=True) == 208
+    assert next_rows({8: None}, 4_000_000, good=8, bad=72, bisect=False) == 40  # No accounts.
+    # A line past the bracket is held inside it.
+    assert next_rows(accounts, 10**9, good=16, bad=104, bisect=False) == 96
