@@ -48,8 +48,8 @@ cost.)
 benchmarks/flax_wmt.py) on the same batch in the same way, with our workload's sizes.
 
 Each compared library steps in a process of its own (benchmarks/worker.py), as it would run
-alone: in one process, the memory PyTorch's step leaves in glibc's heap made the next JAX
-step's page faults cost five times the system time (ref-base: 4.4 against 6.3-7.9 s a step).
+alone, and each timed step comes right after `--lead_in` untimed ones of the same library, as
+in training (`time_alternating` says why).
 
 Memory: peak device memory (`memory_stats()["peak_bytes_in_use"]`) on GPU, the process's
 peak RSS on CPU (each compared library's in its own process), and XLA's own account of the

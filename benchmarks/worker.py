@@ -1,12 +1,12 @@
 """A compared train step in a process of its own, stepped on command by the benchmark.
 
-On CPU a step pays for the memory that the step before it left behind. PyTorch's step leaves
-gigabytes of freed memory in glibc's heap; in the same process the next JAX step then faults
-in its own buffers at five times the system time (ref-base on a 2-core EPYC: 4.4 s a step
-alone or after `malloc_trim`, 6.3-7.9 s right after PyTorch's). Each library in a process of
-its own runs its step as it would alone, while the steps still take turns, so machine noise
-falls on all of them alike. A step's wall time is taken around its command (a pipe round
-trip, well under a millisecond); its CPU time is its own process's.
+In one process, a library's step runs among the other libraries' threads, their shared
+libraries (flax/examples/wmt's code imports TensorFlow) and the memory their malloc keeps:
+with all three in one process under tcmalloc our ref-base step took 4.28-4.41 s on a 2-core
+EPYC, in a process of its own 3.84 s, taking turns the same way. Each library in its own
+process steps as it would alone, while the steps still take turns, so machine noise falls on
+all of them alike. A step's wall time is taken around its command (a pipe round trip, well
+under a millisecond); its CPU time and peak memory are its own process's.
 """
 
 from __future__ import annotations
