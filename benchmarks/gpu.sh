@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU figures of the README's Performance section in one call, for a lent H100/H200:
+#
+#   bash benchmarks/gpu.sh [OUT_DIR]        (logs: OUT_DIR, else $OUT, else /tmp/gpu)
+#
+# 1. the big model's train step in bfloat16 with cuDNN's fused attention: MFU against the
+#    dense bf16 peak (PEAK_FLOPS, default 989e12: H100 and H200 SXM);
+# 2. the same for base;
+# 3. base's largest batch in bfloat16, without remat and with remat=block (--max_batch).
+# Each run has its own time limit, so the whole script ends within about 9 minutes however a
+# run goes (a GPU lease is 15 minutes, the machine's start included). It refuses to run
+# without a GPU, or where a Python package it needs is missing: a machine that cannot reach
+# a package index gets them as wheels (for Python 3.12 here:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#       ml_collections sacremoses tensorboardX
+# then pip install --no-index --no-deps --target /tmp/site .whl/*.whl and
+# PYTHONPATH=/tmp/site there).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-/tmp/gpu}}"
+peak="${PEAK_FLOPS:-989e12}"
+python="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+
+missing="$("$python" - <<'EOF'
+import importlib.util
+
+needed = ["jax", "flax", "optax", "orbax", "ml_collections", "sentencepiece", "sacrebleu",
+          "sacremoses", "tensorboardX", "matplotlib", "tqdm", "numpy"]
+print(" ".join(name for name in needed if importlib.util.find_spec(name) is None))
+EOF
+)"
+if [ -n "$missing" ]; then
+    echo "benchmarks/gpu.sh: missing Python packages: $missing (see the top of this file)." >&2
+    exit 2
+fi
+backend="$("$python" -c 'import jax; print(jax.default_backend())' 2>/dev/null)"
+if [ "$backend" != gpu ]; then
+    echo "benchmarks/gpu.sh: JAX's backend is '${backend:-unknown}', not gpu: nothing to measure." >&2
+    exit 3
+fi
+
+{ nvidia-smi; "$python" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)'; } \
+    >"$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+status=0
+run() {  # name, seconds, benchmark arguments...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (at most $limit s): benchmarks/train_step.py $*"
+    timeout "$limit" "$python" benchmarks/train_step.py "$@" 2>&1 | tee "$out/$name.txt"
+    local code=${PIPESTATUS[0]}
+    echo "=== $name: exit $code"
+    [ "$code" = 0 ] || status=1
+}
+
+bf16=(--set model.dtype=bfloat16 --set model.attention=dot_product_attention
+      --set model.attention_dropout_rate=0.0)
+run big 170 --config configs/big.py "${bf16[@]}" --peak_flops "$peak" --steps 10
+run base 130 --config configs/base.py "${bf16[@]}" --peak_flops "$peak" --steps 10
+run base_max_batch 220 --config configs/base.py "${bf16[@]}" --max_batch
+exit $status

@@ -1,0 +1,38 @@
+"""benchmarks/gpu.sh (the GPU figures of the Performance section in one call) refuses, with a
+reason, a machine it cannot measure, before it spends any of a GPU lease."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.sh"
+
+
+def run_script(tmp_path: Path, python: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": python, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_without_a_gpu_it_says_so_and_measures_nothing(tmp_path):
+    done = run_script(tmp_path, sys.executable)
+    assert done.returncode == 3, done.stderr
+    assert "JAX's backend is 'cpu', not gpu: nothing to measure." in done.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_python_without_the_packages_is_refused_naming_them(tmp_path):
+    bare = tmp_path / "bare-python"  # This interpreter without its site-packages.
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
+    done = run_script(tmp_path, str(bare))
+    assert done.returncode == 2, done.stderr
+    assert "missing Python packages: jax flax optax" in done.stderr
+    assert "ml_collections" in done.stderr
