@@ -40,15 +40,17 @@ CPU; `--compare hf` (needs `pip install -e '.[bench]'`) measures the second one 
 side: a Hugging Face MarianMTModel of the same sizes (post-LN, sinusoidal positions, tied shared
 embeddings, random weights; it has attention biases, ours has none), `generate` with its KV
 cache, greedy and beam 4 with length penalty 0.6, min_new_tokens = max_new_tokens = 30, on the
-same token ids and batches, taking turns with ours pass by pass.
+same token ids and batches, taking turns with ours pass by pass. It runs in a process of its
+own (benchmarks/hf_generate.py, through benchmarks/worker.py), so that PyTorch's threads and
+the heap it keeps do not share ours.
 
 `--devices N` (ref-small) splits the CPU into N JAX devices (`jax_num_cpu_devices`), and each
 decodes its own batch of 64 at the same time (`transformer.sharding.map_rows`, as evaluate.py
 and translate.py decode on several devices): global batches of 64 x N, the last one padded
 (its padding rows are not counted). A decode step of 64 rows is many small ops that one core
 runs one after another; two batches at once keep both cores busy. With `--compare hf`,
-Hugging Face gets the same: N worker processes of cores / N threads, each given its part of
-every batch at once.
+Hugging Face gets the same: N processes of cores / N threads, each given its part of every
+batch at once.
 
 Every figure is the median of `--repeats` passes over all of its batches, each pass ended by
 jax.block_until_ready, after one untimed call per distinct batch shape (compilation and
@@ -76,7 +78,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.hf_generate import ALPHA, BEAM
 from benchmarks.machine import describe_machine
+from benchmarks.worker import StepWorker
 from configs import multi30k
 from transformer import sharding
 from transformer.config import from_config_dict
@@ -103,8 +107,6 @@ Array = jax.Array
 StepFn = Callable[[Array, Array, Any], tuple[Array, Any]]
 Decoder = Callable[[Any, Array], Array]  # (params, inputs [batch, src_len]) -> [batch, length]
 
-BEAM = 4
-ALPHA = 0.6  # Section 6.1's length penalty, as evaluate.py uses it.
 
 # Sentences/s on the ref-small workload, measured on a 2-core AMD EPYC CPU of this kind.
 REFERENCES = {
@@ -257,109 +259,36 @@ def fixed_beam(
 
 
 # ------------------------------------------------------------------ Hugging Face
-def hf_decoders(config: Any, length: int) -> tuple[dict[str, Decoder], int]:
-    """({"greedy", "beam 4"} -> decoder, parameter count) of Hugging Face `generate` on a
-    MarianMTModel shaped like `config` (a ModelConfig), producing exactly `length` tokens.
-
-    The decoders take (ignored params, inputs [batch, src_len] with PAD_ID padding) and return
-    numpy [batch, length], as ours do, so time_decoders alternates them with ours."""
-    import torch
-    from transformers import MarianConfig, MarianMTModel
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    hf_config = MarianConfig(
-        vocab_size=config.vocab_size,
-        d_model=config.d_model,
-        encoder_layers=config.num_encoder_layers,
-        decoder_layers=config.num_decoder_layers,
-        encoder_attention_heads=config.num_heads,
-        decoder_attention_heads=config.num_heads,
-        encoder_ffn_dim=config.d_ff,
-        decoder_ffn_dim=config.d_ff,
-        max_position_embeddings=config.max_len,
-        activation_function="relu",
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        scale_embedding=True,
-        share_encoder_decoder_embeddings=True,
-        tie_word_embeddings=True,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-        decoder_start_token_id=BOS_ID,
-    )
-    model = MarianMTModel(hf_config).eval()
-    # The sinusoidal tables are stored as weights there; ours computes them.
-    n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_positions" not in n)
-
-    def make(beams: int) -> Decoder:
-        def decode(_params: Any, inputs: Array) -> np.ndarray:
-            ids = torch.from_numpy(np.asarray(inputs, np.int64))
-            with torch.inference_mode():
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=ids != PAD_ID,
-                    num_beams=beams,
-                    do_sample=False,
-                    **({"length_penalty": ALPHA} if beams > 1 else {}),
-                    min_new_tokens=length,
-                    max_new_tokens=length,
-                )
-            return out[:, 1:].numpy().astype(np.int32)  # Drops the decoder start token.
-
-        return decode
-
-    return {"greedy": make(1), f"beam {BEAM}": make(BEAM)}, n_params
-
-
-def _hf_worker(conn: Any, config: Any, length: int, threads: int) -> None:
-    """A process of `hf_process_decoders`: decodes the batches it is sent until sent None."""
-    import torch
-
-    decoders, _ = hf_decoders(config, length)
-    torch.set_num_threads(threads)
-    conn.send("ready")
-    try:
-        while (request := conn.recv()) is not None:
-            name, inputs = request
-            conn.send(decoders[name](None, inputs))
-    except EOFError:  # The benchmark has ended.
-        return
-
-
 def threads_per_process(processes: int) -> int:
     """The cores each of `processes` PyTorch processes gets (at least one)."""
     return max(1, (os.cpu_count() or 1) // processes)
 
 
-def hf_process_decoders(config: Any, length: int, processes: int) -> dict[str, Decoder]:
-    """`hf_decoders` run by `processes` worker processes of cores / processes threads each,
-    the same weights in each (seed 0): every batch is split into that many equal parts, one
-    per process, decoded at once, and joined again, as ours splits it over its devices."""
-    import multiprocessing
-
+def hf_process_decoders(
+    config: Any, length: int, processes: int
+) -> tuple[dict[str, Decoder], dict[str, Any], list[StepWorker]]:
+    """(decoders, the workers' info, the workers) of `hf_generate.hf_decoders` run by
+    `processes` worker processes of cores / processes threads each, the same weights in each
+    (seed 0): every batch is split into that many equal parts, one per process, decoded at
+    once, and joined again, as ours splits it over its devices. Even one process keeps
+    PyTorch's threads and heap out of ours (see benchmarks/worker.py). Close the workers when
+    done."""
     threads = threads_per_process(processes)
-    context = multiprocessing.get_context("spawn")  # A fork would copy JAX's threads.
-    conns = []
-    for _ in range(processes):
-        ours, theirs = context.Pipe()
-        context.Process(
-            target=_hf_worker, args=(theirs, config, length, threads), daemon=True
-        ).start()
-        conns.append(ours)
-    for conn in conns:
-        assert conn.recv() == "ready"
+    builder = "benchmarks.hf_generate:build_hf_decoder"
+    workers = [
+        StepWorker(f"Hugging Face {i}", builder, config, length, threads) for i in range(processes)
+    ]
 
     def make(name: str) -> Decoder:
         def decode(_params: Any, inputs: Array) -> np.ndarray:
-            for conn, part in zip(conns, np.split(np.asarray(inputs), processes), strict=True):
-                conn.send((name, part))
-            return np.concatenate([conn.recv() for conn in conns])
+            for worker, part in zip(workers, np.split(np.asarray(inputs), processes), strict=True):
+                worker.submit(name, part)
+            return np.concatenate([worker.result() for worker in workers])
 
         return decode
 
-    return {"greedy": make("greedy"), f"beam {BEAM}": make(f"beam {BEAM}")}
+    decoders = {"greedy": make("greedy"), f"beam {BEAM}": make(f"beam {BEAM}")}
+    return decoders, {**workers[0].info, "threads": threads}, workers
 
 
 # ------------------------------------------------------------------------------ modes
@@ -490,23 +419,19 @@ def ref_small_mode(args: argparse.Namespace) -> None:
         "greedy": fixed_greedy(model, length, True, many),
         f"beam {BEAM}": fixed_beam(model, length, True, rows=many),
     }
+    workers: list[StepWorker] = []
     if args.compare == "hf":
-        import torch
-        import transformers
-
-        hf, hf_params = hf_decoders(config, length)
-        threads = f"{torch.get_num_threads()} threads"
-        if devices > 1:
-            hf = hf_process_decoders(config, length, devices)
-            per_process = threads_per_process(devices)
-            threads = f"{devices} processes of {per_process} thread{'s' * (per_process > 1)}"
+        hf, info, workers = hf_process_decoders(config, length, devices)
+        per_process = info["threads"]
+        threads = f"{per_process} thread{'s' * (per_process > 1)}"
         decoders.update({f"hf {name}": decode for name, decode in hf.items()})
         print(
-            f"Hugging Face transformers {transformers.__version__} MarianMTModel, PyTorch "
-            f"{torch.__version__} eager, {threads}: {hf_params:,} parameters besides its "
-            "position tables\n"
+            f"{info['description']}, {devices} process{'es' * (devices > 1)} of {threads} "
+            f"beside ours: {info['parameters']:,} parameters besides its position tables\n"
         )
     results = time_decoders(decoders, params, batches, args.repeats)
+    for worker in workers:
+        worker.close()
     speeds = {}
     for name, (seconds, outputs) in results.items():
         assert outputs.shape[0] >= len(sentences) and outputs.shape[1] == length, name

@@ -1,4 +1,5 @@
-"""A compared train step in a process of its own, stepped on command by the benchmark.
+"""A compared library's step (a train step, a batch's decoding) in a process of its own,
+run on command by the benchmark.
 
 In one process, a library's step runs among the other libraries' threads, their shared
 libraries (flax/examples/wmt's code imports TensorFlow) and the memory their malloc keeps:
@@ -31,10 +32,20 @@ def _resolve(name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), function)
 
 
+def _jax_started() -> bool:
+    """Whether this process has started a JAX backend. Asking for jax.devices() would start
+    one, and on a GPU host claim GPU memory in a worker that never used JAX."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge  # No public API answers this without starting one.
+
+    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
+
+
 def peak_memory() -> tuple[str, int]:
     """(what, bytes) of this process: its JAX device's peak where that is not the CPU and
-    JAX is in use, else the process's peak RSS."""
-    if "jax" in sys.modules:
+    JAX has run here, else the process's peak RSS."""
+    if _jax_started():
         import jax
 
         device = jax.devices()[0]
@@ -65,8 +76,8 @@ def _serve(conn: Any, builder: str, args: tuple, env: dict[str, str]) -> None:
         command, payload = conn.recv()
         try:
             if command == "step":
-                run()
-                result: Any = _cpu_seconds()
+                output = run(*payload)
+                result: Any = (_cpu_seconds(), output)
             elif command == "call":
                 result = _resolve(payload)()
             elif command == "stop":
@@ -81,10 +92,11 @@ def _serve(conn: Any, builder: str, args: tuple, env: dict[str, str]) -> None:
 
 
 class StepWorker:
-    """A train step built by `builder(*args)` in a fresh (spawned) process.
+    """A step built by `builder(*args)` in a fresh (spawned) process.
 
     `builder` names a function ("benchmarks.torch_step:build_torch_step") that returns
-    (one blocking step, a dict of facts about it); `info` holds those facts and the pid.
+    (one blocking step, a dict of facts about it); `info` holds those facts and the pid. The
+    step's arguments and result travel by pipe (pickled), so they should be small or numpy.
     `env` is set in the worker before it builds (e.g. so a second JAX process does not claim
     the GPU memory the first one holds). A builder's error or a worker's death raises
     SystemExit naming the worker.
@@ -115,10 +127,20 @@ class StepWorker:
             raise SystemExit(f"The {self.name} worker: {payload}")
         return payload
 
-    def run(self) -> None:
-        """One step in the worker; returns when it is done."""
-        self._conn.send(("step", None))
-        self.cpu_seconds = self._receive()
+    def submit(self, *args: Any) -> None:
+        """Starts one step on `args` in the worker; `result()` waits for it. Several workers
+        submitted to before any result is asked for step at the same time."""
+        self._conn.send(("step", args))
+
+    def result(self) -> Any:
+        """The submitted step's result, once it is done."""
+        self.cpu_seconds, output = self._receive()
+        return output
+
+    def run(self, *args: Any) -> Any:
+        """One step on `args` in the worker; returns its result when it is done."""
+        self.submit(*args)
+        return self.result()
 
     def call(self, function: str) -> Any:
         """The result of the argument-free `function` ("module:name") run in the worker."""

@@ -37,6 +37,27 @@ def exiting_step(code: int):
     return (lambda: os._exit(code)), {"parameters": 0, "description": "an exiting step"}
 
 
+def napping_step(seconds: float):
+    """A step that sleeps `seconds` and returns its argument doubled with its pid."""
+
+    def run(x: int) -> tuple[int, int]:
+        time.sleep(seconds)
+        return 2 * x, os.getpid()
+
+    return run, {"parameters": 0, "description": "a napping step"}
+
+
+def jax_step(use_jax: bool):
+    """A step in a process that imports JAX, and runs on it only if `use_jax`."""
+    import jax.numpy as jnp
+
+    def run() -> None:
+        if use_jax:
+            jnp.ones(4).block_until_ready()
+
+    return run, {"parameters": 0, "description": "a JAX step"}
+
+
 def failing_step():
     def run() -> None:
         raise ValueError("the batch does not fit this model")
@@ -55,6 +76,32 @@ def test_a_worker_steps_in_its_own_process_and_counts_its_own_cpu_time():
     kind, size = worker.close()
     assert kind == "process peak RSS"
     assert size > 1 << 20
+
+
+def test_submitted_workers_step_at_the_same_time_and_return_their_results():
+    workers = [StepWorker(f"napper {i}", f"{HERE}:napping_step", 0.5) for i in range(2)]
+    try:
+        assert workers[0].run(4) == (8, workers[0].info["pid"])
+        start = time.perf_counter()
+        for i, worker in enumerate(workers):
+            worker.submit(i + 1)
+        results = [worker.result() for worker in workers]
+        assert time.perf_counter() - start < 0.9  # Both naps at once, not one after the other.
+        assert results == [(2, workers[0].info["pid"]), (4, workers[1].info["pid"])]
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+@pytest.mark.parametrize("use_jax", [False, True])
+def test_reading_a_workers_peak_memory_starts_no_jax_backend_it_did_not_use(use_jax):
+    # On a GPU host, starting one would claim GPU memory in a PyTorch worker.
+    worker = StepWorker("jax", f"{HERE}:jax_step", use_jax)
+    worker.run()
+    assert worker.call("benchmarks.worker:_jax_started") is use_jax
+    assert worker.call("benchmarks.worker:peak_memory")[0] == "process peak RSS"  # CPU here.
+    assert worker.call("benchmarks.worker:_jax_started") is use_jax
+    worker.close()
 
 
 def test_a_builders_refusal_reaches_the_benchmark_naming_the_worker(tmp_path):

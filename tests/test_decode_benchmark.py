@@ -2,6 +2,7 @@
 or several, and ours on one device or several."""
 
 import dataclasses
+import os
 
 import flax.linen as nn
 import jax
@@ -19,7 +20,7 @@ from .model_configs import tiny_config
 @pytest.mark.slow
 def test_hf_comparison_generates_exactly_length_tokens_per_sentence_with_its_kv_cache():
     pytest.importorskip("transformers")
-    from benchmarks.decode import BEAM, hf_decoders
+    from benchmarks.hf_generate import BEAM, hf_decoders
 
     config = dataclasses.replace(from_config_dict(tiny_config()).model, vocab_size=50)
     decoders, n_params = hf_decoders(config, length=7)
@@ -32,16 +33,25 @@ def test_hf_comparison_generates_exactly_length_tokens_per_sentence_with_its_kv_
 
 
 @pytest.mark.slow
-def test_hf_worker_processes_decode_as_one_process_does():
+@pytest.mark.parametrize("processes", [1, 2])
+def test_hf_worker_processes_decode_as_this_process_does(processes):
     pytest.importorskip("transformers")
-    from benchmarks.decode import hf_decoders, hf_process_decoders
+    from benchmarks.decode import hf_process_decoders
+    from benchmarks.hf_generate import hf_decoders
 
     config = dataclasses.replace(from_config_dict(tiny_config()).model, vocab_size=50)
     inputs = np.array([[5, 6, 7, 1], [8, 9, 1, 0], [4, 1, 0, 0], [9, 9, 8, 1]], np.int32)
-    alone, _ = hf_decoders(config, length=5)
-    split = hf_process_decoders(config, length=5, processes=2)
-    for name in alone:
-        np.testing.assert_array_equal(split[name](None, inputs), alone[name](None, inputs), name)
+    here, n_params = hf_decoders(config, length=5)
+    split, info, workers = hf_process_decoders(config, length=5, processes=processes)
+    try:
+        assert info["parameters"] == n_params
+        assert "MarianMTModel" in info["description"]
+        assert len({w.info["pid"] for w in workers} | {os.getpid()}) == processes + 1
+        for name in here:
+            np.testing.assert_array_equal(split[name](None, inputs), here[name](None, inputs))
+    finally:
+        for worker in workers:
+            worker.close()
 
 
 def test_each_device_decoding_its_own_rows_gives_one_devices_tokens():

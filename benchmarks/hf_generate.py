@@ -1,0 +1,99 @@
+"""The Hugging Face side of `benchmarks/decode.py --compare hf`: `generate` on a MarianMTModel
+of our model's sizes, built in worker processes of its own (benchmarks/worker.py). Needs
+`pip install -e '.[bench]'`; imports no JAX, so a worker holds only PyTorch's threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
+
+BEAM = 4
+ALPHA = 0.6  # Section 6.1's length penalty, as evaluate.py uses it.
+
+# (ignored params, inputs [batch, src_len] with PAD_ID padding) -> numpy [batch, length]
+Decoder = Callable[[Any, Any], np.ndarray]
+
+
+def hf_decoders(
+    config: Any, length: int, threads: int | None = None
+) -> tuple[dict[str, Decoder], int]:
+    """({"greedy", "beam 4"} -> decoder, parameter count) of Hugging Face `generate` on a
+    MarianMTModel shaped like `config` (a ModelConfig), producing exactly `length` tokens, in
+    `threads` PyTorch threads (default: all cores).
+
+    The decoders take (ignored params, inputs [batch, src_len] with PAD_ID padding) and return
+    numpy [batch, length], as ours do, so time_decoders alternates them with ours."""
+    import torch
+    from transformers import MarianConfig, MarianMTModel
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.manual_seed(0)
+    hf_config = MarianConfig(
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        encoder_layers=config.num_encoder_layers,
+        decoder_layers=config.num_decoder_layers,
+        encoder_attention_heads=config.num_heads,
+        decoder_attention_heads=config.num_heads,
+        encoder_ffn_dim=config.d_ff,
+        decoder_ffn_dim=config.d_ff,
+        max_position_embeddings=config.max_len,
+        activation_function="relu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=BOS_ID,
+    )
+    model = MarianMTModel(hf_config).eval()
+    # The sinusoidal tables are stored as weights there; ours computes them.
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_positions" not in n)
+
+    def make(beams: int) -> Decoder:
+        def decode(_params: Any, inputs: Any) -> np.ndarray:
+            ids = torch.from_numpy(np.asarray(inputs, np.int64))
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=ids != PAD_ID,
+                    num_beams=beams,
+                    do_sample=False,
+                    **({"length_penalty": ALPHA} if beams > 1 else {}),
+                    min_new_tokens=length,
+                    max_new_tokens=length,
+                )
+            return out[:, 1:].numpy().astype(np.int32)  # Drops the decoder start token.
+
+        return decode
+
+    return {"greedy": make(1), f"beam {BEAM}": make(BEAM)}, n_params
+
+
+def build_hf_decoder(
+    config: Any, length: int, threads: int
+) -> tuple[Callable[[str, np.ndarray], np.ndarray], dict[str, Any]]:
+    """A worker's builder: (decode(name, inputs) with the decoder `name` of `hf_decoders`,
+    {"parameters", "description"})."""
+    import torch
+    import transformers
+
+    decoders, n_params = hf_decoders(config, length, threads)
+    description = (
+        f"Hugging Face transformers {transformers.__version__} MarianMTModel, PyTorch "
+        f"{torch.__version__} eager"
+    )
+
+    def decode(name: str, inputs: np.ndarray) -> np.ndarray:
+        return decoders[name](None, inputs)
+
+    return decode, {"parameters": n_params, "description": description}
