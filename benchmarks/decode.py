@@ -46,11 +46,11 @@ the heap it keeps do not share ours.
 
 `--devices N` (ref-small) splits the CPU into N JAX devices (`jax_num_cpu_devices`), and each
 decodes its own batch of 64 at the same time (`transformer.sharding.map_rows`, as evaluate.py
-and translate.py decode on several devices): global batches of 64 x N, the last one padded
-(its padding rows are not counted). A decode step of 64 rows is many small ops that one core
-runs one after another; two batches at once keep both cores busy. With `--compare hf`,
-Hugging Face gets the same: N processes of cores / N threads, each given its part of every
-batch at once.
+and translate.py decode on several devices): global batches of 64 x N, the last one filled up
+to a multiple of N rows with copies of its last sentence (not counted). A decode step of 64
+rows is many small ops that one core runs one after another; two batches at once keep both
+cores busy. With `--compare hf`, Hugging Face gets the same: N processes of cores / N threads,
+each given its part of every batch at once.
 
 Every figure is the median of `--repeats` passes over all of its batches, each pass ended by
 jax.block_until_ready, after one untimed call per distinct batch shape (compilation and
@@ -116,13 +116,17 @@ REFERENCES = {
 
 
 # ------------------------------------------------------------------------------ timing
-def make_batches(sequences: Sequence[np.ndarray], batch_size: int, cap: int) -> list[Array]:
-    """Consecutive batches of `batch_size` sentences (the last may be smaller), each padded
-    to its longest source rounded up to a multiple of 8 (at most `cap`): few shapes to
-    compile, little padding."""
+def make_batches(
+    sequences: Sequence[np.ndarray], batch_size: int, cap: int, rows_multiple: int = 1
+) -> list[Array]:
+    """Consecutive batches of `batch_size` sentences (the last may be smaller, its rows made
+    a multiple of `rows_multiple` by repeating its last sentence, so that it splits evenly
+    over devices), each padded to its longest source rounded up to a multiple of 8 (at most
+    `cap`): few shapes to compile, little padding."""
     batches = []
     for start in range(0, len(sequences), batch_size):
         chunk = [s[:cap] for s in sequences[start : start + batch_size]]
+        chunk += chunk[-1:] * (-len(chunk) % rows_multiple)
         width = min(cap, -(-max(len(s) for s in chunk) // 8) * 8)
         rows = np.full((len(chunk), width), PAD_ID, np.int32)
         for row, seq in enumerate(chunk):
@@ -275,9 +279,14 @@ def hf_process_decoders(
     done."""
     threads = threads_per_process(processes)
     builder = "benchmarks.hf_generate:build_hf_decoder"
-    workers = [
-        StepWorker(f"Hugging Face {i}", builder, config, length, threads) for i in range(processes)
-    ]
+    workers: list[StepWorker] = []
+    try:
+        for i in range(processes):
+            workers.append(StepWorker(f"Hugging Face {i}", builder, config, length, threads))
+    except BaseException:
+        for worker in workers:
+            worker.close()
+        raise
 
     def make(name: str) -> Decoder:
         def decode(_params: Any, inputs: Array) -> np.ndarray:
@@ -391,7 +400,8 @@ def ref_small_mode(args: argparse.Namespace) -> None:
     devices = args.devices
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     row_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    batches = make_batches(tokenizer.encode_batch(sentences), batch_size * devices, config.max_len)
+    sources = tokenizer.encode_batch(sentences)
+    batches = make_batches(sources, batch_size * devices, config.max_len, devices)
     batches = [jax.device_put(b, row_sharding) for b in batches]  # Rows split over the devices.
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     print(
@@ -411,7 +421,7 @@ def ref_small_mode(args: argparse.Namespace) -> None:
         print(
             f"{devices} devices ({jax.devices()[0].platform}), each decoding its own batch of "
             f"{batch_size} at the same time (global batches of {batch_size * devices}, the last "
-            "padded)"
+            f"filled up to a multiple of {devices} rows)"
         )
     print()
     many = row_sharding if devices > 1 else None
@@ -429,9 +439,11 @@ def ref_small_mode(args: argparse.Namespace) -> None:
             f"{info['description']}, {devices} process{'es' * (devices > 1)} of {threads} "
             f"beside ours: {info['parameters']:,} parameters besides its position tables\n"
         )
-    results = time_decoders(decoders, params, batches, args.repeats)
-    for worker in workers:
-        worker.close()
+    try:
+        results = time_decoders(decoders, params, batches, args.repeats)
+    finally:
+        for worker in workers:
+            worker.close()
     speeds = {}
     for name, (seconds, outputs) in results.items():
         assert outputs.shape[0] >= len(sentences) and outputs.shape[1] == length, name

@@ -7,8 +7,8 @@
 #    dense bf16 peak (PEAK_FLOPS, default 989e12: H100 and H200 SXM);
 # 2. the same for base;
 # 3. base's largest batch in bfloat16, without remat and with remat=block (--max_batch).
-# Each run has its own time limit, so the whole script ends within about 9 minutes however a
-# run goes (a GPU lease is 15 minutes, the machine's start included). It refuses to run
+# Each run has its own time limit (then 10 s to end after SIGTERM), so the whole script ends
+# within about 9.5 minutes however a run goes (a GPU lease is 15 minutes, the machine's start included). It refuses to run
 # without a GPU, or where a Python package it needs is missing: a machine that cannot reach
 # a package index gets them as wheels (for Python 3.12 here:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
@@ -16,8 +16,8 @@
 # then pip install --no-index --no-deps --target /tmp/site .whl/*.whl and
 # PYTHONPATH=/tmp/site there).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out="${1:-${OUT:-/tmp/gpu}}"
+out="$(realpath -m "${1:-${OUT:-/tmp/gpu}}")"  # Before the cd: relative to the caller.
+cd "$(dirname "$0")/.." || exit 2
 peak="${PEAK_FLOPS:-989e12}"
 python="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
@@ -35,11 +35,15 @@ if [ -n "$missing" ]; then
     echo "benchmarks/gpu.sh: missing Python packages: $missing (see the top of this file)." >&2
     exit 2
 fi
-backend="$("$python" -c 'import jax; print(jax.default_backend())' 2>/dev/null)"
+errors="$(mktemp)"
+backend="$("$python" -c 'import jax; print(jax.default_backend())' 2>"$errors")"
 if [ "$backend" != gpu ]; then
     echo "benchmarks/gpu.sh: JAX's backend is '${backend:-unknown}', not gpu: nothing to measure." >&2
+    tail -n 5 "$errors" >&2  # A CUDA plugin that failed to load says why here.
+    rm -f "$errors"
     exit 3
 fi
+rm -f "$errors"
 
 { nvidia-smi; "$python" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)'; } \
     >"$out/machine.txt" 2>&1
@@ -50,7 +54,7 @@ run() {  # name, seconds, benchmark arguments...
     local name=$1 limit=$2
     shift 2
     echo "=== $name (at most $limit s): benchmarks/train_step.py $*"
-    timeout "$limit" "$python" benchmarks/train_step.py "$@" 2>&1 | tee "$out/$name.txt"
+    timeout -k 10 "$limit" "$python" benchmarks/train_step.py "$@" 2>&1 | tee "$out/$name.txt"
     local code=${PIPESTATUS[0]}
     echo "=== $name: exit $code"
     [ "$code" = 0 ] || status=1

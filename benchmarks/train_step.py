@@ -274,21 +274,30 @@ def start_workers(
 ) -> dict[str, StepWorker]:
     """A worker process for each compared library ("torch", "flax"), its step built on
     `batch`: each library steps in a process of its own (benchmarks/worker.py says why)."""
-    workers = {}
-    if "flax" in compare:
-        # A second JAX process must not claim the accelerator memory that ours holds.
-        workers["flax"] = StepWorker(
-            "flax",
-            "benchmarks.flax_wmt:build_flax_wmt_step",
-            config,
-            batch,
-            flax_wmt,
-            env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
-        )
-    if "torch" in compare:
-        builder = "benchmarks.torch_step:build_torch_step"
-        workers["torch"] = StepWorker("torch", builder, config, batch)
+    workers: dict[str, StepWorker] = {}
+    try:
+        if "flax" in compare:
+            # A second JAX process must not claim the accelerator memory that ours holds.
+            workers["flax"] = StepWorker(
+                "flax",
+                "benchmarks.flax_wmt:build_flax_wmt_step",
+                config,
+                batch,
+                flax_wmt,
+                env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+            )
+        if "torch" in compare:
+            builder = "benchmarks.torch_step:build_torch_step"
+            workers["torch"] = StepWorker("torch", builder, config, batch)
+    except BaseException:
+        close_workers(workers)
+        raise
     return workers
+
+
+def close_workers(workers: dict[str, StepWorker]) -> dict[str, tuple[str, int] | None]:
+    """Stops the workers; their peak memory (None for one that had already stopped)."""
+    return {name: worker.close() for name, worker in workers.items()}
 
 
 # ------------------------------------------------------------------------------ timing
@@ -386,33 +395,37 @@ def benchmark(
         print(f"Variant {name}: compiled in {built.compile_seconds:.1f} s")
         runs[name] = built.run
     workers = start_workers(config, batch, args.compare or [], args.flax_wmt)
-    for name, worker in workers.items():
-        count = worker.info["parameters"]
-        print(
-            f"{worker.info['description']}, process {worker.info['pid']}: {count:,} parameters"
-            + ("" if name == "flax" or count == n_params else f" (ours {n_params:,}: NOT equal)")
+    try:
+        for name, worker in workers.items():
+            count = worker.info["parameters"]
+            unequal = name != "flax" and count != n_params
+            print(
+                f"{worker.info['description']}, process {worker.info['pid']}: {count:,} parameters"
+                + (f" (ours {n_params:,}: NOT equal)" if unequal else "")
+            )
+            runs[name] = worker.run
+        dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+        peak_before = None if args.peak_flops else measured_peak_flops(dtype)
+        # PyTorch's BLAS and XLA's matmul kernels differ in speed on CPU, which bounds the ratio of
+        # two matmul-bound steps; both peaks are measured around the same steps.
+        torch_peak = "benchmarks.torch_step:measured_torch_peak_flops"
+        torch_peaks = [workers["torch"].call(torch_peak)] if "torch" in workers else []
+        cpu_start = sample_cpu()
+        workers_cpu_start = sum(w.cpu_seconds for w in workers.values())
+        times, cpu_times = time_alternating(
+            runs,
+            args.steps,
+            args.warmup,
+            {name: (lambda w=w: w.cpu_seconds) for name, w in workers.items()},
+            args.lead_in,
         )
-        runs[name] = worker.run
-    dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
-    peak_before = None if args.peak_flops else measured_peak_flops(dtype)
-    # PyTorch's BLAS and XLA's matmul kernels differ in speed on CPU, which bounds the ratio of
-    # two matmul-bound steps; both peaks are measured around the same steps.
-    torch_peak = "benchmarks.torch_step:measured_torch_peak_flops"
-    torch_peaks = [workers["torch"].call(torch_peak)] if "torch" in workers else []
-    cpu_start = sample_cpu()
-    workers_cpu_start = sum(w.cpu_seconds for w in workers.values())
-    times, cpu_times = time_alternating(
-        runs,
-        args.steps,
-        args.warmup,
-        {name: (lambda w=w: w.cpu_seconds) for name, w in workers.items()},
-        args.lead_in,
-    )
-    cpu_end = sample_cpu()
-    workers_cpu = sum(w.cpu_seconds for w in workers.values()) - workers_cpu_start
-    if torch_peaks:
-        torch_peaks.append(workers["torch"].call(torch_peak))
-    worker_memory = {name: worker.close() for name, worker in workers.items()}
+        cpu_end = sample_cpu()
+        workers_cpu = sum(w.cpu_seconds for w in workers.values()) - workers_cpu_start
+        if torch_peaks:
+            torch_peaks.append(workers["torch"].call(torch_peak))
+        worker_memory = close_workers(workers)
+    finally:
+        close_workers(workers)  # After an error; nothing to do once they are closed.
     peak_kind, peak_bytes = peak_memory()
     if args.peak_flops:
         peak, peak_source = args.peak_flops, "given"
@@ -528,8 +541,11 @@ def next_rows(
     return min(max(guess, good + margin), bad - margin) // 8 * 8
 
 
+MAX_BATCH_LIMIT = 1 << 14  # Rows; the --max_batch search goes no higher.
+
+
 def largest_batch(
-    config: Config, cap_bytes: int | None, budget: int | None, limit: int = 1 << 14
+    config: Config, cap_bytes: int | None, budget: int | None, limit: int = MAX_BATCH_LIMIT
 ) -> int:
     """The largest multiple of 8 rows up to `limit` that fits (`fits`), or 0.
 
@@ -572,10 +588,17 @@ def max_batch_mode(config: Config, args: argparse.Namespace) -> None:
     for remat in ("none", "block"):
         print(f"  model.remat={remat}:")
         variant = dataclasses.replace(config, model=dataclasses.replace(config.model, remat=remat))
-        found[remat] = largest_batch(variant, cap, budget)
+        found[remat] = describe_rows(largest_batch(variant, cap, budget, MAX_BATCH_LIMIT), length)
+        print(f"  -> {found[remat]}", flush=True)  # Kept if a later search is cut short.
     print(f"\nLargest batch (rows of {length} tokens per side):")
     for remat, rows in found.items():
-        print(f"  remat={remat:5s} {rows:6d} rows = {rows * length:,} tokens")
+        print(f"  remat={remat:5s} {rows}")
+
+
+def describe_rows(rows: int, length: int) -> str:
+    """A found batch; one at the search's limit may not be the largest that fits."""
+    more = " (the search's limit: larger batches were not tried)" if rows == MAX_BATCH_LIMIT else ""
+    return f"{rows:6d} rows = {rows * length:,} tokens{more}"
 
 
 def main() -> None:
@@ -612,8 +635,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 5:
         parser.error("--steps must be at least 5.")
-    if "flax" in (args.compare or []) and not args.flax_wmt:
-        parser.error("--compare flax needs --flax_wmt DIR (see benchmarks/flax_wmt.py).")
+    if "flax" in (args.compare or []):
+        if not args.flax_wmt:
+            parser.error("--compare flax needs --flax_wmt DIR (see benchmarks/flax_wmt.py).")
+        # Two JAX processes share the accelerator: ours must not claim 75% of its memory
+        # before the flax worker starts (read when the backend starts; nothing on CPU).
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     overrides = parse_overrides(args.set)
 
     def make_config(extra: dict[str, Any]) -> Config:

@@ -3,6 +3,8 @@ command, and its failures reach the benchmark by name."""
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,56 +19,11 @@ from benchmarks.train_step import (
 from benchmarks.worker import StepWorker
 from tests.test_train_step_benchmark import BENCH_ARGS, FLAX_WMT, needs_example, small_workload
 
-HERE = "tests.test_benchmark_worker"
-
-
-# Builders for the worker itself (a real library's step is in the tests further down).
-def spinning_step(seconds: float):
-    """A step that spends `seconds` of CPU time."""
-
-    def run() -> None:
-        start = time.process_time()
-        while time.process_time() - start < seconds:
-            pass
-
-    return run, {"parameters": 0, "description": "a spinning step"}
-
-
-def exiting_step(code: int):
-    """A step whose process exits with `code` (as one killed for memory would vanish)."""
-    return (lambda: os._exit(code)), {"parameters": 0, "description": "an exiting step"}
-
-
-def napping_step(seconds: float):
-    """A step that sleeps `seconds` and returns its argument doubled with its pid."""
-
-    def run(x: int) -> tuple[int, int]:
-        time.sleep(seconds)
-        return 2 * x, os.getpid()
-
-    return run, {"parameters": 0, "description": "a napping step"}
-
-
-def jax_step(use_jax: bool):
-    """A step in a process that imports JAX, and runs on it only if `use_jax`."""
-    import jax.numpy as jnp
-
-    def run() -> None:
-        if use_jax:
-            jnp.ones(4).block_until_ready()
-
-    return run, {"parameters": 0, "description": "a JAX step"}
-
-
-def failing_step():
-    def run() -> None:
-        raise ValueError("the batch does not fit this model")
-
-    return run, {"parameters": 0, "description": "a failing step"}
+STEPS = "tests.worker_steps"  # Builders for the worker itself; no JAX there.
 
 
 def test_a_worker_steps_in_its_own_process_and_counts_its_own_cpu_time():
-    worker = StepWorker("spinner", f"{HERE}:spinning_step", 0.3)
+    worker = StepWorker("spinner", f"{STEPS}:spinning_step", 0.3)
     assert worker.info["pid"] != os.getpid()
     assert worker.info["description"] == "a spinning step"
     before, ours_before = worker.cpu_seconds, process_cpu_seconds()
@@ -79,7 +36,7 @@ def test_a_worker_steps_in_its_own_process_and_counts_its_own_cpu_time():
 
 
 def test_submitted_workers_step_at_the_same_time_and_return_their_results():
-    workers = [StepWorker(f"napper {i}", f"{HERE}:napping_step", 0.5) for i in range(2)]
+    workers = [StepWorker(f"napper {i}", f"{STEPS}:napping_step", 0.5) for i in range(2)]
     try:
         assert workers[0].run(4) == (8, workers[0].info["pid"])
         start = time.perf_counter()
@@ -96,12 +53,56 @@ def test_submitted_workers_step_at_the_same_time_and_return_their_results():
 @pytest.mark.parametrize("use_jax", [False, True])
 def test_reading_a_workers_peak_memory_starts_no_jax_backend_it_did_not_use(use_jax):
     # On a GPU host, starting one would claim GPU memory in a PyTorch worker.
-    worker = StepWorker("jax", f"{HERE}:jax_step", use_jax)
-    worker.run()
-    assert worker.call("benchmarks.worker:_jax_started") is use_jax
-    assert worker.call("benchmarks.worker:peak_memory")[0] == "process peak RSS"  # CPU here.
-    assert worker.call("benchmarks.worker:_jax_started") is use_jax
-    worker.close()
+    worker = StepWorker("jax", f"{STEPS}:jax_step", use_jax)
+    try:
+        worker.run()
+        assert worker.call("benchmarks.worker:_jax_started") is use_jax
+        worker.call("benchmarks.worker:peak_memory")
+        assert worker.call("benchmarks.worker:_jax_started") is use_jax
+    finally:
+        worker.close()
+
+
+def test_a_worker_does_not_import_the_script_that_started_it(tmp_path):
+    # Spawn would re-run train_step.py's imports (JAX, Flax) in a PyTorch worker.
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "import jax  # As benchmarks/train_step.py does.\n"
+        "from benchmarks.worker import StepWorker\n"
+        "if __name__ == '__main__':\n"
+        "    worker = StepWorker('plain', 'tests.worker_steps:spinning_step', 0.0)\n"
+        "    print('jax in the worker:', worker.call('tests.worker_steps:jax_imported'))\n"
+        "    print('main script:', sys.modules['__main__'].__file__)\n"
+        "    worker.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "jax in the worker: False" in done.stdout
+    assert f"main script: {script}" in done.stdout  # Left as it was.
+
+
+def test_a_stopped_worker_says_so_and_closes_quietly():
+    worker = StepWorker("broken", f"{STEPS}:failing_step")
+    with pytest.raises(SystemExit, match="The broken worker: ValueError"):
+        worker.run()
+    assert worker.close() is None  # As in a `finally` after the error.
+    with pytest.raises(SystemExit, match=re.escape("The broken worker has already stopped.")):
+        worker.run()
+
+
+def test_a_calls_cpu_time_is_not_counted_as_the_next_steps():
+    worker = StepWorker("spinner", f"{STEPS}:spinning_step", 0.0)
+    try:
+        worker.call("tests.worker_steps:spin_half_a_second")
+        before = worker.cpu_seconds
+        worker.run()
+        assert worker.cpu_seconds - before < 0.2
+    finally:
+        worker.close()
 
 
 def test_a_builders_refusal_reaches_the_benchmark_naming_the_worker(tmp_path):
@@ -114,13 +115,13 @@ def test_a_builders_refusal_reaches_the_benchmark_naming_the_worker(tmp_path):
 
 
 def test_a_worker_that_dies_mid_step_is_named_with_its_exit_code():
-    worker = StepWorker("vanishing", f"{HERE}:exiting_step", 3)
+    worker = StepWorker("vanishing", f"{STEPS}:exiting_step", 3)
     with pytest.raises(SystemExit, match=re.escape("The vanishing worker process died (exit")):
         worker.run()
 
 
 def test_an_error_in_a_workers_step_is_reported_with_its_message():
-    worker = StepWorker("broken", f"{HERE}:failing_step")
+    worker = StepWorker("broken", f"{STEPS}:failing_step")
     with pytest.raises(
         SystemExit, match="The broken worker: ValueError: the batch does not fit this model"
     ):

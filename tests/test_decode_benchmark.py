@@ -73,3 +73,15 @@ def test_each_device_decoding_its_own_rows_gives_one_devices_tokens():
         each = on_each(placed, jax.device_put(inputs, rows))
         assert len(each.sharding.device_set) == len(jax.devices()), name
         np.testing.assert_array_equal(each, on_one(params, inputs), name)
+
+
+def test_the_last_batch_is_filled_up_to_split_evenly_over_the_devices():
+    from benchmarks.decode import make_batches
+
+    sentences = [np.arange(3, 3 + n, dtype=np.int32) for n in (4, 9, 5, 2, 7)]
+    batches = make_batches(sentences, batch_size=3, cap=64, rows_multiple=3)
+    assert [b.shape for b in batches] == [(3, 16), (3, 8)]  # Widths rounded up to 8.
+    last = np.asarray(batches[1])
+    np.testing.assert_array_equal(last[2], last[1])  # The filler repeats the last sentence.
+    np.testing.assert_array_equal(last[1, :7], sentences[4])
+    assert [b.shape[0] for b in make_batches(sentences, 3, 64)] == [3, 2]

@@ -11,6 +11,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.sh"
 
 def run_script(tmp_path: Path, python: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": python, "JAX_PLATFORMS": "cpu"}
+    env.pop("PYTHONPATH", None)  # The bare interpreter must not find packages through it.
     return subprocess.run(
         ["bash", str(SCRIPT), str(tmp_path / "out")],
         capture_output=True,
@@ -26,6 +27,21 @@ def test_without_a_gpu_it_says_so_and_measures_nothing(tmp_path):
     assert done.returncode == 3, done.stderr
     assert "JAX's backend is 'cpu', not gpu: nothing to measure." in done.stderr
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_logs_go_where_the_caller_means_from_any_directory(tmp_path):
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "relative-out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    assert (tmp_path / "relative-out").is_dir()
+    assert not (SCRIPT.parent.parent / "relative-out").exists()
 
 
 def test_a_python_without_the_packages_is_refused_naming_them(tmp_path):

@@ -14,7 +14,9 @@ import pytest
 
 from benchmarks.flax_wmt import build_flax_wmt_step, load_example
 from benchmarks.train_step import (
+    MAX_BATCH_LIMIT,
     benchmark,
+    describe_rows,
     fits,
     largest_batch,
     next_rows,
@@ -131,6 +133,12 @@ def test_the_largest_batch_is_the_last_multiple_of_8_whose_step_fits_the_cap(cap
     assert ("96", "fits") in tries
     assert ("104", "does not fit") in tries
     assert len(tries) <= 10
+
+
+def test_a_batch_at_the_searchs_limit_is_not_called_the_largest():
+    assert describe_rows(96, 64) == "    96 rows = 6,144 tokens"
+    at_limit = describe_rows(MAX_BATCH_LIMIT, 64)
+    assert at_limit.endswith("(the search's limit: larger batches were not tried)")
 
 
 def test_no_batch_fits_when_8_rows_do_not():
