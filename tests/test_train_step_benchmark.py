@@ -125,6 +125,7 @@ def test_each_timed_step_follows_lead_in_steps_of_its_own_run_untimed():
     assert max(timed) < 0.015  # Only the fast, second step of each turn was timed.
 
 
+@pytest.mark.slow  # About ten compiles (70 s); next_rows' own test below is instant.
 def test_the_largest_batch_is_the_last_multiple_of_8_whose_step_fits_the_cap(capsys):
     config = small_workload()
     _, _, cap = fits(config, 100, 1 << 40)  # XLA's account of a 100-row step.
