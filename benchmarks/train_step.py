@@ -67,7 +67,6 @@ import dataclasses
 import importlib.util
 import math
 import os
-import resource
 import statistics
 import sys
 import time
@@ -83,7 +82,7 @@ from ml_collections import ConfigDict
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import describe_machine, fastest_flops, other_load, sample_cpu
-from benchmarks.worker import StepWorker, peak_memory
+from benchmarks.worker import StepWorker, peak_memory, process_cpu_seconds
 from configs import base
 from transformer import sharding, trainer
 from transformer.allocator import cpu_allocator_hint
@@ -301,11 +300,6 @@ def close_workers(workers: dict[str, StepWorker]) -> dict[str, tuple[str, int] |
 
 
 # ------------------------------------------------------------------------------ timing
-def process_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def time_alternating(
     runs: dict[str, Callable[[], None]],
     steps: int,

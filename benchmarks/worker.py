@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 
-def _cpu_seconds() -> float:
+def process_cpu_seconds() -> float:
+    """This process's CPU time so far (user + system), in seconds."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -72,7 +73,7 @@ def _serve(conn: Any, builder: str, args: tuple, env: dict[str, str]) -> None:
     except BaseException as error:  # SystemExit carries the builder's message.
         conn.send(("error", _describe(error)))
         return
-    conn.send(("ok", (_cpu_seconds(), {**info, "pid": os.getpid()})))
+    conn.send(("ok", (process_cpu_seconds(), {**info, "pid": os.getpid()})))
     while True:
         command, payload = conn.recv()
         try:
@@ -81,14 +82,14 @@ def _serve(conn: Any, builder: str, args: tuple, env: dict[str, str]) -> None:
             elif command == "call":
                 result = _resolve(payload)()
             elif command == "stop":
-                conn.send(("ok", (_cpu_seconds(), peak_memory())))
+                conn.send(("ok", (process_cpu_seconds(), peak_memory())))
                 return
             else:
                 raise ValueError(f"unknown command {command!r}")
         except BaseException as error:  # Reported to the benchmark, which stops.
             conn.send(("error", _describe(error)))
             return
-        conn.send(("ok", (_cpu_seconds(), result)))
+        conn.send(("ok", (process_cpu_seconds(), result)))
 
 
 @contextlib.contextmanager

@@ -9,11 +9,15 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.sh"
 
 
-def run_script(tmp_path: Path, python: str) -> subprocess.CompletedProcess:
+def run_script(
+    out: Path | str, python: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """gpu.sh run with OUT_DIR `out`, from `cwd`, on this machine's CPU."""
     env = {**os.environ, "PYTHON": python, "JAX_PLATFORMS": "cpu"}
     env.pop("PYTHONPATH", None)  # The bare interpreter must not find packages through it.
     return subprocess.run(
-        ["bash", str(SCRIPT), str(tmp_path / "out")],
+        ["bash", str(SCRIPT), str(out)],
+        cwd=cwd,
         capture_output=True,
         text=True,
         env=env,
@@ -23,22 +27,14 @@ def run_script(tmp_path: Path, python: str) -> subprocess.CompletedProcess:
 
 
 def test_without_a_gpu_it_says_so_and_measures_nothing(tmp_path):
-    done = run_script(tmp_path, sys.executable)
+    done = run_script(tmp_path / "out", sys.executable)
     assert done.returncode == 3, done.stderr
     assert "JAX's backend is 'cpu', not gpu: nothing to measure." in done.stderr
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_logs_go_where_the_caller_means_from_any_directory(tmp_path):
-    done = subprocess.run(
-        ["bash", str(SCRIPT), "relative-out"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable},
-        timeout=300,
-        check=False,
-    )
+    done = run_script("relative-out", sys.executable, cwd=tmp_path)
     assert done.returncode == 3, done.stderr
     assert (tmp_path / "relative-out").is_dir()
     assert not (SCRIPT.parent.parent / "relative-out").exists()
@@ -48,7 +44,7 @@ def test_a_python_without_the_packages_is_refused_naming_them(tmp_path):
     bare = tmp_path / "bare-python"  # This interpreter without its site-packages.
     bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
     bare.chmod(0o755)
-    done = run_script(tmp_path, str(bare))
+    done = run_script(tmp_path / "out", str(bare))
     assert done.returncode == 2, done.stderr
     assert "missing Python packages: jax flax optax" in done.stderr
     assert "ml_collections" in done.stderr
