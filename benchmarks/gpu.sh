@@ -3,13 +3,17 @@
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]        (logs: OUT_DIR, else $OUT, else /tmp/gpu)
 #
+# 0. tests/test_gpu.py, the paths only a GPU takes (cuDNN's fused attention against the plain
+#    path, the device's memory count); where the attention fails them, the runs below use
+#    XLA's attention;
 # 1. the big model's train step in bfloat16 with cuDNN's fused attention: MFU against the
 #    dense bf16 peak (PEAK_FLOPS, default 989e12: H100 and H200 SXM);
 # 2. the same for base;
 # 3. base's largest batch in bfloat16, without remat and with remat=block (--max_batch).
 # Each run has its own time limit (then 10 s to end after SIGTERM), so the whole script ends
-# within about 9.5 minutes however a run goes (a GPU lease is 15 minutes, the machine's start included). It refuses to run
-# without a GPU, or where a Python package it needs is missing: a machine that cannot reach
+# within about 9.5 minutes however a run goes (a GPU lease is 15 minutes, the machine's start
+# included). It refuses to run without a GPU, or where a Python package the runs need is
+# missing (the tests' pytest and pytest-xdist are optional): a machine that cannot reach
 # a package index gets them as wheels (for Python 3.12 here:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       ml_collections sacremoses tensorboardX
@@ -60,9 +64,27 @@ run() {  # name, seconds, benchmark arguments...
     [ "$code" = 0 ] || status=1
 }
 
-bf16=(--set model.dtype=bfloat16 --set model.attention=dot_product_attention
+attention=dot_product_attention
+echo "=== gpu_tests (at most 75 s): tests/test_gpu.py"
+if "$python" -c 'import pytest, xdist' 2>/dev/null; then
+    # tests/conftest.py puts tests on the CPU unless JAX_PLATFORMS says otherwise.
+    JAX_PLATFORMS=cuda timeout -k 10 75 "$python" -m pytest -n 0 -p no:cacheprovider -q \
+        tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.txt"
+    code=${PIPESTATUS[0]}
+    echo "=== gpu_tests: exit $code"
+    [ "$code" = 0 ] || status=1
+    if [ "$code" != 0 ] && ! grep -q "passed" "$out/gpu_tests.txt" \
+        || grep -q "^\(FAILED\|ERROR\).*attention" "$out/gpu_tests.txt"; then
+        attention=xla
+        echo "=== the fused attention failed its tests: the runs below use model.attention=xla"
+    fi
+else
+    echo "=== gpu_tests: pytest or pytest-xdist is missing, so the GPU paths go unchecked"
+fi
+
+bf16=(--set model.dtype=bfloat16 --set "model.attention=$attention"
       --set model.attention_dropout_rate=0.0)
-run big 170 --config configs/big.py "${bf16[@]}" --peak_flops "$peak" --steps 10
-run base 130 --config configs/base.py "${bf16[@]}" --peak_flops "$peak" --steps 10
-run base_max_batch 220 --config configs/base.py "${bf16[@]}" --max_batch
+run big 150 --config configs/big.py "${bf16[@]}" --peak_flops "$peak" --steps 10
+run base 110 --config configs/base.py "${bf16[@]}" --peak_flops "$peak" --steps 10
+run base_max_batch 200 --config configs/base.py "${bf16[@]}" --max_batch
 exit $status

@@ -1,0 +1,150 @@
+"""The paths that only a GPU takes: cuDNN's fused attention in bfloat16 (asked for by
+`model.attention = "dot_product_attention"`) and the device's memory statistics.
+
+On a GPU host (benchmarks/gpu.sh runs this file before it measures anything):
+
+    JAX_PLATFORMS=cuda python -m pytest -n 0 tests/test_gpu.py
+
+Everywhere else the tests that need cuDNN skip; the bfloat16 comparisons still run, through
+the XLA implementation that `fused_dot_product_attention` falls back to.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer.layers import (
+    causal_mask,
+    dot_product_attention,
+    fused_dot_product_attention,
+    padding_mask,
+    segment_mask,
+)
+from transformer.loss import loss_and_metrics
+from transformer.model import Transformer
+
+from .model_configs import small_model_config
+from .test_switches import init
+
+ON_GPU = jax.default_backend() == "gpu"
+needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a GPU (JAX_PLATFORMS=cuda)")
+
+
+def tokens(lengths: list[int], length: int) -> np.ndarray:
+    """[len(lengths), length] int32 rows of non-PAD ids followed by PAD (0)."""
+    out = np.zeros((len(lengths), length), np.int32)
+    for row, n in enumerate(lengths):
+        out[row, :n] = 3 + np.arange(n) % 7
+    return out
+
+
+def masks() -> dict[str, tuple[np.ndarray, int, int]]:
+    """name -> (mask [batch, 1, q_len, kv_len], q_len, kv_len) for each way the models mask."""
+    src, tgt = tokens([64, 50, 1, 0], 64), tokens([64, 37, 64, 2], 64)
+    short = tokens([24, 9, 0, 17], 24)
+    segments = np.array([[1] * 30 + [2] * 20 + [0] * 14] * 4)
+    return {
+        "encoder padding": (padding_mask(src, src), 64, 64),
+        "decoder causal and padding": (padding_mask(tgt, tgt) & causal_mask(64), 64, 64),
+        "cross attention, other lengths": (padding_mask(short, src[:, :40]), 24, 40),
+        "packed segments": (
+            padding_mask(src, src) & segment_mask(segments, segments) & causal_mask(64),
+            64,
+            64,
+        ),
+    }
+
+
+def qkv(q_len: int, kv_len: int, heads: int = 4, d: int = 64) -> tuple[jax.Array, ...]:
+    """bfloat16 normal query [4, q_len, heads, d], key and value [4, kv_len, heads, d]."""
+    rng = np.random.default_rng(q_len * 1000 + kv_len)
+    return tuple(
+        jnp.asarray(rng.normal(size=(4, n, heads, d)), jnp.bfloat16)
+        for n in (q_len, kv_len, kv_len)
+    )
+
+
+def max_error(actual: jax.Array, expected: jax.Array) -> float:
+    """max |actual - expected| as a fraction of max |expected|."""
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-6))
+
+
+@pytest.mark.parametrize("name", list(masks()))
+def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(name):
+    """Output and the gradients of q, k and v against the plain path in float32 on the same
+    bfloat16-rounded inputs, within bfloat16's rounding (a few 2^-8)."""
+    mask, q_len, kv_len = masks()[name]
+    q, k, v = qkv(q_len, kv_len)
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+
+    def fused(q, k, v):
+        return jnp.sum(fused_dot_product_attention(q, k, v, mask).astype(jnp.float32) * cotangent)
+
+    def plain(q, k, v):
+        f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+        return jnp.sum(dot_product_attention(*f32, mask)[0] * cotangent)
+
+    out = jax.jit(fused_dot_product_attention)(q, k, v, mask)
+    reference = dot_product_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask)[0]
+    assert out.dtype == jnp.bfloat16
+    assert max_error(out, reference) < 0.02
+    # A query row with no key to attend to (a PAD query) gives zeros, as the plain path does.
+    dead = ~np.asarray(mask).any(-1)[:, 0]  # [batch, q_len]
+    assert dead.any()
+    assert np.all(np.asarray(out, np.float32)[dead] == 0)
+
+    grads = jax.jit(jax.grad(fused, argnums=(0, 1, 2)))(q, k, v)
+    expected = jax.jit(jax.grad(plain, argnums=(0, 1, 2)))(q, k, v)
+    for which, got, want in zip("qkv", grads, expected, strict=True):
+        assert np.all(np.isfinite(np.asarray(got, np.float32))), which
+        assert max_error(got, want) < 0.03, which
+
+
+@needs_gpu
+def test_bfloat16_attention_asks_for_cudnn_and_float32_does_not():
+    mask, q_len, kv_len = masks()["decoder causal and padding"]
+    q, k, v = qkv(q_len, kv_len)
+    lowered = jax.jit(fused_dot_product_attention).lower(q, k, v, mask).as_text()
+    assert "cudnn" in lowered.lower()  # JAX's custom call for cuDNN's fused attention.
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    assert "cudnn" not in jax.jit(fused_dot_product_attention).lower(*f32, mask).as_text()
+
+
+# On CPU, where this is XLA against XLA, the remat case waits for the slow run.
+@pytest.mark.parametrize(
+    "remat", ["none", pytest.param("block", marks=() if ON_GPU else pytest.mark.slow)]
+)
+def test_bfloat16_model_with_fused_attention_trains_like_xla_attention(remat):
+    """A bfloat16 Transformer (d_k 64, as base and big have) with the mask shapes the model
+    builds: loss and gradients through `dot_product_attention` (cuDNN on GPU) against the
+    plain einsums with the same parameters."""
+    sizes = dict(d_model=128, d_ff=256, num_heads=2, dtype="bfloat16", remat=remat)
+    plain = Transformer(small_model_config(**sizes))
+    fused = Transformer(small_model_config(**sizes, attention="dot_product_attention"))
+    src, tgt = jnp.asarray(tokens([20, 7, 16], 24)), jnp.asarray(tokens([16, 24, 3], 24))
+    params = init(plain, src, tgt)
+
+    def loss(model, params):
+        logits = model.apply({"params": params}, src, tgt)
+        return loss_and_metrics(logits, tgt, 0.1, "integer")[0]
+
+    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(fused, p)))(params)
+    want_value, want_grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
+    assert abs(float(value) - float(want_value)) < 0.01 * float(want_value)
+    got, want = (
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (grads, want_grads)
+    )
+    assert np.all(np.isfinite(got))
+    assert np.linalg.norm(got - want) < 0.05 * np.linalg.norm(want)
+
+
+@needs_gpu
+def test_peak_memory_is_the_devices_own_count():
+    from benchmarks.worker import peak_memory
+
+    x = jax.jit(lambda a: a @ a)(jnp.ones((2048, 2048), jnp.float32)).block_until_ready()
+    what, peak = peak_memory()
+    assert what == "device peak_bytes_in_use"
+    assert peak >= x.nbytes
