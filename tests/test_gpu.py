@@ -15,32 +15,36 @@ import numpy as np
 import pytest
 
 from transformer.layers import (
+    AttentionMask,
     causal_mask,
+    dense_mask,
     dot_product_attention,
     fused_dot_product_attention,
     padding_mask,
     segment_mask,
 )
 from transformer.loss import loss_and_metrics
-from transformer.model import Transformer
+from transformer.model import Transformer, lengths, self_attention_mask
 
 from .model_configs import small_model_config
 from .test_switches import init
 
+Array = jax.Array
 ON_GPU = jax.default_backend() == "gpu"
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a GPU (JAX_PLATFORMS=cuda)")
 
 
-def tokens(lengths: list[int], length: int) -> np.ndarray:
-    """[len(lengths), length] int32 rows of non-PAD ids followed by PAD (0)."""
-    out = np.zeros((len(lengths), length), np.int32)
-    for row, n in enumerate(lengths):
+def tokens(sizes: list[int], length: int) -> np.ndarray:
+    """[len(sizes), length] int32 rows of `sizes` non-PAD ids followed by PAD (0)."""
+    out = np.zeros((len(sizes), length), np.int32)
+    for row, n in enumerate(sizes):
         out[row, :n] = 3 + np.arange(n) % 7
     return out
 
 
-def masks() -> dict[str, tuple[np.ndarray, int, int]]:
-    """name -> (mask [batch, 1, q_len, kv_len], q_len, kv_len) for each way the models mask."""
+def masks() -> dict[str, tuple[Array | AttentionMask, int, int]]:
+    """name -> (mask, q_len, kv_len) for each way the models mask: dense [batch, 1, q_len,
+    kv_len] bool, or as the models give unpacked rows' masks, with lengths."""
     src, tgt = tokens([64, 50, 1, 0], 64), tokens([64, 37, 64, 2], 64)
     short = tokens([24, 9, 0, 17], 24)
     segments = np.array([[1] * 30 + [2] * 20 + [0] * 14] * 4)
@@ -52,6 +56,17 @@ def masks() -> dict[str, tuple[np.ndarray, int, int]]:
             padding_mask(src, src) & segment_mask(segments, segments) & causal_mask(64),
             64,
             64,
+        ),
+        "encoder padding as lengths": (self_attention_mask(src, None, causal=False), 64, 64),
+        "decoder causal and padding as lengths": (
+            self_attention_mask(tgt, None, causal=True),
+            64,
+            64,
+        ),
+        "cross attention as lengths": (
+            AttentionMask(padding_mask(short, src[:, :40]), lengths(short), lengths(src[:, :40])),
+            24,
+            40,
         ),
     }
 
@@ -84,14 +99,15 @@ def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(na
 
     def plain(q, k, v):
         f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-        return jnp.sum(dot_product_attention(*f32, mask)[0] * cotangent)
+        return jnp.sum(dot_product_attention(*f32, dense_mask(mask))[0] * cotangent)
 
     out = jax.jit(fused_dot_product_attention)(q, k, v, mask)
-    reference = dot_product_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask)[0]
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    reference = dot_product_attention(*f32, dense_mask(mask))[0]
     assert out.dtype == jnp.bfloat16
     assert max_error(out, reference) < 0.02
     # A query row with no key to attend to (a PAD query) gives zeros, as the plain path does.
-    dead = ~np.asarray(mask).any(-1)[:, 0]  # [batch, q_len]
+    dead = ~np.asarray(dense_mask(mask)).any(-1)[:, 0]  # [batch, q_len]
     assert dead.any()
     assert np.all(np.asarray(out, np.float32)[dead] == 0)
 
@@ -103,8 +119,9 @@ def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(na
 
 
 @needs_gpu
-def test_bfloat16_attention_asks_for_cudnn_and_float32_does_not():
-    mask, q_len, kv_len = masks()["decoder causal and padding"]
+@pytest.mark.parametrize("name", ["decoder causal and padding", "cross attention as lengths"])
+def test_bfloat16_attention_asks_for_cudnn_and_float32_does_not(name):
+    mask, q_len, kv_len = masks()[name]
     q, k, v = qkv(q_len, kv_len)
     lowered = jax.jit(fused_dot_product_attention).lower(q, k, v, mask).as_text()
     assert "cudnn" in lowered.lower()  # JAX's custom call for cuDNN's fused attention.

@@ -11,11 +11,13 @@ from transformer.layers import (
     causal_mask,
     dense_dot_general,
     dot_product_attention,
+    fused_dot_product_attention,
     matmul,
     padding_mask,
     segment_mask,
     sinusoidal_table,
 )
+from transformer.model import lengths, self_attention_mask
 
 from .model_configs import small_model_config
 
@@ -61,6 +63,33 @@ def test_fully_masked_rows_give_zeros_not_nan():
     out, weights = dot_product_attention(q, k, v, mask)
     assert np.all(np.isfinite(out)) and np.all(np.asarray(out) == 0)
     assert np.all(np.asarray(weights) == 0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_masks_lengths_say_what_its_dense_mask_says(causal):
+    """self_attention_mask on unpacked rows (padding at the end, an all-PAD row too): the
+    lengths and causality rebuild the dense mask, and the fused attention given either form
+    computes the plain attention."""
+    tokens = np.array(
+        [[5, 6, 7, 0, 0, 0], [5, 6, 7, 8, 9, 4], [0, 0, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0]]
+    )
+    mask = self_attention_mask(jnp.asarray(tokens), None, causal=causal)
+    np.testing.assert_array_equal(mask.q_lengths, [3, 6, 0, 1])
+    np.testing.assert_array_equal(mask.kv_lengths, lengths(jnp.asarray(tokens)))
+    assert mask.causal is causal
+    i = np.arange(6)
+    alive = i[None, :] < np.asarray(mask.q_lengths)[:, None]  # [batch, length]
+    rebuilt = alive[:, None, :, None] & alive[:, None, None, :]
+    if causal:
+        rebuilt &= i[:, None] >= i[None, :]
+    np.testing.assert_array_equal(mask.dense, rebuilt)
+
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 4, 6, 2, 8))
+    plain = dot_product_attention(q, k, v, mask.dense)[0]
+    for form in (mask, mask.dense):
+        np.testing.assert_allclose(
+            fused_dot_product_attention(q, k, v, form), plain, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_masks_shapes_and_values():

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax import lax
 
 from transformer.config import ModelConfig
@@ -78,6 +79,30 @@ def causal_mask(length: int) -> Array:
 def segment_mask(q_segments: Array, kv_segments: Array) -> Array:
     """[batch, 1, q_len, kv_len] bool: True where query and key are in the same packed segment."""
     return q_segments[:, None, :, None] == kv_segments[:, None, None, :]
+
+
+@struct.dataclass
+class AttentionMask:
+    """An attention mask that also says how it was made, where that lets cuDNN's fused
+    attention apply it itself rather than read it as an [L, L] bias (and write that bias's
+    gradient) in every attention sublayer.
+
+    dense: [batch, 1, q_len, kv_len] bool, the mask itself, which every other path uses.
+    q_lengths, kv_lengths: [batch] int32, or None: `dense` is exactly "query and key are not
+    padding" (and, with `causal`, "key <= query") with each row's padding at its end, after
+    that many tokens. The models give lengths for unpacked rows only: a packed row's mask also
+    keeps segments apart, which lengths cannot say.
+    """
+
+    dense: Array
+    q_lengths: Array | None = None
+    kv_lengths: Array | None = None
+    causal: bool = struct.field(pytree_node=False, default=False)
+
+
+def dense_mask(mask: Array | AttentionMask) -> Array:
+    """The [batch, 1, q_len, kv_len] bool array of either form of mask."""
+    return mask.dense if isinstance(mask, AttentionMask) else mask
 
 
 def argmax(logits: Array) -> Array:
@@ -194,14 +219,17 @@ def dot_product_attention(
     return jnp.einsum("bhqk,bkhd->bqhd", probs, value), weights
 
 
-def fused_dot_product_attention(query: Array, key: Array, value: Array, mask: Array) -> Array:
+def fused_dot_product_attention(
+    query: Array, key: Array, value: Array, mask: Array | AttentionMask
+) -> Array:
     """`dot_product_attention` through `jax.nn.dot_product_attention`, without dropout.
 
     query: [batch, q_len, heads, d]; key, value: [batch, kv_len, heads, d]; mask: bool,
-    broadcastable to [batch, heads, q_len, kv_len]. Returns [batch, q_len, heads, d].
-    On GPU, in bfloat16/float16 with q_len > 1 and d a multiple of 8 up to 128, it asks for
-    cuDNN's fused (flash) attention; elsewhere JAX's XLA implementation. A query row whose keys
-    are all masked gives zeros, as in `dot_product_attention`.
+    broadcastable to [batch, heads, q_len, kv_len], or an `AttentionMask`, whose lengths and
+    causality (where it has them) are passed instead of the dense mask. Returns
+    [batch, q_len, heads, d]. On GPU, in bfloat16/float16 with q_len > 1 and d a multiple of 8
+    up to 128, it asks for cuDNN's fused (flash) attention; elsewhere JAX's XLA implementation.
+    A query row whose keys are all masked gives zeros, as in `dot_product_attention`.
     """
     cudnn = (
         jax.default_backend() == "gpu"
@@ -210,11 +238,30 @@ def fused_dot_product_attention(query: Array, key: Array, value: Array, mask: Ar
         and query.shape[-1] % 8 == 0
         and query.shape[-1] <= 128
     )
-    out = jax.nn.dot_product_attention(
-        query, key, value, mask=mask, implementation="cudnn" if cudnn else None
-    )
-    # jax.nn gives such a row the mean of the values; make it zeros: [b, 1|h, q] -> [b, q, 1|h, 1].
-    attends = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)[..., None]
+    implementation = "cudnn" if cudnn else None
+    if isinstance(mask, AttentionMask) and mask.q_lengths is not None:
+        q_lengths, kv_lengths = mask.q_lengths, mask.kv_lengths
+        # An all-PAD row gets one (PAD) key, so that its softmax stays finite; zeroed below.
+        out = jax.nn.dot_product_attention(
+            query,
+            key,
+            value,
+            is_causal=mask.causal,
+            query_seq_lengths=jnp.maximum(q_lengths, 1),
+            key_value_seq_lengths=jnp.maximum(kv_lengths, 1),
+            implementation=implementation,
+        )
+        # [b, q] -> [b, q, 1, 1]: the query is not PAD and has a key (the causal mask's first).
+        attends = (jnp.arange(query.shape[1]) < q_lengths[:, None]) & (kv_lengths[:, None] > 0)
+        attends = attends[:, :, None, None]
+    else:
+        mask = dense_mask(mask)
+        out = jax.nn.dot_product_attention(
+            query, key, value, mask=mask, implementation=implementation
+        )
+        # [b, 1|h, q] -> [b, q, 1|h, 1].
+        attends = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)[..., None]
+    # jax.nn gives a row with no key the mean of the values; make it zeros.
     return jnp.where(attends, out, jnp.zeros((), out.dtype))
 
 
@@ -281,12 +328,13 @@ class MultiHeadAttention(nn.Module):
         self,
         inputs_q: Array,
         inputs_kv: Array,
-        mask: Array,
+        mask: Array | AttentionMask,
         deterministic: bool,
         decode: bool = False,
     ) -> Array:
         """inputs_q: [batch, q_len, d_model]; inputs_kv: [batch, kv_len, d_model];
-        mask: [batch, 1, q_len, kv_len] bool. Returns [batch, q_len, d_model].
+        mask: [batch, 1, q_len, kv_len] bool, or an `AttentionMask` (its lengths serve the
+        fused attention, its dense mask every other path). Returns [batch, q_len, d_model].
 
         Decode steps: q_len = 1; for self-attention kv_len = 1 and the mask covers the cache,
         [batch, 1, 1, max_length]."""
@@ -348,11 +396,11 @@ class MultiHeadAttention(nn.Module):
             else:
                 keys = self.get_variable("cache", "cached_key")
                 values = self.get_variable("cache", "cached_value")
-                return self._attend_cached(query, keys, values, mask, w_o)
+                return self._attend_cached(query, keys, values, dense_mask(mask), w_o)
         else:
             if self.static_kv or not cfg.fused_qkv:
                 key, value = project_kv(inputs_kv)  # [batch, kv_len, heads, d_k or d_v]
-            cached = self._append_to_cache(key, value, mask) if decode else None
+            cached = self._append_to_cache(key, value, dense_mask(mask)) if decode else None
             if cached is not None:
                 return self._attend_cached(query, *cached, w_o)
 
@@ -370,7 +418,7 @@ class MultiHeadAttention(nn.Module):
                 query,
                 key,
                 value,
-                mask,
+                dense_mask(mask),
                 dropout_rate=cfg.attention_dropout_rate,
                 dropout_rng=dropout_rng,
             )  # [batch, q_len, heads, d_v]

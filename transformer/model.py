@@ -26,6 +26,7 @@ from transformer.layers import (
     BATCH,
     EMBED,
     LENGTH,
+    AttentionMask,
     Dropout,
     Embed,
     FeedForward,
@@ -58,14 +59,23 @@ def default_positions(tokens: Array) -> Array:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 
 
-def self_attention_mask(tokens: Array, segmentation: Array | None, causal: bool) -> Array:
-    """[batch, 1, length, length] bool for self-attention over `tokens` [batch, length]."""
+def lengths(tokens: Array) -> Array:
+    """[batch, length] -> [batch] int32: the tokens before each row's padding (every pipeline
+    here pads at the end of a row)."""
+    return jnp.sum(tokens != PAD_ID, axis=1, dtype=jnp.int32)
+
+
+def self_attention_mask(tokens: Array, segmentation: Array | None, causal: bool) -> AttentionMask:
+    """The mask [batch, 1, length, length] for self-attention over `tokens` [batch, length],
+    with its lengths where the rows are unpacked (`segmentation` None)."""
     mask = padding_mask(tokens, tokens, PAD_ID)
     if segmentation is not None:
         mask &= segment_mask(segmentation, segmentation)
     if causal:
         mask &= causal_mask(tokens.shape[1])
-    return mask
+    if segmentation is not None:
+        return AttentionMask(mask)
+    return AttentionMask(mask, lengths(tokens), lengths(tokens), causal)
 
 
 def rematerialized(layer: type[nn.Module], config: ModelConfig, static_argnums: tuple[int, ...]):
@@ -148,7 +158,7 @@ class EncoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    def __call__(self, x: Array, mask: AttentionMask, deterministic: bool) -> Array:
         """x: [batch, length, d_model]; mask: [batch, 1, length, length] -> same as x."""
         cfg = self.config
         dropout = functools.partial(Dropout(cfg.dropout_rate), deterministic=deterministic)
@@ -174,9 +184,9 @@ class DecoderLayer(nn.Module):
     def __call__(
         self,
         x: Array,
-        self_mask: Array,
+        self_mask: Array | AttentionMask,
         encoded: Array | None,
-        cross_mask: Array | None,
+        cross_mask: AttentionMask | None,
         deterministic: bool,
         decode: bool = False,
     ) -> Array:
@@ -265,7 +275,7 @@ class Decoder(nn.Module):
         positions: Array,
         segmentation: Array | None,
         encoded: Array | None,
-        cross_mask: Array | None,
+        cross_mask: AttentionMask | None,
         deterministic: bool,
         decode: bool = False,
         output: str = "logits",
@@ -305,7 +315,7 @@ class Decoder(nn.Module):
         logits = self.embed.attend(x) if projection is None else projection(x)
         return constrain(logits, (BATCH, LENGTH, "activation_vocab"))
 
-    def _decode_self_mask(self, decoder_input: Array) -> Array:
+    def _decode_self_mask(self, decoder_input: Array) -> Array | AttentionMask:
         """Self-attention mask of one decode step, [batch, 1, 1, max_length]: the new token
         [batch, 1] against every token fed so far.
 
@@ -382,7 +392,11 @@ class Transformer(nn.Module):
             targets_positions = default_positions(decoder_input)
         cross_mask = padding_mask(decoder_input, inputs, PAD_ID)
         if targets_segmentation is not None and inputs_segmentation is not None:
-            cross_mask &= segment_mask(targets_segmentation, inputs_segmentation)
+            cross_mask = AttentionMask(
+                cross_mask & segment_mask(targets_segmentation, inputs_segmentation)
+            )
+        else:
+            cross_mask = AttentionMask(cross_mask, lengths(decoder_input), lengths(inputs))
         return self.decoder(
             decoder_input,
             targets_positions,
