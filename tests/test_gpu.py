@@ -46,12 +46,13 @@ def masks() -> dict[str, tuple[Array | AttentionMask, int, int]]:
     """name -> (mask, q_len, kv_len) for each way the models mask: dense [batch, 1, q_len,
     kv_len] bool, or as the models give unpacked rows' masks, with lengths."""
     src, tgt = tokens([64, 50, 1, 0], 64), tokens([64, 37, 64, 2], 64)
-    short = tokens([24, 9, 0, 17], 24)
+    # Cross-attention: rows with some keys of 40 (two), a PAD query row, a row with no key.
+    short, source = tokens([24, 9, 0, 17], 24), tokens([33, 12, 5, 0], 40)
     segments = np.array([[1] * 30 + [2] * 20 + [0] * 14] * 4)
     return {
         "encoder padding": (padding_mask(src, src), 64, 64),
         "decoder causal and padding": (padding_mask(tgt, tgt) & causal_mask(64), 64, 64),
-        "cross attention, other lengths": (padding_mask(short, src[:, :40]), 24, 40),
+        "cross attention, other lengths": (padding_mask(short, source), 24, 40),
         "packed segments": (
             padding_mask(src, src) & segment_mask(segments, segments) & causal_mask(64),
             64,
@@ -64,7 +65,7 @@ def masks() -> dict[str, tuple[Array | AttentionMask, int, int]]:
             64,
         ),
         "cross attention as lengths": (
-            AttentionMask(padding_mask(short, src[:, :40]), lengths(short), lengths(src[:, :40])),
+            AttentionMask(padding_mask(short, source), lengths(short), lengths(source)),
             24,
             40,
         ),
@@ -97,15 +98,17 @@ def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(na
     def fused(q, k, v):
         return jnp.sum(fused_dot_product_attention(q, k, v, mask).astype(jnp.float32) * cotangent)
 
-    def plain(q, k, v):
+    def reference(q, k, v):  # float32 throughout (no TF32 on a GPU either).
         f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-        return jnp.sum(dot_product_attention(*f32, dense_mask(mask))[0] * cotangent)
+        with jax.default_matmul_precision("highest"):
+            return dot_product_attention(*f32, dense_mask(mask))[0]
+
+    def plain(q, k, v):
+        return jnp.sum(reference(q, k, v) * cotangent)
 
     out = jax.jit(fused_dot_product_attention)(q, k, v, mask)
-    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    reference = dot_product_attention(*f32, dense_mask(mask))[0]
     assert out.dtype == jnp.bfloat16
-    assert max_error(out, reference) < 0.02
+    assert max_error(out, jax.jit(reference)(q, k, v)) < 0.02
     # A query row with no key to attend to (a PAD query) gives zeros, as the plain path does.
     dead = ~np.asarray(dense_mask(mask)).any(-1)[:, 0]  # [batch, q_len]
     assert dead.any()
@@ -147,7 +150,10 @@ def test_bfloat16_model_with_fused_attention_trains_like_xla_attention(remat):
         logits = model.apply({"params": params}, src, tgt)
         return loss_and_metrics(logits, tgt, 0.1, "integer")[0]
 
-    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(fused, p)))(params)
+    fused_step = jax.jit(jax.value_and_grad(lambda p: loss(fused, p)))
+    if ON_GPU:  # The model takes the fused path, forward and backward.
+        assert "cudnn" in fused_step.lower(params).as_text().lower()
+    value, grads = fused_step(params)
     want_value, want_grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
     assert abs(float(value) - float(want_value)) < 0.01 * float(want_value)
     got, want = (

@@ -99,6 +99,10 @@ class AttentionMask:
     kv_lengths: Array | None = None
     causal: bool = struct.field(pytree_node=False, default=False)
 
+    def __post_init__(self) -> None:
+        if (self.q_lengths is None) != (self.kv_lengths is None):
+            raise ValueError("AttentionMask takes both q_lengths and kv_lengths, or neither.")
+
 
 def dense_mask(mask: Array | AttentionMask) -> Array:
     """The [batch, 1, q_len, kv_len] bool array of either form of mask."""

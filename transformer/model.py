@@ -4,8 +4,11 @@ Both are assembled from the same layers. Sublayers follow the paper's post-LN or
 `LayerNorm(x + Dropout(Sublayer(x)))`, or pre-LN, `x + Dropout(Sublayer(LayerNorm(x)))` with a
 final LayerNorm after each stack, chosen by `config.normalization`.
 
-Packed batches: optional `*_segmentation` ids (0 = padding) keep attention inside a segment,
-and `*_positions` restart at 0 for every segment.
+Padding (PAD_ID) comes at the end of a row, as every pipeline here makes rows: an unpacked
+row's attention mask is also given as its length (`layers.AttentionMask`), which the fused
+attention reads instead of the mask. Packed batches: optional `*_segmentation` ids
+(0 = padding) keep attention inside a segment, and `*_positions` restart at 0 for every
+segment.
 
 Incremental decoding: the models' `decode` methods take `decode=True` to run the decoder one
 token at a time over a "cache" collection of keys and values (see `transformer.decode`). The
@@ -62,7 +65,8 @@ def default_positions(tokens: Array) -> Array:
 def lengths(tokens: Array) -> Array:
     """[batch, length] -> [batch] int32: the tokens before each row's padding (every pipeline
     here pads at the end of a row)."""
-    return jnp.sum(tokens != PAD_ID, axis=1, dtype=jnp.int32)
+    # Sharded as the rows are: a fused attention shard reads its own rows' lengths.
+    return constrain(jnp.sum(tokens != PAD_ID, axis=1, dtype=jnp.int32), (BATCH,))
 
 
 def self_attention_mask(tokens: Array, segmentation: Array | None, causal: bool) -> AttentionMask:
@@ -159,7 +163,8 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: AttentionMask, deterministic: bool) -> Array:
-        """x: [batch, length, d_model]; mask: [batch, 1, length, length] -> same as x."""
+        """x: [batch, length, d_model]; mask: an `AttentionMask` of [batch, 1, length,
+        length] -> same as x."""
         cfg = self.config
         dropout = functools.partial(Dropout(cfg.dropout_rate), deterministic=deterministic)
         norm = layer_norm(cfg, "self_attention_norm")
