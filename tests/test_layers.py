@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from transformer.layers import (
+    AttentionMask,
     MultiHeadAttention,
     causal_mask,
     dense_dot_general,
@@ -90,6 +91,13 @@ def test_a_masks_lengths_say_what_its_dense_mask_says(causal):
         np.testing.assert_allclose(
             fused_dot_product_attention(q, k, v, form), plain, rtol=1e-5, atol=1e-6
         )
+
+
+def test_an_attention_mask_takes_both_lengths_or_neither():
+    dense = jnp.ones((2, 1, 3, 3), bool)
+    with pytest.raises(ValueError, match="both q_lengths and kv_lengths, or neither"):
+        AttentionMask(dense, q_lengths=jnp.array([3, 2], jnp.int32))
+    assert AttentionMask(dense).q_lengths is None
 
 
 def test_masks_shapes_and_values():
