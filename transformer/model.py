@@ -73,13 +73,12 @@ def self_attention_mask(tokens: Array, segmentation: Array | None, causal: bool)
     """The mask [batch, 1, length, length] for self-attention over `tokens` [batch, length],
     with its lengths where the rows are unpacked (`segmentation` None)."""
     mask = padding_mask(tokens, tokens, PAD_ID)
-    if segmentation is not None:
-        mask &= segment_mask(segmentation, segmentation)
     if causal:
         mask &= causal_mask(tokens.shape[1])
     if segmentation is not None:
-        return AttentionMask(mask)
-    return AttentionMask(mask, lengths(tokens), lengths(tokens), causal)
+        return AttentionMask(mask & segment_mask(segmentation, segmentation))
+    n = lengths(tokens)
+    return AttentionMask(mask, n, n, causal)
 
 
 def rematerialized(layer: type[nn.Module], config: ModelConfig, static_argnums: tuple[int, ...]):
