@@ -14,6 +14,7 @@ from absl import app, flags
 
 from configs import ablations
 from transformer import sweep
+from transformer.config import with_overrides
 from transformer.errors import cli_main
 
 _VARIANTS = flags.DEFINE_list(
@@ -45,7 +46,7 @@ def main() -> None:
     variants = []
     for name in ablations.select(_VARIANTS.value):
         paper = ablations.PAPER[name]
-        config = sweep.with_overrides(ablations.get_config(spec(name)), _OVERRIDE.value)
+        config = with_overrides(ablations.get_config(spec(name)), _OVERRIDE.value)
         variants.append(
             sweep.Variant(
                 name, config, ablations.describe(name, config),

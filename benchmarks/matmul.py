@@ -62,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     print(describe_machine())
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; float32")
-    config = workload_config(args.workload, {})
+    config = workload_config(args.workload)
     batch, length = batch_shape(config)
     rows, d_model, d_ff = batch * length, config.model.d_model, config.model.d_ff
     layers = [(rows, d_model, d_model), (rows, d_model, d_ff), (rows, d_ff, d_model), (4096,) * 3]

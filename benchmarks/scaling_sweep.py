@@ -42,7 +42,6 @@ from benchmarks.train_step import (
     build_our_step,
     load_average,
     model_flops,
-    parse_overrides,
     random_batch,
     time_alternating,
     workload_config,
@@ -61,7 +60,7 @@ FIELDS = (
 )
 
 
-def build_points(workload: str, overrides: dict, grid: list[tuple[str, int, int]]) -> list:
+def build_points(workload: str, overrides: list[str], grid: list[tuple[str, int, int]]) -> list:
     """(sweep, rows, length, compiled step, analytic FLOPs) for each point of `grid`."""
     built = []
     for sweep, rows, length in grid:
@@ -136,14 +135,15 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    overrides = parse_overrides(args.set)
+    overrides = args.set
     grid = [("length", args.tokens // int(v), int(v)) for v in args.lengths.split(",")]
     grid += [("batch", int(v), args.length) for v in args.batches.split(",")]
     if any(rows < 1 for _, rows, _ in grid):
         parser.error("--tokens must be at least the longest of --lengths.")
     os.makedirs(args.out, exist_ok=True)
     print(describe_machine())
-    print(f"{args.workload}, overrides {overrides or 'none'}; load average {load_average()}")
+    shown = ", ".join(overrides) or "none"
+    print(f"{args.workload}, overrides {shown}; load average {load_average()}")
     built = build_points(args.workload, overrides, grid)
     cpu_start = sample_cpu()
     # Round robin, one step of every point per round: load from other jobs hits all alike.

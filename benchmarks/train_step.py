@@ -62,7 +62,6 @@ XLA's account of the step against `--memory_cap_gb`.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import importlib.util
 import math
@@ -70,7 +69,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +85,7 @@ from benchmarks.worker import StepWorker, peak_memory, process_cpu_seconds
 from configs import base
 from transformer import sharding, trainer
 from transformer.allocator import cpu_allocator_hint
-from transformer.config import Config, MeshConfig, from_config_dict
+from transformer.config import Config, ConfigError, MeshConfig, from_config_dict, with_overrides
 from transformer.special_tokens import NUM_SPECIAL
 
 WORKLOADS = {
@@ -97,35 +96,8 @@ REF_ROWS, REF_LENGTH, REF_VOCAB = 64, 64, 8192
 
 
 # ----------------------------------------------------------------------------- configs
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """["model.remat=block", "batch_size=32"] -> {"model.remat": "block", "batch_size": 32}."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
-        lowered = {"true": "True", "false": "False", "none": "None"}.get(text.lower(), text)
-        try:
-            overrides[key] = ast.literal_eval(lowered)
-        except (ValueError, SyntaxError):
-            overrides[key] = text
-    return overrides
-
-
-def apply_overrides(config: ConfigDict, overrides: dict[str, Any]) -> ConfigDict:
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            node = node[parent]
-        if leaf not in node:
-            raise SystemExit(f"--set {key}: no such config key.")
-        node[leaf] = value
-    return config
-
-
 def workload_config(
-    name: str, overrides: dict[str, Any], rows: int = REF_ROWS, length: int = REF_LENGTH
+    name: str, overrides: Sequence[str] = (), rows: int = REF_ROWS, length: int = REF_LENGTH
 ) -> Config:
     """A reference workload as a validated Config on one device (vocab_size set)."""
     config = base.get_config()
@@ -142,11 +114,10 @@ def workload_config(
     config.data.max_length = length
     config.data.batching = "sentences"
     config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
-    apply_overrides(config, overrides)
-    return from_config_dict(config).with_vocab_size(REF_VOCAB)
+    return from_config_dict(with_overrides(config, overrides)).with_vocab_size(REF_VOCAB)
 
 
-def file_config(path: str, overrides: dict[str, Any]) -> Config:
+def file_config(path: str, overrides: Sequence[str] = ()) -> Config:
     """The config of `configs/X.py` on one device, vocabulary = data.vocab_size."""
     spec = importlib.util.spec_from_file_location(Path(path).stem, path)
     if spec is None or spec.loader is None:
@@ -156,8 +127,7 @@ def file_config(path: str, overrides: dict[str, Any]) -> Config:
     config = module.get_config()
     config.mesh = ConfigDict(dict(data=1, fsdp=1, tensor=1))
     config.grad_accum_steps = 1
-    apply_overrides(config, overrides)
-    parsed = from_config_dict(config)
+    parsed = from_config_dict(with_overrides(config, overrides))
     return parsed.with_vocab_size(parsed.data.vocab_size)
 
 
@@ -635,20 +605,22 @@ def main() -> None:
         # Two JAX processes share the accelerator: ours must not claim 75% of its memory
         # before the flax worker starts (read when the backend starts; nothing on CPU).
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    overrides = parse_overrides(args.set)
 
-    def make_config(extra: dict[str, Any]) -> Config:
-        if args.config:
-            return file_config(args.config, {**overrides, **extra})
-        return workload_config(args.workload, {**overrides, **extra})
+    def make_config(extra: list[str]) -> Config:
+        try:
+            if args.config:
+                return file_config(args.config, [*args.set, *extra])
+            return workload_config(args.workload, [*args.set, *extra])
+        except ConfigError as e:
+            parser.error(str(e))
 
-    config, label = make_config({}), args.config or args.workload
+    config, label = make_config([]), args.config or args.workload
     if args.max_batch:
         if args.variant:
             parser.error("--variant times steps; --max_batch finds a batch size.")
         max_batch_mode(config, args)
     else:
-        variants = {v: make_config(parse_overrides(v.split(","))) for v in args.variant}
+        variants = {v: make_config(v.split(",")) for v in args.variant}
         benchmark(config, label, args, variants)
 
 

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import base
-from transformer.config import ConfigError, from_config_dict
+from configs import ablations, base
+from transformer.config import ConfigError, from_config_dict, with_overrides
 from transformer.model import build_model
 
 CONFIG_NAMES = sorted(
@@ -140,3 +140,22 @@ def test_a_workdir_config_from_before_the_chunked_loss_and_donate_state_still_re
     config = from_config_dict(read_config(str(tmp_path)))
     assert config.cross_entropy == "integer"
     assert config.donate_state is True
+
+
+def test_overrides_parse_python_literals_and_name_unknown_keys():
+    original = ablations.get_config("base")
+    config = with_overrides(
+        original, ["num_train_steps=7", "model.dropout_rate=0.25", "model.activation=gelu"]
+    )
+    assert (config.num_train_steps, config.model.dropout_rate) == (7, 0.25)
+    assert config.model.activation == "gelu"
+    # "none" is a string, as the Literal keys spell it; "None" is None.
+    config = with_overrides(original, ["model.remat=none", "model.d_k=None"])
+    assert (config.model.remat, config.model.d_k) == ("none", None)
+    assert original.to_dict() == ablations.get_config("base").to_dict()  # A copy was changed.
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.num_layers'"):
+        with_overrides(ablations.get_config("base"), ["model.num_layers=2"])
+    with pytest.raises(ConfigError, match="not of the form KEY=VALUE"):
+        with_overrides(ablations.get_config("base"), ["num_train_steps"])
+    with pytest.raises(ConfigError, match="num_train_steps=many"):
+        with_overrides(ablations.get_config("base"), ["num_train_steps=many"])

@@ -410,7 +410,7 @@ def test_chunked_cross_entropy_step_holds_less_memory_than_stored_logits():
     for formulation in ("integer", "chunked"):
         config = workload_config(
             "ref-small",
-            {"batch_size": 8, "cross_entropy": formulation, "model.num_encoder_layers": 1},
+            ["batch_size=8", f"cross_entropy={formulation}", "model.num_encoder_layers=1"],
         )
         step = build_our_step(config, random_batch(config))
         temp[formulation] = step.memory.temp_size_in_bytes
@@ -421,7 +421,7 @@ def test_chunked_cross_entropy_step_holds_less_memory_than_stored_logits():
 def test_ref_small_model_flops_are_the_issues_194_gflop_per_step():
     from benchmarks.train_step import model_flops, workload_config
 
-    config = workload_config("ref-small", {})
+    config = workload_config("ref-small")
     model = Transformer(config.model)
     params = jax.eval_shape(
         lambda: init(model, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
@@ -436,7 +436,7 @@ def test_torch_reference_has_our_parameter_count():
     from benchmarks.torch_step import build_torch_step
     from benchmarks.train_step import random_batch, workload_config
 
-    config = workload_config("ref-small", {}, rows=2, length=8)
+    config = workload_config("ref-small", rows=2, length=8)
     run, info = build_torch_step(config, random_batch(config))
     run()  # One step runs.
     model = Transformer(config.model)

@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def test_a_train_py_without_the_step_is_refused_naming_what_is_missing(tmp_path)
 
 @needs_example
 def test_flax_wmt_step_runs_our_workload_with_our_parameters_plus_its_final_norms():
-    config = workload_config("ref-small", {}, rows=2, length=8)
+    config = workload_config("ref-small", rows=2, length=8)
     run, info = build_flax_wmt_step(config, random_batch(config), FLAX_WMT)
     run()
     run()  # The donated state comes back and steps again.
@@ -59,7 +61,7 @@ def test_flax_wmt_step_runs_our_workload_with_our_parameters_plus_its_final_norm
 
 @needs_example
 def test_flax_wmt_comparison_refuses_models_it_cannot_express():
-    config = workload_config("ref-small", {}, rows=2, length=8)
+    config = workload_config("ref-small", rows=2, length=8)
     untied = dataclasses.replace(
         config, model=dataclasses.replace(config.model, tie_output_embedding=False)
     )
@@ -67,9 +69,9 @@ def test_flax_wmt_comparison_refuses_models_it_cannot_express():
         build_flax_wmt_step(untied, random_batch(untied), FLAX_WMT)
 
 
-def small_workload(**overrides):
-    layers = {"model.num_encoder_layers": 1, "model.num_decoder_layers": 1}
-    return workload_config("ref-small", {**layers, **overrides}, rows=2, length=8)
+def small_workload(*overrides):
+    layers = ["model.num_encoder_layers=1", "model.num_decoder_layers=1"]
+    return workload_config("ref-small", [*layers, *overrides], rows=2, length=8)
 
 
 BENCH_ARGS = argparse.Namespace(
@@ -78,7 +80,7 @@ BENCH_ARGS = argparse.Namespace(
 
 
 def test_a_variant_is_timed_in_turn_with_our_step_and_named_by_its_overrides(capsys):
-    variant = small_workload(**{"model.remat": "block"})
+    variant = small_workload("model.remat=block")
     result = benchmark(small_workload(), "small", BENCH_ARGS, {"model.remat=block": variant})
     out = capsys.readouterr().out
     assert "Variant model.remat=block: compiled in" in out
@@ -87,8 +89,34 @@ def test_a_variant_is_timed_in_turn_with_our_step_and_named_by_its_overrides(cap
     assert result["variant_tokens_per_second"]["model.remat=block"] > 0
 
 
+def test_set_values_are_spelled_as_the_config_spells_them():
+    config = workload_config("ref-small", ["model.remat=none", "model.d_k=None", "seed=3"])
+    assert (config.model.remat, config.model.d_k, config.seed) == ("none", None, 3)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("model.remat=sometimes", "config.model.remat='sometimes' must be one of"),
+        ("model.layers=2", "unknown config key 'model.layers'"),
+    ],
+)
+def test_a_bad_set_is_refused_naming_it(setting, message):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/train_step.py", "--set", setting],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr
+
+
 def test_a_variant_that_changes_the_batch_is_refused():
-    bigger = workload_config("ref-small", {}, rows=4, length=8)
+    bigger = workload_config("ref-small", rows=4, length=8)
     with pytest.raises(SystemExit, match="--variant batch_size=4: changes the batch"):
         benchmark(small_workload(), "small", BENCH_ARGS, {"batch_size=4": bigger})
 

@@ -8,11 +8,13 @@ dataclasses below, never the ConfigDict.
 
 from __future__ import annotations
 
+import ast
+import copy
 import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ml_collections import ConfigDict
@@ -191,6 +193,32 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
         elif a != b:
             found.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return found
+
+
+def with_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+    """A copy of `config` with each "dotted.key=value" applied (values parsed as Python
+    literals, else taken as strings: "none" is the string, "None" is None); ConfigError naming
+    a key that does not exist or a value of the wrong type."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"Override {item!r} is not of the form KEY=VALUE.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, ConfigDict) else None
+        if not isinstance(node, ConfigDict) or leaf not in node:
+            raise ConfigError(f"Override {item!r}: unknown config key '{key}'.")
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"Override {item!r}: {e}") from None
+    return config
 
 
 def from_config_dict(config: ConfigDict) -> Config:

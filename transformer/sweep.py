@@ -13,8 +13,6 @@ trainer at a checkpoint (see transformer.preemption) and the sweep with it.
 
 from __future__ import annotations
 
-import ast
-import copy
 import csv
 import dataclasses
 import os
@@ -51,32 +49,6 @@ class Variant:
     paper_params_millions: float | None = None
     paper_ppl: float | None = None
     paper_bleu: float | None = None
-
-
-def with_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
-    """`config` with each "dotted.key=value" applied (values parsed as Python literals, else
-    taken as strings); ConfigError naming a key that does not exist or a value of the wrong
-    type."""
-    config = copy.deepcopy(config)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"Override {item!r} is not of the form KEY=VALUE.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node.get(part) if isinstance(node, ConfigDict) else None
-        if not isinstance(node, ConfigDict) or leaf not in node:
-            raise ConfigError(f"Override {item!r}: unknown config key '{key}'.")
-        try:
-            node[leaf] = value
-        except TypeError as e:
-            raise ConfigError(f"Override {item!r}: {e}") from None
-    return config
 
 
 def run_sweep(variants: Sequence[Variant], workdir: str, title: str) -> list[dict[str, str]]:
