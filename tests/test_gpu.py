@@ -6,14 +6,21 @@ On a GPU host (benchmarks/gpu.sh runs this file before it measures anything):
     JAX_PLATFORMS=cuda python -m pytest -n 0 tests/test_gpu.py
 
 Everywhere else the tests that need cuDNN skip; the bfloat16 comparisons still run, through
-the XLA implementation that `fused_dot_product_attention` falls back to.
+the XLA implementation that `fused_dot_product_attention` falls back to, and the train step
+that gpu.sh times is lowered for CUDA (not compiled), which shows where cuDNN is called.
 """
+
+import collections
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.train_step import file_config, random_batch
+from transformer import sharding, trainer
+from transformer.config import MeshConfig
 from transformer.layers import (
     AttentionMask,
     causal_mask,
@@ -161,6 +168,72 @@ def test_bfloat16_model_with_fused_attention_trains_like_xla_attention(remat):
     )
     assert np.all(np.isfinite(got))
     assert np.linalg.norm(got - want) < 0.05 * np.linalg.norm(want)
+
+
+@pytest.fixture
+def cuda_lowering(monkeypatch):
+    """Without a GPU: JAX lowers cuDNN's fused attention for CUDA as for a Hopper GPU with
+    cuDNN 9.10, and the model takes its GPU paths (`jax.default_backend()` says "gpu").
+
+    JAX asks the CUDA plugin for cuDNN's version and the device's compute capability while
+    it traces; only those probes are answered here. Nothing is compiled or run. On a GPU the
+    tests above check the compiled step itself, and gpu.sh's choice of attention rests on
+    them alone, not on the names of JAX's custom calls that this one counts."""
+    if ON_GPU:
+        pytest.skip("a CPU check: on a GPU the compiled step is tested above")
+    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+    probes = ("check_cudnn_version", "check_compute_capability", "is_cuda_compute_capability_equal")
+    if not all(hasattr(fused, name) for name in probes):
+        pytest.skip("this JAX probes for cuDNN otherwise than the stand-ins here answer")
+    version = lambda capability: tuple(int(x) for x in capability.split("."))  # noqa: E731
+    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 91000)
+    monkeypatch.setattr(fused, "check_compute_capability", lambda c: version(c) <= (9, 0))
+    monkeypatch.setattr(fused, "is_cuda_compute_capability_equal", lambda c: version(c) == (9, 0))
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+
+
+@pytest.mark.parametrize(
+    "batch, remat, forward, backward, masks",
+    [
+        # Unpacked rows: each row's lengths and causality, no [batch, 1, L, L] bias.
+        ("unpacked", "none", "fmhaSoftmax", "fmhaSoftmaxBackward", {"PADDING", "PADDING_CAUSAL"}),
+        ("unpacked", "block", "fmhaSoftmax", "fmhaSoftmaxBackward", {"PADDING", "PADDING_CAUSAL"}),
+        # Packed rows: the dense mask, as cuDNN's bias.
+        ("packed", "none", "fmhaScaleBiasSoftmax", "fmhaScaleBiasSoftmaxBackward", {"NO_MASK"}),
+    ],
+)
+def test_base_bfloat16_train_step_calls_cudnn_in_every_attention_sublayer(
+    cuda_lowering, batch, remat, forward, backward, masks
+):
+    """The step that benchmarks/gpu.sh times (configs/base.py, bfloat16, fused attention),
+    lowered for CUDA: one cuDNN attention forward and backward per attention sublayer (6
+    encoder self, 6 decoder self, 6 cross), none left to XLA; remat=block runs each forward
+    twice."""
+    overrides = [
+        "model.dtype=bfloat16",
+        "model.attention=dot_product_attention",
+        "model.attention_dropout_rate=0.0",
+        f"model.remat={remat}",
+    ]
+    config = file_config("configs/base.py", overrides)
+    arrays = random_batch(config)
+    if batch == "packed":
+        rows, length = arrays["inputs"].shape
+        ids = np.repeat(np.arange(1, 5), length // 4)[None].repeat(rows, 0).astype(np.int32)
+        positions = np.tile(np.arange(length // 4, dtype=np.int32), 4)[None].repeat(rows, 0)
+        for side in ("inputs", "targets"):
+            arrays |= {f"{side}_segmentation": ids, f"{side}_positions": positions}
+    mesh = sharding.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    setup = trainer.build(config, mesh)
+    with trainer.mesh_context(mesh, config):
+        state = jax.eval_shape(setup.init, jax.random.key(0))
+        shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in arrays.items()}
+        traced = setup.train_step.trace(state, shapes)
+        text = traced.lower(lowering_platforms=("cuda",)).as_text()
+    calls = collections.Counter(re.findall(r"custom_call @__cudnn\$(\w+)\(", text))
+    sublayers = config.model.num_encoder_layers + 2 * config.model.num_decoder_layers
+    assert calls == {forward: sublayers * (2 if remat == "block" else 1), backward: sublayers}
+    assert set(re.findall(r"mask_type\\22: \\22(\w+)\\22", text)) == masks
 
 
 @needs_gpu
