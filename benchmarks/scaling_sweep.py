@@ -46,6 +46,7 @@ from benchmarks.train_step import (
     time_alternating,
     workload_config,
 )
+from transformer.config import ConfigError
 
 FIELDS = (
     "sweep",
@@ -140,6 +141,10 @@ def main() -> None:
     grid += [("batch", int(v), args.length) for v in args.batches.split(",")]
     if any(rows < 1 for _, rows, _ in grid):
         parser.error("--tokens must be at least the longest of --lengths.")
+    try:  # A bad --set is refused before anything is written or built.
+        workload_config(args.workload, overrides)
+    except ConfigError as e:
+        parser.error(str(e))
     os.makedirs(args.out, exist_ok=True)
     print(describe_machine())
     shown = ", ".join(overrides) or "none"

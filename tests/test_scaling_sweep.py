@@ -62,3 +62,11 @@ def test_a_length_longer_than_the_token_budget_is_refused(tmp_path):
     assert done.returncode == 2
     assert "--tokens must be at least the longest of --lengths" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_bad_set_is_refused_before_anything_is_written(tmp_path):
+    done = run_sweep("--set", "model.layers=2", "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "unknown config key 'model.layers'" in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
