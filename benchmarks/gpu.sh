@@ -2,6 +2,9 @@
 # The GPU figures of the README's Performance section in one call, for a lent H100/H200:
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]        (logs: OUT_DIR, else $OUT, else /tmp/gpu)
+#   bash benchmarks/gpu.sh --check [OUT_DIR]  (any machine: builds each run's configs and
+#                                              prints their models and FLOPs per step, through
+#                                              train_step.py --check; nothing compiles or runs)
 #
 # 0. tests/test_gpu.py, the paths only a GPU takes (cuDNN's fused attention against the plain
 #    path, the device's memory count); where the attention fails them, the runs below use
@@ -20,6 +23,11 @@
 # then pip install --no-index --no-deps --target /tmp/site .whl/*.whl and
 # PYTHONPATH=/tmp/site there).
 set -uo pipefail
+check=()
+if [ "${1:-}" = --check ]; then
+    check=(--check)
+    shift
+fi
 out="$(realpath -m "${1:-${OUT:-/tmp/gpu}}")"  # Before the cd: relative to the caller.
 cd "$(dirname "$0")/.." || exit 2
 peak="${PEAK_FLOPS:-989e12}"
@@ -39,26 +47,28 @@ if [ -n "$missing" ]; then
     echo "benchmarks/gpu.sh: missing Python packages: $missing (see the top of this file)." >&2
     exit 2
 fi
-errors="$(mktemp)"
-backend="$("$python" -c 'import jax; print(jax.default_backend())' 2>"$errors")"
-if [ "$backend" != gpu ]; then
-    echo "benchmarks/gpu.sh: JAX's backend is '${backend:-unknown}', not gpu: nothing to measure." >&2
-    tail -n 5 "$errors" >&2  # A CUDA plugin that failed to load says why here.
+if [ ${#check[@]} = 0 ]; then
+    errors="$(mktemp)"
+    backend="$("$python" -c 'import jax; print(jax.default_backend())' 2>"$errors")"
+    if [ "$backend" != gpu ]; then
+        echo "benchmarks/gpu.sh: JAX's backend is '${backend:-unknown}', not gpu: nothing to measure." >&2
+        tail -n 5 "$errors" >&2  # A CUDA plugin that failed to load says why here.
+        rm -f "$errors"
+        exit 3
+    fi
     rm -f "$errors"
-    exit 3
+    { nvidia-smi; "$python" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)'; } \
+        >"$out/machine.txt" 2>&1
+    cat "$out/machine.txt"
 fi
-rm -f "$errors"
-
-{ nvidia-smi; "$python" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)'; } \
-    >"$out/machine.txt" 2>&1
-cat "$out/machine.txt"
 
 status=0
 run() {  # name, seconds, benchmark arguments...
     local name=$1 limit=$2
     shift 2
     echo "=== $name (at most $limit s): benchmarks/train_step.py $*"
-    timeout -k 10 "$limit" "$python" benchmarks/train_step.py "$@" 2>&1 | tee "$out/$name.txt"
+    timeout -k 10 "$limit" "$python" benchmarks/train_step.py "$@" "${check[@]}" 2>&1 \
+        | tee "$out/$name.txt"
     local code=${PIPESTATUS[0]}
     echo "=== $name: exit $code"
     [ "$code" = 0 ] || status=1
@@ -66,7 +76,9 @@ run() {  # name, seconds, benchmark arguments...
 
 attention=dot_product_attention
 echo "=== gpu_tests (at most 90 s): tests/test_gpu.py"
-if "$python" -c 'import pytest' 2>/dev/null; then
+if [ ${#check[@]} != 0 ]; then
+    echo "=== gpu_tests: not with --check"
+elif "$python" -c 'import pytest' 2>/dev/null; then
     # tests/conftest.py puts tests on the CPU unless JAX_PLATFORMS says otherwise; `-o
     # addopts=` drops pyproject's pytest options, which need pytest-xdist.
     JAX_PLATFORMS=cuda timeout -k 10 90 "$python" -m pytest -o addopts= -p no:cacheprovider -q \

@@ -5,6 +5,8 @@
   python benchmarks/train_step.py --config configs/big.py --set model.dtype=bfloat16
   python benchmarks/train_step.py --workload ref-base --max_batch --memory_cap_gb 8
   python benchmarks/train_step.py --workload ref-base --variant model.remat=block
+  python benchmarks/train_step.py --config configs/big.py --check   (no compiling: the model,
+                                                                     batch and FLOPs)
 
 The step is the one users run: `transformer.trainer.build` (the jitted, state-donating
 `make_train_step` with Adam, label smoothing and dropout) on one device, compiled ahead
@@ -326,16 +328,22 @@ def describe_switches(config: Config) -> str:
     return f"{model}; {top}"
 
 
+def refuse_batch_changes(config: Config, variants: dict[str, Config]) -> None:
+    """SystemExit naming a variant whose batch differs from config's: its tokens/s would not
+    compare."""
+    for name, variant in variants.items():
+        if batch_shape(variant) != batch_shape(config):
+            raise SystemExit(f"--variant {name}: changes the batch, so tokens/s would not compare.")
+
+
 # ------------------------------------------------------------------------------- modes
 def benchmark(
     config: Config, label: str, args: argparse.Namespace, variants: dict[str, Config] | None = None
 ) -> dict[str, float]:
     """Times our step (and the --compare ones and our `variants`, named by their overrides,
     in turn with it) and prints the figures."""
+    refuse_batch_changes(config, variants or {})
     rows, length = batch_shape(config)
-    for name, variant in (variants or {}).items():
-        if batch_shape(variant) != (rows, length):
-            raise SystemExit(f"--variant {name}: changes the batch, so tokens/s would not compare.")
     batch = random_batch(config)
     m = config.model
     print(describe_machine())
@@ -565,6 +573,27 @@ def describe_rows(rows: int, length: int) -> str:
     return f"{rows:6d} rows = {rows * length:,} tokens{more}"
 
 
+def check_mode(config: Config, label: str, variants: dict[str, Config]) -> None:
+    """Prints the model, batch, switches and analytic FLOPs per step of config and each
+    variant from abstract shapes: nothing is compiled or run, so a command line can be tried
+    before a GPU lease."""
+    refuse_batch_changes(config, variants)
+    mesh = sharding.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    named = {label: config, **{f"{label} --variant {v}": c for v, c in variants.items()}}
+    for label, config in named.items():
+        rows, length = batch_shape(config)
+        params = trainer.build(config, mesh).abstract_state.params
+        flops = model_flops(config, params, rows, length)
+        n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+        m = config.model
+        print(
+            f"{label}: {m.kind}, {m.num_encoder_layers} + {m.num_decoder_layers} layers, d_model "
+            f"{m.d_model}, {m.num_heads} heads, d_ff {m.d_ff}, vocab {m.vocab_size:,}, "
+            f"{n_params:,} parameters; batch {rows} x {length}; {describe_switches(config)}; "
+            f"{flops['total'] / 1e12:.2f} TFLOP per step"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
@@ -596,6 +625,11 @@ def main() -> None:
     parser.add_argument("--peak_flops", type=float, help="Peak FLOP/s for MFU (else measured).")
     parser.add_argument("--max_batch", action="store_true", help="Find the largest batch.")
     parser.add_argument("--memory_cap_gb", type=float, help="CPU memory cap for --max_batch.")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="Only build the config(s) and print their models and FLOPs: nothing is compiled.",
+    )
     args = parser.parse_args()
     if args.steps < 5:
         parser.error("--steps must be at least 5.")
@@ -615,12 +649,14 @@ def main() -> None:
             parser.error(str(e))
 
     config, label = make_config([]), args.config or args.workload
-    if args.max_batch:
-        if args.variant:
-            parser.error("--variant times steps; --max_batch finds a batch size.")
+    if args.max_batch and args.variant:
+        parser.error("--variant times steps; --max_batch finds a batch size.")
+    variants = {v: make_config(v.split(",")) for v in args.variant}
+    if args.check:
+        check_mode(config, label, variants)
+    elif args.max_batch:
         max_batch_mode(config, args)
     else:
-        variants = {v: make_config(v.split(",")) for v in args.variant}
         benchmark(config, label, args, variants)
 
 

@@ -1,5 +1,6 @@
 """benchmarks/gpu.sh (the GPU figures of the Performance section in one call) refuses, with a
-reason, a machine it cannot measure, before it spends any of a GPU lease."""
+reason, a machine it cannot measure, before it spends any of a GPU lease; `--check` builds
+every run's configs on any machine."""
 
 import os
 import subprocess
@@ -10,13 +11,13 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.sh"
 
 
 def run_script(
-    out: Path | str, python: str, cwd: Path | None = None
+    out: Path | str, python: str, cwd: Path | None = None, *flags: str
 ) -> subprocess.CompletedProcess:
-    """gpu.sh run with OUT_DIR `out`, from `cwd`, on this machine's CPU."""
+    """gpu.sh run with `flags` and OUT_DIR `out`, from `cwd`, on this machine's CPU."""
     env = {**os.environ, "PYTHON": python, "JAX_PLATFORMS": "cpu"}
     env.pop("PYTHONPATH", None)  # The bare interpreter must not find packages through it.
     return subprocess.run(
-        ["bash", str(SCRIPT), str(out)],
+        ["bash", str(SCRIPT), *flags, str(out)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -48,3 +49,16 @@ def test_a_python_without_the_packages_is_refused_naming_them(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "missing Python packages: jax flax optax" in done.stderr
     assert "ml_collections" in done.stderr
+
+
+def test_check_builds_every_runs_configs_on_a_machine_without_a_gpu(tmp_path):
+    done = run_script(tmp_path / "out", sys.executable, None, "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for run in ("big", "base", "base_max_batch"):
+        assert f"=== {run}: exit 0" in done.stdout
+        log = (tmp_path / "out" / f"{run}.txt").read_text()
+        assert "attention=dot_product_attention" in log and "dtype=bfloat16" in log
+        assert "TFLOP per step" in log
+    assert "configs/big.py: encoder_decoder, 6 + 6 layers, d_model 1024" in done.stdout
+    assert "configs/base.py --variant dropout_rng=rbg:" in done.stdout
+    assert "gpu_tests: not with --check" in done.stdout
