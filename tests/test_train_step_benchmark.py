@@ -115,6 +115,32 @@ def test_a_bad_set_is_refused_naming_it(setting, message):
     assert "Traceback" not in done.stderr
 
 
+def test_on_an_accelerator_a_given_peak_is_checked_against_a_measured_matmul(monkeypatch, capsys):
+    """The GPU branch, taken on CPU: with a datasheet peak given, the matmul ceiling is
+    still measured (before the step is built) and MFU printed against both."""
+    import jax
+
+    from benchmarks import train_step
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(train_step, "ACCELERATOR_MATMUL", 256)  # A GPU's 8192 is slow here.
+    result = benchmark(small_workload(), "small", BENCH_ARGS)
+    out = capsys.readouterr().out
+    ceiling = result["measured_matmul_flops"]
+    assert ceiling > 0 and result["peak_flops"] == BENCH_ARGS.peak_flops
+    assert "Peak: 1,000.0 GFLOP/s (given)" in out
+    assert (
+        f"Measured ceiling: {ceiling / 1e9:,.1f} GFLOP/s (the fastest float32 256^3 matmul)" in out
+    )
+    assert re.search(r"^  ours .* MFU +\d+\.\d% \(\d+\.\d% of the ceiling\)", out, re.M), out
+
+
+def test_on_cpu_a_given_peak_is_not_measured(capsys):
+    result = benchmark(small_workload(), "small", BENCH_ARGS)
+    assert result["measured_matmul_flops"] is None
+    assert "ceiling" not in capsys.readouterr().out
+
+
 def test_a_variant_that_changes_the_batch_is_refused():
     bigger = workload_config("ref-small", rows=4, length=8)
     with pytest.raises(SystemExit, match="--variant batch_size=4: changes the batch"):
