@@ -331,6 +331,14 @@ def describe_switches(config: Config) -> str:
     return f"{model}; {top}"
 
 
+def describe_model(config: Config) -> str:
+    m = config.model
+    return (
+        f"{m.kind}, {m.num_encoder_layers} + {m.num_decoder_layers} layers, d_model {m.d_model}, "
+        f"{m.num_heads} heads, d_ff {m.d_ff}, vocab {m.vocab_size:,}"
+    )
+
+
 def refuse_batch_changes(config: Config, variants: dict[str, Config]) -> None:
     """SystemExit naming a variant whose batch differs from config's: its tokens/s would not
     compare."""
@@ -352,10 +360,9 @@ def benchmark(
     print(describe_machine())
     print(f"Load average at start: {load_average()}")
     print(
-        f"{label}: {m.kind}, {m.num_encoder_layers} + {m.num_decoder_layers} layers, d_model "
-        f"{m.d_model}, {m.num_heads} heads, d_ff {m.d_ff}, vocab {m.vocab_size:,}; batch {rows} "
-        f"x {length} source and target tokens; dropout {m.dropout_rate} / attention "
-        f"{m.attention_dropout_rate}, label smoothing {config.label_smoothing}"
+        f"{label}: {describe_model(config)}; batch {rows} x {length} source and target tokens; "
+        f"dropout {m.dropout_rate} / attention {m.attention_dropout_rate}, label smoothing "
+        f"{config.label_smoothing}"
     )
     print(f"Switches: {describe_switches(config)}")
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
@@ -415,6 +422,7 @@ def benchmark(
         ceilings.append(measured_peak_flops(dtype, matmul_n))
     matmul = f"the fastest {jnp.dtype(dtype).name} {matmul_n}^3 matmul"
     ceiling = max(ceilings, default=None)
+    checked = ceiling if args.peak_flops else None  # A given peak, checked by a measured one.
     if args.peak_flops:
         peak, peak_source = args.peak_flops, "given"
     else:
@@ -429,7 +437,7 @@ def benchmark(
         f"{flops['attention'] / 3e9:.1f} GFLOP]"
     )
     print(f"Peak: {peak / 1e9:,.1f} GFLOP/s ({peak_source})")
-    if args.peak_flops and ceiling:
+    if checked:
         print(
             f"Measured ceiling: {ceiling / 1e9:,.1f} GFLOP/s ({matmul}), "
             f"{ceiling / peak:.0%} of the given peak"
@@ -458,11 +466,7 @@ def benchmark(
         print(
             f"  {name:{width}s} {step:8.3f} s/step  {tokens / step:10,.0f} target tokens/s  "
             f"{achieved / 1e9:8.1f} GFLOP/s  MFU {100 * achieved / peak:5.1f}%"
-            + (
-                f" ({100 * achieved / ceiling:.1f}% of the ceiling)"
-                if args.peak_flops and ceiling
-                else ""
-            )
+            + (f" ({100 * achieved / checked:.1f}% of the ceiling)" if checked else "")
             + "   "
             f"(min {min(seconds):.3f}, max {max(seconds):.3f}; "
             f"process CPU {statistics.median(cpu_times[name]):.2f} s)"
@@ -606,17 +610,14 @@ def check_mode(config: Config, label: str, variants: dict[str, Config]) -> None:
     refuse_batch_changes(config, variants)
     mesh = sharding.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
     named = {label: config, **{f"{label} --variant {v}": c for v, c in variants.items()}}
-    for label, config in named.items():
-        rows, length = batch_shape(config)
-        params = trainer.build(config, mesh).abstract_state.params
-        flops = model_flops(config, params, rows, length)
+    for name, each in named.items():
+        rows, length = batch_shape(each)
+        params = trainer.build(each, mesh).abstract_state.params
+        flops = model_flops(each, params, rows, length)
         n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-        m = config.model
         print(
-            f"{label}: {m.kind}, {m.num_encoder_layers} + {m.num_decoder_layers} layers, d_model "
-            f"{m.d_model}, {m.num_heads} heads, d_ff {m.d_ff}, vocab {m.vocab_size:,}, "
-            f"{n_params:,} parameters; batch {rows} x {length}; {describe_switches(config)}; "
-            f"{flops['total'] / 1e12:.2f} TFLOP per step"
+            f"{name}: {describe_model(each)}, {n_params:,} parameters; batch {rows} x {length}; "
+            f"{describe_switches(each)}; {flops['total'] / 1e12:.2f} TFLOP per step"
         )
 
 
