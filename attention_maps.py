@@ -26,20 +26,20 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/attention.")
 
 def draw() -> None:
     restored = inference.restore(_WORKDIR.value, _STEP.value)
-    config, setup, tokenizer = restored.config, restored.setup, restored.tokenizer
+    config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
     if config.model.kind != "encoder_decoder":
         raise inference.CheckpointNotFoundError("Attention maps need a translation model.")
     source = tokenizer.encode(_SOURCE.value.strip())[: config.data.max_length]
     target_text = _TARGET.value
-    with trainer.mesh_context(setup.mesh, config):
+    with trainer.mesh_context(placed.mesh, config):
         if target_text is None:
             (target_text,) = translate_ids(
-                config, setup.model, restored.params, tokenizer, [source], setup.batch_sharding
+                config, placed.model, restored.params, tokenizer, [source], placed.batch_sharding
             )
     target = tokenizer.encode(target_text)[: config.data.max_length]
     output_dir = _OUTPUT.value or os.path.join(_WORKDIR.value, "attention")
     paths = write_attention_maps(
-        setup.model, restored.params, source, target, tokenizer.pieces, output_dir
+        placed.model, restored.params, source, target, tokenizer.pieces, output_dir
     )
     print(f"source: {_SOURCE.value}\ntarget: {target_text}")
     print("\n".join(paths))

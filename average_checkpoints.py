@@ -12,7 +12,7 @@ import os
 import jax
 from absl import app, flags
 
-from transformer import checkpoint, inference, trainer
+from transformer import checkpoint, inference, trainer, workdir
 from transformer.errors import cli_main
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
@@ -25,7 +25,7 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Default: WORKDIR/averaged.")
 
 def average() -> None:
     restored = inference.restore(_WORKDIR.value, _STEP.value, _LAST.value)
-    config, setup, steps = restored.config, restored.setup, restored.steps
+    config, placed, steps = restored.config, restored.placed, restored.steps
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "averaged")
     source = checkpoint.Checkpointer(os.path.join(_WORKDIR.value, "checkpoints"), read_only=True)
     target = checkpoint.Checkpointer(output)
@@ -34,9 +34,9 @@ def average() -> None:
             raise inference.CheckpointNotFoundError(
                 f"{output}/{steps[-1]} exists already; choose another --output_dir."
             )
-        meta = trainer.checkpoint_meta(config)
-        with trainer.mesh_context(setup.mesh, config):
-            newest = source.restore(steps[-1], setup.abstract_state, meta)
+        meta = workdir.checkpoint_meta(config)
+        with trainer.mesh_context(placed.mesh, config):
+            newest = source.restore(steps[-1], placed.abstract_state, meta)
             averaged = newest.replace(params=restored.params)
             target.save(steps[-1], averaged, meta, force=True)
             target.wait_until_finished()

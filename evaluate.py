@@ -33,15 +33,15 @@ flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
 
 def evaluate() -> None:
     restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
-    config, setup = restored.config, restored.setup
+    config, placed = restored.config, restored.placed
     if config.model.kind != "encoder_decoder":
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; evaluate.py translates."
         )
     task = load_task(config.data, _WORKDIR.value)
-    with trainer.mesh_context(setup.mesh, config):
+    with trainer.mesh_context(placed.mesh, config):
         scores, hypotheses, signature = evaluate_translation(
-            config, setup.model, restored.params, task, _SPLIT.value, setup.batch_sharding,
+            config, placed.model, restored.params, task, _SPLIT.value, placed.batch_sharding,
             _BEAM.value, _ALPHA.value,
         )  # fmt: skip
     steps = restored.steps

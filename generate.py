@@ -65,7 +65,7 @@ def prompt_rows(prompts: list[list[int]], copies: int, max_length: int) -> np.nd
 def generate() -> None:
     prompts = _PROMPT.value or inference.read_lines(_INPUT.value)
     restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
-    config, setup, tokenizer = restored.config, restored.setup, restored.tokenizer
+    config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
     if config.model.kind != "decoder_only":
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; generate.py needs a language "
@@ -76,11 +76,11 @@ def generate() -> None:
     rows = prompt_rows(ids, _NUM_SAMPLES.value, max_length)
     decode = jax.jit(
         lambda params, prompt, rng: sample_lm(
-            setup.model, params, prompt, max_length, rng,
+            placed.model, params, prompt, max_length, rng,
             _TEMPERATURE.value, _TOP_K.value, _TOP_P.value,
         )
     )  # fmt: skip
-    with trainer.mesh_context(setup.mesh, config):
+    with trainer.mesh_context(placed.mesh, config):
         outputs = np.asarray(decode(restored.params, rows, jax.random.key(_SEED.value)))
     sys.stdout.writelines(tokenizer.decode(out) + "\n" for out in outputs)
 

@@ -1,20 +1,21 @@
 """Trains Table 3 variants one after another and tabulates them beside the paper.
 
   python sweep.py --variants A,C --workdir /tmp/table3 --data multi30k --scale 0.5 \
-      [--override num_train_steps=3000 ...]
+      [--config.num_train_steps=3000 ...]
 
 Each variant trains in WORKDIR/<variant> exactly as
 `train.py --config configs/ablations.py:<variant>,data=<data>,scale=<scale>` would, with the
---override values on top. Then its validation perplexity and greedy BLEU go into
-WORKDIR/results.md, results.csv and results.png. Running again resumes: recorded variants
-are skipped and a half-trained one continues from its newest checkpoint.
+--config.KEY=VALUE overrides on top (the same for every variant). Then its validation
+perplexity and greedy BLEU go into WORKDIR/results.md, results.csv and results.png. Running
+again resumes: recorded variants are skipped and a half-trained one continues from its newest
+checkpoint.
 """
 
 from absl import app, flags
 
 from configs import ablations
 from transformer import sweep
-from transformer.config import with_overrides
+from transformer.config import split_overrides, with_overrides
 from transformer.errors import cli_main
 
 _VARIANTS = flags.DEFINE_list(
@@ -28,9 +29,12 @@ _DATA = flags.DEFINE_string(
 _SCALE = flags.DEFINE_float(
     "scale", 1.0, "Multiplies d_model, d_ff and d_k/d_v of every variant (heads kept)."
 )
-_OVERRIDE = flags.DEFINE_multi_string(
-    "override", [], "KEY=VALUE applied to every variant, e.g. num_train_steps=3000."
-)
+OVERRIDES: list[str] = []  # The --config.KEY=VALUE arguments, taken out before absl parses.
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    rest, OVERRIDES[:] = split_overrides(argv)
+    return app.parse_flags_with_usage(rest)
 
 
 def spec(name: str) -> str:
@@ -46,7 +50,7 @@ def main() -> None:
     variants = []
     for name in ablations.select(_VARIANTS.value):
         paper = ablations.PAPER[name]
-        config = with_overrides(ablations.get_config(spec(name)), _OVERRIDE.value)
+        config = with_overrides(ablations.get_config(spec(name)), OVERRIDES)
         variants.append(
             sweep.Variant(
                 name, config, ablations.describe(name, config),
@@ -54,11 +58,11 @@ def main() -> None:
             )
         )  # fmt: skip
     setting = ", ".join(
-        [f"data {_DATA.value or 'embedded (base)'}", f"scale {_SCALE.value:g}", *_OVERRIDE.value]
+        [f"data {_DATA.value or 'generated (base)'}", f"scale {_SCALE.value:g}", *OVERRIDES]
     )
     sweep.run_sweep(variants, _WORKDIR.value, f"Table 3 variants ({setting})")
     print(f"Results: {_WORKDIR.value}/results.md, results.csv, results.png")
 
 
 if __name__ == "__main__":
-    app.run(cli_main(main))
+    app.run(cli_main(main), flags_parser=parse_flags)

@@ -3,17 +3,19 @@ stops after the current step with a checkpoint (exit 0); a second one stops at o
 
   python train.py --config configs/quickstart.py --workdir /tmp/quickstart \
       [--config.num_train_steps=2000 --config.model.dropout_rate=0.2 ...]
+  python train.py --config configs/ablations.py:C_n2 --workdir /tmp/C_n2
+
+--config.KEY=VALUE overrides any key of the config (values as Python literals: 2000, 0.2,
+None, True; anything else is a string).
 """
 
-import sys
-
 from absl import app, flags
-from ml_collections import config_flags
 
 from transformer import distributed, trainer
+from transformer.config import load_file, split_overrides, with_overrides
 from transformer.errors import cli_main
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_CONFIG = flags.DEFINE_string("config", None, "Experiment config file: configs/NAME.py[:ARG].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address",
@@ -24,28 +26,18 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: how many processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's id.")
 flags.mark_flags_as_required(["config", "workdir"])
+OVERRIDES: list[str] = []  # The --config.KEY=VALUE arguments, taken out before absl parses.
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing; an override of a key the config lacks is a one-line error."""
-    try:
-        return app.parse_flags_with_usage(argv)
-    except (AttributeError, KeyError) as e:  # ml_collections' way of saying "no such key".
-        cause: BaseException = e
-        while cause.args and isinstance(cause.args[0], BaseException):
-            cause = cause.args[0]
-        key, _, hint = str(cause.args[0] if cause.args else cause).partition("\n")
-        key = key.strip("'\"")
-        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-        culprit = next((a for a in overrides if key in a.split(".")), None)
-        if culprit is None:
-            raise
-        sys.exit(f"error: {culprit}: the config has no key {key!r}. {hint}".strip())
+    rest, OVERRIDES[:] = split_overrides(argv)
+    return app.parse_flags_with_usage(rest)
 
 
 def train() -> None:
+    config = with_overrides(load_file(_CONFIG.value), OVERRIDES)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    trainer.run(_CONFIG.value, _WORKDIR.value)
+    trainer.run(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
 def translate() -> None:
     lines = inference.read_lines(_INPUT.value)
     restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
-    config, setup, tokenizer = restored.config, restored.setup, restored.tokenizer
+    config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
     if config.model.kind != "encoder_decoder":
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; translate.py needs a translator."
@@ -49,10 +49,10 @@ def translate() -> None:
                   "it is cut.", file=sys.stderr)  # fmt: skip
             ids[number - 1] = [*seq[: limit - 1], EOS_ID]
     keep = [i for i, line in enumerate(lines) if line.strip()]
-    with trainer.mesh_context(setup.mesh, config):
+    with trainer.mesh_context(placed.mesh, config):
         outputs = translate_ids(
-            config, setup.model, restored.params, tokenizer, [ids[i] for i in keep],
-            setup.batch_sharding, _BEAM.value, _ALPHA.value,
+            config, placed.model, restored.params, tokenizer, [ids[i] for i in keep],
+            placed.batch_sharding, _BEAM.value, _ALPHA.value,
         )  # fmt: skip
     translations = [""] * len(lines)
     for i, text in zip(keep, outputs, strict=True):

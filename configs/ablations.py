@@ -13,7 +13,7 @@ The part after ':' is `VARIANT[,data=CONFIG][,scale=FACTOR]`:
   scale=FACTOR  multiply d_model, d_ff and any explicit d_k/d_v by FACTOR, keeping heads and
                 layers, e.g. 0.5: base becomes d_model 256, d_ff 1024, 8 heads of 32.
 
-Without `data=` the corpus is base's (the embedded task). `python sweep.py` trains a list of
+Without `data=` the corpus is base's (the generated task). `python sweep.py` trains a list of
 these and tabulates them beside PAPER.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from configs import base
+from configs import base, big
 from transformer.config import ConfigError
 
 # One entry per row of Table 3: dotted config keys and their values, applied to base.
@@ -55,15 +55,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "D_ls02": {"label_smoothing": 0.2},
     # (E) Learned positional embedding instead of sinusoids.
     "E_learned": {"model.positional_encoding": "learned"},
-    # big, as configs/big.py.
-    "big": {
-        "model.d_model": 1024,
-        "model.d_ff": 4096,
-        "model.num_heads": 16,
-        "model.dropout_rate": 0.3,
-        "num_train_steps": 300_000,
-        "keep_checkpoints": 20,
-    },
+    "big": big.OVERRIDES,
 }
 
 

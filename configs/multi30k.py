@@ -49,10 +49,9 @@ def get_config() -> ConfigDict:
     config.model.d_ff = 512
     config.model.num_heads = 4  # d_k = d_v = 64.
     config.model.dropout_rate = 0.2  # Between base's 0.1 and the 0.3 small corpora often get.
-    config.model.max_len = 128
 
     config.data.source = "text_files"
-    del config.data["embedded"]
+    del config.data["generated"]
     config.data.text_files = ConfigDict(
         dict(directory="../shared/data/multi30k", source_lang="en", target_lang="de")
     )

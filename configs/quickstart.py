@@ -1,4 +1,4 @@
-"""A small Transformer on the embedded English -> German-like task: minutes on a laptop CPU.
+"""A small Transformer on the generated English -> German-like task: minutes on a laptop CPU.
 
 python train.py --config configs/quickstart.py --workdir /tmp/quickstart
 """
@@ -27,12 +27,11 @@ def get_config() -> ConfigDict:
     config.model.d_model = 128
     config.model.d_ff = 512
     config.model.num_heads = 4
-    config.model.max_len = 64
 
     config.data.vocab_size = 1024  # The corpus has about 700 word types.
     config.data.max_length = 64
     config.data.batching = "packed"
-    config.data.embedded.num_train = 50_000
-    config.data.embedded.num_validation = 500
-    config.data.embedded.num_test = 1_000
+    config.data.generated.num_train = 50_000
+    config.data.generated.num_validation = 500
+    config.data.generated.num_test = 1_000
     return config

@@ -1,4 +1,4 @@
-"""A seconds-long smoke run on the embedded task: the configuration the tests train.
+"""A seconds-long smoke run on the generated task: the configuration the tests train.
 
 python train.py --config configs/tiny.py --workdir /tmp/tiny
 """
@@ -26,7 +26,7 @@ def get_config() -> ConfigDict:
     config.model.d_ff = 64
     config.model.num_heads = 2
     config.data.max_length = 24
-    config.data.embedded.num_train = 2_000
-    config.data.embedded.num_validation = 64
-    config.data.embedded.num_test = 64
+    config.data.generated.num_train = 2_000
+    config.data.generated.num_validation = 64
+    config.data.generated.num_test = 64
     return config

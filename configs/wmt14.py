@@ -19,7 +19,7 @@ def get_config() -> ConfigDict:
     config.batch_size = 25_000  # Section 5.1: ~25K source and ~25K target tokens per step.
     config.eval_batch_size = 128
     config.data.source = "tfds"
-    del config.data["embedded"]
+    del config.data["generated"]
     config.data.tfds = ConfigDict(
         dict(
             name="wmt14_translate/de-en",

@@ -3,10 +3,13 @@
 import dataclasses
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from configs import base, tiny
 from transformer.config import ModelConfig, from_config_dict
+from transformer.model import build_model, count_parameters
 
 
 def small_model_config(**overrides) -> ModelConfig:
@@ -39,3 +42,13 @@ def with_overrides(config: ConfigDict, overrides: dict[str, Any]) -> ConfigDict:
 def tiny_config(**overrides: Any) -> ConfigDict:
     """configs/tiny.py (the smoke run) with dotted-key overrides."""
     return with_overrides(tiny.get_config(), overrides)
+
+
+def abstract_parameter_count(config: ConfigDict, vocab_size: int) -> int:
+    """Parameters of the config's model with `vocab_size` tokens, from abstract shapes
+    (nothing is allocated)."""
+    cfg = from_config_dict(config)
+    model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    tokens = jnp.ones((1, 8), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens))
+    return count_parameters(shapes["params"])

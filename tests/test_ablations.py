@@ -1,18 +1,14 @@
 """Table 3 variants: selectable by name, the paper's parameter counts, scaling, corpora."""
 
-import dataclasses
 import importlib
+import pathlib
 
-import jax
-import jax.numpy as jnp
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from configs import ablations, base
-from transformer import trainer
-from transformer.config import ConfigError, from_config_dict
-from transformer.model import build_model
+from transformer.config import ConfigError, from_config_dict, load_file
+
+from .model_configs import abstract_parameter_count
 
 # The vocabulary the params column was counted with is not stated; 37,000 (section 5.1)
 # gives base 63.1M and C_n2 33.6M (-6.5%). Every count is linear in the vocabulary size V
@@ -22,15 +18,11 @@ from transformer.model import build_model
 # counted with ~41K tokens. big then comes out at 218.4M, 2.5% above its 213M: no V that
 # fits the other rows also fits big, which alone would need about 36K.
 VOCAB_SIZE = 41_100
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def parameter_count(config) -> int:
-    """Parameters of the config's model, from abstract shapes (nothing is allocated)."""
-    cfg = from_config_dict(config)
-    model = build_model(dataclasses.replace(cfg.model, vocab_size=VOCAB_SIZE))
-    tokens = jnp.ones((1, 8), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens))
-    return trainer.count_params(shapes["params"])
+    return abstract_parameter_count(config, VOCAB_SIZE)
 
 
 @pytest.mark.parametrize("name", list(ablations.VARIANTS))
@@ -84,10 +76,7 @@ def test_unknown_variant_names_the_valid_ones():
 
 
 def test_config_flag_selects_a_variant_after_the_colon():
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", flag_values=flag_values)
-    flag_values(["prog", "--config=configs/ablations.py:C_n2,scale=0.5"])
-    model = from_config_dict(flag_values.config).model
+    model = from_config_dict(load_file(str(REPO / "configs/ablations.py:C_n2,scale=0.5"))).model
     assert (model.num_encoder_layers, model.d_model, model.d_ff) == (2, 256, 1024)
 
 

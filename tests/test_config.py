@@ -1,17 +1,14 @@
 """Experiment configs: the paper's sizes, and clear errors for bad keys and values."""
 
-import dataclasses
 import importlib
 import pathlib
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import pytest
 
 from configs import ablations, base
 from transformer.config import ConfigError, from_config_dict, with_overrides
-from transformer.model import build_model
+
+from .model_configs import abstract_parameter_count
 
 CONFIG_NAMES = sorted(
     p.stem
@@ -20,17 +17,10 @@ CONFIG_NAMES = sorted(
 )
 
 
-def count_params(config_name: str, vocab_size: int) -> int:
-    cfg = from_config_dict(importlib.import_module(f"configs.{config_name}").get_config())
-    model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab_size))
-    tokens = jnp.ones((1, 8), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens))
-    return sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes)))
-
-
 @pytest.mark.parametrize("name, millions", [("base", 65), ("big", 213)])
 def test_parameter_counts_match_table_3(name, millions):
-    count = count_params(name, vocab_size=37_000)
+    config = importlib.import_module(f"configs.{name}").get_config()
+    count = abstract_parameter_count(config, vocab_size=37_000)
     assert abs(count / 1e6 - millions) / millions < 0.04, count
 
 
@@ -94,7 +84,6 @@ def test_missing_key_is_named():
         ("batch_size", 100, r"grad_accum_steps=1|batch_size"),
         ("grad_accum_steps", 3, r"grad_accum_steps=3: must divide batch_size=1024"),
         ("warmup_steps", -1, r"warmup_steps=-1"),
-        ("data.max_length", 512, r"data\.max_length=512: exceeds model\.max_len=256"),
         ("mesh.data", 0, r"mesh\.data=0"),
         ("adam_b2", 1.5, r"adam_b2=1\.5"),
     ],
@@ -128,18 +117,40 @@ def test_a_language_model_cannot_ask_for_bleu():
         from_config_dict(config)
 
 
-def test_a_workdir_config_from_before_the_chunked_loss_and_donate_state_still_reads(tmp_path):
+def test_a_workdir_config_of_an_earlier_version_reads_without_its_removed_switches(tmp_path):
     import json
 
-    from transformer.inference import read_config
+    from transformer.workdir import read_config
 
     saved = base.get_config().to_dict()
-    saved.update(cross_entropy="integer")
-    del saved["cross_entropy_chunks"], saved["donate_state"]
+    saved.update(cross_entropy="integer", cross_entropy_chunks=8, donate_state=True)
+    saved["model"].update(fused_qkv=False, max_len=256)
+    saved["data"]["source"] = "embedded"
+    saved["data"]["embedded"] = saved["data"].pop("generated")
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = from_config_dict(read_config(str(tmp_path)))
-    assert config.cross_entropy == "integer"
-    assert config.donate_state is True
+    assert config.data.source == "generated" and config.data.generated.num_train == 200_000
+    assert config.model.max_len == config.data.max_length + 50
+
+
+def test_the_generated_task_is_named_so_and_its_old_name_is_refused_naming_the_new():
+    config = base.get_config()
+    config.data.source = "embedded"
+    with pytest.raises(ConfigError, match=r"data\.source='embedded' is now 'generated'"):
+        from_config_dict(config)
+    config = base.get_config()
+    config.data.embedded = config.data.generated
+    with pytest.raises(ConfigError, match=r"data\.embedded is now data\.generated"):
+        from_config_dict(config)
+
+
+def test_the_longest_position_is_derived_from_the_longest_sentence():
+    config = from_config_dict(base.get_config())
+    assert config.model.max_len == config.data.max_length + 50  # Section 6.1's output limit.
+    with_max_len = base.get_config()
+    with_max_len.model.max_len = 256
+    with pytest.raises(ConfigError, match=r"Unknown config key 'model\.max_len'"):
+        from_config_dict(with_max_len)
 
 
 def test_overrides_parse_python_literals_and_name_unknown_keys():

@@ -20,9 +20,8 @@ from transformer.decode import (
     length_penalty,
     output_limits,
     sample_lm,
-    top_k,
 )
-from transformer.layers import MultiHeadAttention, argmax, causal_mask
+from transformer.layers import MultiHeadAttention, causal_mask
 from transformer.model import DecoderOnlyLM, Transformer, shift_right
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -52,8 +51,9 @@ def random_sources(vocab_size, lengths, seed=3):
 SRC_LENGTHS = [7, 6, 5, 3, 2, 1, 7, 4]
 
 
-def reference_greedy(model, variables, inputs, max_length):
-    """Greedy decoding by re-running the whole model on every prefix (no cache).
+def reference_greedy(model, variables, inputs, max_length, min_length=0):
+    """Greedy decoding by re-running the whole model on every prefix (no cache); EOS is never
+    chosen at a position under `min_length`.
 
     Each prefix is given as the whole [batch, max_length] buffer, PAD after it: the causal
     mask keeps position i from seeing what follows it, and one shape compiles once."""
@@ -63,8 +63,10 @@ def reference_greedy(model, variables, inputs, max_length):
     full_model = jax.jit(model.apply)
     for i in range(max_length):
         # Targets 0..i (the last a placeholder): shifted right, logits[:, i] predicts target i.
-        logits = full_model(variables, inputs, jnp.asarray(tokens))
-        next_token = np.where(done, PAD_ID, np.argmax(logits[:, i], axis=-1))
+        logits = np.array(full_model(variables, inputs, jnp.asarray(tokens))[:, i])
+        if i < min_length:
+            logits[:, EOS_ID] = -np.inf
+        next_token = np.where(done, PAD_ID, np.argmax(logits, axis=-1))
         tokens[:, i] = next_token
         done |= next_token == EOS_ID
         if done.all():
@@ -88,6 +90,24 @@ def test_cached_greedy_decoding_matches_full_model_argmax(normalization):
     assert got.shape == (len(SRC_LENGTHS), MAX_LENGTH) and got.dtype == jnp.int32
     np.testing.assert_array_equal(got, reference_greedy(model, variables, src, MAX_LENGTH))
     assert len(np.unique(got)) > 3  # Not a degenerate model that repeats one token.
+
+
+def test_min_length_keeps_eos_out_of_the_first_tokens_of_greedy_and_beam_search():
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    params = variables["params"]
+    free = np.asarray(greedy_decode(model, params, src, MAX_LENGTH))
+    assert (free[:, :6] == EOS_ID).any()  # Some outputs end early when they may.
+    got = jax.jit(lambda p, x: greedy_decode(model, p, x, MAX_LENGTH, min_length=6))(params, src)
+    np.testing.assert_array_equal(got, reference_greedy(model, variables, src, MAX_LENGTH, 6))
+    for beam_size in (1, 4):
+        tokens, _ = jax.jit(
+            lambda p, x, b=beam_size: beam_search(model, p, x, MAX_LENGTH, b, 0.0, min_length=6)
+        )(params, src)
+        assert not (np.asarray(tokens)[:, :6] == EOS_ID).any()
+        if beam_size == 1:
+            np.testing.assert_array_equal(tokens, got)
 
 
 def test_after_eos_only_pad_and_unfinished_rows_fill_the_buffer():
@@ -206,10 +226,10 @@ def test_cache_shapes_and_parameters_are_those_of_the_full_model():
     cache = init_cache(model, variables["params"], 3, MAX_LENGTH, encoded, src)["decoder"]
     assert cache["cached_tokens"].shape == (3, MAX_LENGTH)
     layer = cache["layer_0"]
-    assert layer["self_attention"]["cached_key"].shape == (3, cfg.num_heads, 3, MAX_LENGTH)
-    assert layer["self_attention"]["cached_value"].shape == (3, cfg.num_heads, MAX_LENGTH, 5)
-    assert layer["cross_attention"]["cached_value"].shape == (3, cfg.num_heads, src.shape[1], 5)
-    assert layer["cross_attention"]["cached_key"].shape == (3, cfg.num_heads, 3, src.shape[1])
+    assert layer["self_attention"]["cached_key"].shape == (3, MAX_LENGTH, cfg.num_heads, 3)
+    assert layer["self_attention"]["cached_value"].shape == (3, MAX_LENGTH, cfg.num_heads, 5)
+    assert layer["cross_attention"]["cached_value"].shape == (3, src.shape[1], cfg.num_heads, 5)
+    assert layer["cross_attention"]["cached_key"].shape == (3, src.shape[1], cfg.num_heads, 3)
     # decode=True creates the same parameters, so a trained checkpoint decodes.
     lm = DecoderOnlyLM(model_config(kind="decoder_only", num_encoder_layers=0))
     positions = jnp.broadcast_to(jnp.arange(10), TGT.shape)
@@ -237,15 +257,14 @@ def test_self_attention_cache_alone_keeps_decoding_causal():
     cfg = model_config(d_k=3, d_v=5)
     module = MultiHeadAttention(cfg)
     x = jax.random.normal(jax.random.key(1), (2, 6, cfg.d_model))
-    params = init(module, x, x, causal_mask(6), True)["params"]
-    full = module.apply({"params": params}, x, x, causal_mask(6), True)
+    params = init(module, x, causal_mask(6), True)["params"]
+    full = module.apply({"params": params}, x, causal_mask(6), True)
     # Sized by a [batch, max_length] call; later steps pass no mask of their own.
-    _, state = module.apply({"params": params}, x, x, causal_mask(6), True, True, mutable=["cache"])
+    _, state = module.apply({"params": params}, x, causal_mask(6), True, True, mutable=["cache"])
     cache, steps = state["cache"], []
     for i in range(6):
         out, state = module.apply(
             {"params": params, "cache": cache},
-            x[:, i : i + 1],
             x[:, i : i + 1],
             jnp.ones((2, 1, 1, 6), bool),
             True,
@@ -315,8 +334,7 @@ def test_beam_of_one_without_length_penalty_is_greedy_decoding(normalization):
     assert finished.any() and not finished.all()
 
 
-def test_beam_of_one_is_greedy_also_where_top_k_works_blockwise():
-    # 2 candidates of 4,200 tokens: more than 8 x 2 x 256, so top_k takes its two-stage path.
+def test_beam_of_one_is_greedy_also_over_a_large_vocabulary():
     model = Transformer(model_config(vocab_size=4200))
     src = random_sources(4200, SRC_LENGTHS)
     params = init(model, src, src)["params"]
@@ -442,35 +460,6 @@ def test_beam_search_on_a_sharded_mesh_matches_a_single_device():
         tokens, scores = search(params, src)
     np.testing.assert_array_equal(tokens, single_tokens)
     np.testing.assert_allclose(scores, single_scores, rtol=1e-5)
-
-
-@pytest.mark.parametrize("n", [97, 100, 4096])  # Not a multiple of the block, one, many blocks.
-def test_blockwise_top_k_is_lax_top_k_with_its_ties(n):
-    rng = np.random.default_rng(n)
-    normal = rng.standard_normal((6, n))
-    few_values = rng.integers(0, 3, (6, n)).astype(float)  # Ties everywhere.
-    some_inf = np.where(rng.random((6, n)) < 0.9, -np.inf, normal)  # Beams not started yet.
-    for x in map(jnp.asarray, (normal, few_values, some_inf)):
-        x = x.astype(jnp.float32)
-        want_values, want_index = jax.lax.top_k(x, 3)
-        values, index = jax.jit(top_k, static_argnums=(1, 2))(x, 3, 4)
-        np.testing.assert_array_equal(index, want_index)
-        np.testing.assert_array_equal(values, want_values)
-
-
-def test_argmax_is_jnp_argmax_with_ties_to_the_lowest_index():
-    rng = np.random.default_rng(0)
-    logits = jnp.asarray(rng.standard_normal((5, 3, 1000)), jnp.float32)
-    np.testing.assert_array_equal(jax.jit(argmax)(logits), jnp.argmax(logits, axis=-1))
-    # Few distinct values: many ties, which jnp.argmax breaks towards the lowest index.
-    ties = jnp.asarray(rng.integers(0, 3, (64, 50)), jnp.float32)
-    np.testing.assert_array_equal(jax.jit(argmax)(ties), jnp.argmax(ties, axis=-1))
-    assert argmax(ties).dtype == jnp.int32
-
-
-def test_argmax_of_a_row_with_nan_is_still_a_token_id():
-    logits = jnp.array([[jnp.nan] * 7, [0.0, 1.0, jnp.nan, 5.0, 2.0, 5.0, 0.0], [0.0] * 7])
-    np.testing.assert_array_equal(argmax(logits), [6, 6, 0])
 
 
 @pytest.mark.parametrize("beam_size", [pytest.param(1, marks=pytest.mark.slow), 4])

@@ -6,7 +6,7 @@ On a GPU host (benchmarks/gpu.sh runs this file before it measures anything):
     JAX_PLATFORMS=cuda python -m pytest -n 0 tests/test_gpu.py
 
 Everywhere else the tests that need cuDNN skip; the bfloat16 comparisons still run, through
-the XLA implementation that `fused_dot_product_attention` falls back to, and the train step
+the XLA implementation that `fused_attention` falls back to, and the train step
 that gpu.sh times is lowered for CUDA (not compiled), which shows where cuDNN is called.
 """
 
@@ -24,15 +24,17 @@ from transformer import sharding, trainer
 from transformer.config import MeshConfig
 from transformer.layers import (
     AttentionMask,
+    attention_mask,
     causal_mask,
     dense_mask,
     dot_product_attention,
-    fused_dot_product_attention,
+    fused_attention,
     padding_mask,
+    row_lengths,
     segment_mask,
 )
 from transformer.loss import loss_and_metrics
-from transformer.model import Transformer, lengths, self_attention_mask
+from transformer.model import Transformer
 
 from .model_configs import small_model_config
 from .test_switches import init
@@ -67,14 +69,14 @@ def masks() -> dict[str, tuple[Array | AttentionMask, int, int]]:
             64,
             64,
         ),
-        "encoder padding as lengths": (self_attention_mask(src, None, causal=False), 64, 64),
+        "encoder padding as lengths": (attention_mask(src, src), 64, 64),
         "decoder causal and padding as lengths": (
-            self_attention_mask(tgt, None, causal=True),
+            attention_mask(tgt, tgt, causal=True),
             64,
             64,
         ),
         "cross attention as lengths": (
-            AttentionMask(padding_mask(short, source), lengths(short), lengths(source)),
+            AttentionMask(padding_mask(short, source), row_lengths(short), row_lengths(source)),
             24,
             40,
         ),
@@ -105,7 +107,7 @@ def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(na
     cotangent = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
 
     def fused(q, k, v):
-        return jnp.sum(fused_dot_product_attention(q, k, v, mask).astype(jnp.float32) * cotangent)
+        return jnp.sum(fused_attention(q, k, v, mask).astype(jnp.float32) * cotangent)
 
     def reference(q, k, v):  # float32 throughout (no TF32 on a GPU either).
         f32 = [x.astype(jnp.float32) for x in (q, k, v)]
@@ -115,7 +117,7 @@ def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(na
     def plain(q, k, v):
         return jnp.sum(reference(q, k, v) * cotangent)
 
-    out = jax.jit(fused_dot_product_attention)(q, k, v, mask)
+    out = jax.jit(fused_attention)(q, k, v, mask)
     assert out.dtype == jnp.bfloat16
     assert max_error(out, jax.jit(reference)(q, k, v)) < 0.02
     # A query row with no key to attend to (a PAD query) gives zeros, as the plain path does.
@@ -135,10 +137,10 @@ def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(na
 def test_bfloat16_attention_asks_for_cudnn_and_float32_does_not(name):
     mask, q_len, kv_len = masks()[name]
     q, k, v = qkv(q_len, kv_len)
-    lowered = jax.jit(fused_dot_product_attention).lower(q, k, v, mask).as_text()
+    lowered = jax.jit(fused_attention).lower(q, k, v, mask).as_text()
     assert "cudnn" in lowered.lower()  # JAX's custom call for cuDNN's fused attention.
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    assert "cudnn" not in jax.jit(fused_dot_product_attention).lower(*f32, mask).as_text()
+    assert "cudnn" not in jax.jit(fused_attention).lower(*f32, mask).as_text()
 
 
 # On CPU, where this is XLA against XLA, the remat case waits for the slow run.
@@ -157,7 +159,7 @@ def test_bfloat16_model_with_fused_attention_trains_like_xla_attention(remat):
 
     def loss(model, params):
         logits = model.apply({"params": params}, src, tgt)
-        return loss_and_metrics(logits, tgt, 0.1, "integer")[0]
+        return loss_and_metrics(logits, tgt, 0.1)[0]
 
     fused_step = jax.jit(jax.value_and_grad(lambda p: loss(fused, p)))
     if ON_GPU:  # The model takes the fused path, forward and backward.

@@ -156,7 +156,7 @@ def test_attention_weights_are_distributions_over_the_right_tokens():
 
 @pytest.fixture(scope="module")
 def language_model(tmp_path_factory):
-    """A tiny decoder-only model trained on the embedded task's German side."""
+    """A tiny decoder-only model trained on the generated task's German side."""
     workdir = tmp_path_factory.mktemp("lm")
     config = tiny.get_config()
     config.model.kind = "decoder_only"
@@ -177,7 +177,7 @@ def test_generate_greedy_continues_prompts_as_the_library_decodes(language_model
     rows = np.zeros((2, max(len(i) for i in ids)), np.int32)
     for row, seq in zip(rows, ids, strict=True):
         row[: len(seq)] = seq
-    expected = greedy_decode_lm(restored.setup.model, restored.params, rows, max_length)
+    expected = greedy_decode_lm(restored.placed.model, restored.params, rows, max_length)
     assert out.stdout.splitlines() == [restored.tokenizer.decode(e) for e in np.asarray(expected)]
     assert out.stdout.startswith("der Mann ")
 
@@ -212,6 +212,6 @@ def test_sample_continuations_stop_at_the_end_of_a_short_split(language_model):
     task = load_task(restored.config.data, str(language_model))
     sentences = len(task.splits["test"])
     samples = continue_prompts(
-        restored.config, restored.setup.model, restored.params, task, "test", sentences + 3
+        restored.config, restored.placed.model, restored.params, task, "test", sentences + 3
     )
     assert len(samples) == sentences

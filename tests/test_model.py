@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from transformer.layers import embed, tied_logits
 from transformer.model import DecoderOnlyLM, EncoderLayer, Transformer, build_model
 
 from .model_configs import small_model_config
@@ -148,10 +149,10 @@ def test_embeddings_are_scaled_by_sqrt_d_model_and_tied_to_the_output():
     model = Transformer(cfg)
     variables = init(model, SRC, TGT)
     table = variables["params"]["embed"]["embedding"]
-    embedded = model.apply(variables, SRC, method=lambda m, x: m.embed(x))
+    embedded = model.apply(variables, SRC, method=lambda m, x: embed(m.config, m.embed, x))
     np.testing.assert_allclose(embedded, table[SRC] * np.sqrt(cfg.d_model), rtol=1e-6)
     x = jnp.ones((1, 1, cfg.d_model))
-    logits = model.apply(variables, x, method=lambda m, h: m.embed.attend(h))
+    logits = model.apply(variables, x, method=lambda m, h: tied_logits(h, m.embed))
     np.testing.assert_allclose(logits[0, 0], table.sum(-1), rtol=1e-5)
 
 

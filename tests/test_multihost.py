@@ -16,6 +16,7 @@ from configs import tiny
 from transformer import checkpoint, sharding, trainer
 from transformer.config import from_config_dict
 from transformer.data.tasks import load_task
+from transformer.workdir import checkpoint_meta
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 OVERRIDES = {
@@ -106,7 +107,7 @@ def test_two_processes_match_one_process_on_the_same_global_batches(two_process_
             state, m = setup.train_step(state, sharding.global_batch(batch, setup.batch_sharding))
             losses.append(float(m["loss_sum"] / m["tokens"]))
         ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-        restored = ckpt.restore(8, setup.abstract_state, trainer.checkpoint_meta(config))
+        restored = ckpt.restore(8, setup.abstract_state, checkpoint_meta(config))
         ckpt.close()
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         logged = {r["step"]: r["loss"] for r in map(json.loads, f) if r["split"] == "train"}

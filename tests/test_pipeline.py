@@ -8,16 +8,19 @@ import pytest
 from configs import tiny
 from transformer.config import from_config_dict
 from transformer.data.pipeline import (
-    TrainBatches,
+    EpochBatches,
+    TokenBatches,
     bucket_length,
     count_buckets,
     encode_split,
     eval_batches,
     pack_rows,
+    train_batches,
 )
-from transformer.data.tasks import VocabularyMismatchError, load_task
+from transformer.data.tasks import load_task
 from transformer.data.tokenizer import WordTokenizer, join_words, split_words
 from transformer.special_tokens import EOS_ID, PAD_ID, UNK_ID
+from transformer.workdir import WorkdirError
 
 PAIRS = [
     ("the man sleeps.", "der Mann schläft."),
@@ -83,19 +86,19 @@ def task(tmp_path_factory):
 
 @pytest.mark.parametrize("batching, size", [("sentences", 16), ("packed", 16), ("tokens", 256)])
 def test_batches_are_a_pure_function_of_seed_and_step(task, batching, size):
-    a = TrainBatches(task.splits["train"], size, seed=3, batching=batching)
-    b = TrainBatches(task.splits["train"], size, seed=3, batching=batching)
+    a = train_batches(task.splits["train"], size, seed=3, batching=batching)
+    b = train_batches(task.splits["train"], size, seed=3, batching=batching)
     for step in (0, 5, 1000, 7):  # any order: a resumed run starts mid-way
         for key, value in a(step).items():
             np.testing.assert_array_equal(value, b(step)[key])
     assert not np.array_equal(a(0)["inputs"], a(1)["inputs"])
-    c = TrainBatches(task.splits["train"], size, seed=4, batching=batching)
+    c = train_batches(task.splits["train"], size, seed=4, batching=batching)
     assert not np.array_equal(a(0)["inputs"], c(0)["inputs"])
 
 
 def test_an_epoch_visits_every_example_once(task):
     n = len(task.splits["train"])
-    batches = TrainBatches(task.splits["train"], 10, seed=0)
+    batches = train_batches(task.splits["train"], 10, seed=0)
     seen = np.concatenate([np.concatenate(batches.plan(s).rows) for s in range(n // 10)])
     assert len(seen) == len(set(seen.tolist())) == (n // 10) * 10
 
@@ -103,7 +106,7 @@ def test_an_epoch_visits_every_example_once(task):
 def test_packed_rows_hold_whole_pairs_with_segments_and_positions(tmp_path):
     data = dataclasses.replace(from_config_dict(tiny.get_config()).data, max_length=64)
     split = load_task(data, str(tmp_path)).splits["train"]
-    batch = TrainBatches(split, 8, seed=0, batching="packed", max_length=64)(2)
+    batch = train_batches(split, 8, seed=0, batching="packed", max_length=64)(2)
     for side in ("inputs", "targets"):
         tokens, seg, pos = batch[side], batch[f"{side}_segmentation"], batch[f"{side}_positions"]
         assert np.all((tokens != PAD_ID) == (seg > 0))
@@ -113,7 +116,7 @@ def test_packed_rows_hold_whole_pairs_with_segments_and_positions(tmp_path):
                 np.testing.assert_array_equal(pos[row, where], np.arange(len(where)))
                 assert tokens[row, where[-1]] == EOS_ID  # each segment is a whole sentence
     assert np.array_equal(batch["inputs_segmentation"].max(1), batch["targets_segmentation"].max(1))
-    unpacked = TrainBatches(split, 8, seed=0, max_length=64)(2)
+    unpacked = train_batches(split, 8, seed=0, max_length=64)(2)
     assert (batch["targets"] != PAD_ID).mean() > 2 * (unpacked["targets"] != PAD_ID).mean()
 
 
@@ -154,6 +157,46 @@ def test_token_batches_of_all_hosts_share_each_steps_bucket_length(tmp_path):
         tasks[0].train_batches(256, seed=0, row_multiple=4)
 
 
+def test_a_host_lacking_a_buckets_pairs_fills_it_with_shorter_ones_or_refuses():
+    tok = WordTokenizer.build((s for pair in PAIRS for s in pair), max_vocab_size=1000)
+    short = encode_split(PAIRS[:1] + PAIRS[2:], tok, 24)  # every pair fits the 8-token bucket
+    other_hosts_hold_12_token_pairs = np.array([0, 100, 0, 0])
+    batches = train_batches(short, 96, 0, "tokens", 24, 2, 1, 2, other_hosts_hold_12_token_pairs)
+    plan = batches.plan(0)
+    assert plan.length == 12 and len(plan.rows) == 96 // 12 // 2  # this host's half of the rows
+    long = encode_split(PAIRS[1:2], tok, 24)  # 12 tokens: nothing fits the 8-token bucket
+    with pytest.raises(ValueError, match="Host 1 holds no training pair of at most 8 tokens"):
+        train_batches(long, 96, 0, "tokens", 24, 2, 1, 2, np.array([100, 0, 0, 0]))
+
+
+def test_the_factory_picks_the_class_of_each_batching_and_refuses_others(task):
+    split = task.splits["train"]
+    assert type(train_batches(split, 16, 0, "sentences")) is EpochBatches
+    packed = train_batches(split, 16, 0, "packed")
+    assert type(packed) is EpochBatches and packed.packed
+    assert type(train_batches(split, 256, 0, "tokens")) is TokenBatches
+    with pytest.raises(ValueError, match=r"data\.batching='words' is none of sentences, packed"):
+        train_batches(split, 16, 0, "words")
+
+
+def test_batches_that_cannot_be_built_are_refused_with_the_reason(task):
+    split = task.splits["train"]
+    n = len(split)
+    with pytest.raises(
+        ValueError, match=rf"\(sentences\) .* one epoch of the {n} training pairs\.$"
+    ):
+        train_batches(split, n + 1, 0, "sentences")
+    with pytest.raises(ValueError, match=r"\(packed\) .* training pairs of this host\.$"):
+        train_batches(split, 2 * n + 2, 0, "packed", row_multiple=2, process_count=2)
+    with pytest.raises(ValueError, match="tokens is larger than one epoch"):
+        train_batches(split, 10**9, 0, "tokens")
+    for batching in ("sentences", "tokens"):
+        with pytest.raises(ValueError, match="3 batch shards do not divide over 2 hosts"):
+            train_batches(split, 48, 0, batching, row_multiple=3, process_count=2)
+    with pytest.raises(ValueError, match="batch_size=30 must divide evenly over 4 batch shards"):
+        train_batches(split, 30, 0, row_multiple=4)
+
+
 def test_eval_batches_cover_the_split_in_order(task):
     split = task.splits["validation"]
     batches = eval_batches(split, 48, 24)
@@ -166,16 +209,15 @@ def test_eval_batches_cover_the_split_in_order(task):
 def test_a_stored_vocabulary_larger_than_the_config_is_refused(tmp_path):
     data = from_config_dict(tiny.get_config()).data
     load_task(data, str(tmp_path))
-    with pytest.raises(VocabularyMismatchError, match=r"data\.vocab_size is 100"):
+    with pytest.raises(WorkdirError, match=r"data\.vocab_size is 100"):
         load_task(dataclasses.replace(data, vocab_size=100), str(tmp_path))
 
 
 def test_token_batches_fill_a_budget_with_pairs_of_similar_length(task):
     split = task.splits["train"]
-    batches = TrainBatches(split, 256, seed=0, batching="tokens", max_length=24, row_multiple=4)
+    batches = train_batches(split, 256, seed=0, batching="tokens", max_length=24, row_multiple=4)
     lengths = np.maximum(split.inputs.lengths, split.targets.lengths)
-    steps_per_epoch = int(batches._batches_per_epoch.sum())
-    plans = [batches.plan(step) for step in range(steps_per_epoch)]
+    plans = [batches.plan(step) for step in range(batches.steps_per_epoch)]
     seen = np.concatenate([np.concatenate(p.rows) for p in plans])
     assert len(set(seen.tolist())) > 0.9 * len(split)  # an epoch: nearly every pair once
     for plan in plans:

@@ -25,6 +25,7 @@ from transformer import sharding, trainer
 from transformer.checkpoint import Checkpointer
 from transformer.config import from_config_dict
 from transformer.data.tasks import load_task
+from transformer.workdir import checkpoint_meta
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 3000
@@ -41,8 +42,8 @@ OVERRIDES = {
     "model.d_model": 64,
     "model.d_ff": 128,
     "model.num_heads": 2,
-    "data.embedded.num_validation": 100,
-    "data.embedded.num_test": 100,
+    "data.generated.num_validation": 100,
+    "data.generated.num_test": 100,
 }
 
 
@@ -80,7 +81,7 @@ def final_state(workdir):
     ckpt = Checkpointer(str(workdir / "checkpoints"), read_only=True)
     try:
         with trainer.mesh_context(setup.mesh, config):
-            state = ckpt.restore(STEPS, setup.abstract_state, trainer.checkpoint_meta(config))
+            state = ckpt.restore(STEPS, setup.abstract_state, checkpoint_meta(config))
     finally:
         ckpt.close()
     return jax.device_get(state)

@@ -24,7 +24,6 @@ SCALE = 0.0625
 TINY = [
     "model.num_encoder_layers=1",
     "model.num_decoder_layers=1",
-    "model.max_len=32",
     "eval_every_steps=0",
     "bleu_every_steps=0",
     "num_samples_to_print=0",
@@ -78,7 +77,7 @@ def run_cli(workdir, *flags):
 def test_sweep_cli_tabulates_each_variant_and_a_second_run_trains_nothing(tmp_path):
     flags = [
         "--variants=base,A_h4", "--data=tiny", f"--scale={SCALE}",
-        *(f"--override={o}" for o in [*TINY, "num_train_steps=10"]),
+        *(f"--config.{o}" for o in [*TINY, "num_train_steps=10"]),
     ]  # fmt: skip
     first = run_cli(tmp_path, *flags)
     assert first.returncode == 0, first.stderr
@@ -140,7 +139,7 @@ def test_finished_variant_without_a_recorded_result_is_only_evaluated(tmp_path, 
 
 
 def test_cli_names_a_bad_override_and_writes_nothing(tmp_path):
-    result = run_cli(tmp_path / "w", "--variants=C", "--data=tiny", "--override=model.num_layers=2")
+    result = run_cli(tmp_path / "w", "--variants=C", "--data=tiny", "--config.model.num_layers=2")
     assert result.returncode == 1
     assert "unknown config key 'model.num_layers'" in result.stderr
     assert not (tmp_path / "w").exists()
@@ -151,7 +150,7 @@ def test_sigterm_stops_the_sweep_at_a_checkpoint_without_recording_the_variant(t
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     flags = [
         "--variants=base,A_h4", "--data=tiny", f"--scale={SCALE}",
-        *(f"--override={o}" for o in [*TINY, "num_train_steps=100000"]),
+        *(f"--config.{o}" for o in [*TINY, "num_train_steps=100000"]),
     ]  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "sweep.py", f"--workdir={tmp_path}", *flags],

@@ -1,6 +1,6 @@
-"""Performance switches compute the plain path's math: fused QKV, attention implementation,
-rematerialisation, the dropout PRNG, the chunked loss and the donated state (plus the
-benchmark's FLOP and parameter accounting)."""
+"""The switches a user chooses for their hardware compute the plain path's math: the
+attention implementation, rematerialisation and the dropout PRNG (plus the benchmark's FLOP
+and parameter accounting)."""
 
 import dataclasses
 import functools
@@ -14,10 +14,10 @@ import pytest
 from transformer import sharding, trainer
 from transformer.config import ConfigError, MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
-from transformer.decode import greedy_decode, init_cache
-from transformer.layers import MultiHeadAttention, dropout, random_bits
+from transformer.decode import greedy_decode
+from transformer.layers import dropout
 from transformer.loss import loss_and_metrics
-from transformer.model import DecoderOnlyLM, Transformer, shift_right
+from transformer.model import DecoderOnlyLM, Transformer
 from transformer.optim import make_optimizer
 
 from .model_configs import small_model_config, tiny_config
@@ -35,21 +35,6 @@ def init(model, *args):
     return nn.meta.unbox(jax.jit(lambda rng: model.init(rng, *args))(jax.random.key(0)))["params"]
 
 
-def fuse(params):
-    """Plain attention kernels -> the fused_qkv layout, recursively."""
-    if not isinstance(params, dict):
-        return params
-    if {"query", "key", "value", "out"} <= set(params):
-        q, k, v = params["query"], params["key"], params["value"]
-        return {"query_key_value": jnp.stack([q, k, v], axis=1), "out": params["out"]}
-    out = {name: fuse(sub) for name, sub in params.items()}
-    for name, sub in out.items():
-        if name == "cross_attention":
-            q, k, v = (params[name][n] for n in ("query", "key", "value"))
-            out[name] = {"query": q, "key_value": jnp.stack([k, v], axis=1), "out": sub["out"]}
-    return out
-
-
 def loss_fn(model, params, *inputs, rng=None):
     logits = model.apply(
         {"params": params},
@@ -57,97 +42,11 @@ def loss_fn(model, params, *inputs, rng=None):
         deterministic=rng is None,
         rngs=None if rng is None else {"dropout": rng},
     )
-    return loss_and_metrics(logits, inputs[-1], 0.1, "integer")[0]
+    return loss_and_metrics(logits, inputs[-1], 0.1)[0]
 
 
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
-
-
-# ------------------------------------------------------------------------- fused QKV
-@pytest.mark.parametrize("normalization", ["post", pytest.param("pre", marks=pytest.mark.slow)])
-def test_fused_qkv_gives_the_plain_logits_and_gradients(normalization):
-    plain = Transformer(model_config(normalization=normalization))
-    fused = Transformer(model_config(normalization=normalization, fused_qkv=True))
-    params = init(plain, SRC, TGT)
-    fused_params = fuse(params)
-    assert jax.tree.structure(fused_params) == jax.tree.structure(
-        jax.eval_shape(lambda: init(fused, SRC, TGT))
-    )
-    np.testing.assert_allclose(
-        fused.apply({"params": fused_params}, SRC, TGT),
-        plain.apply({"params": params}, SRC, TGT),
-        rtol=1e-5,
-        atol=1e-5,
-    )
-    grads = jax.jit(jax.grad(lambda p: loss_fn(plain, p, SRC, TGT)))(params)
-    fused_grads = jax.jit(jax.grad(lambda p: loss_fn(fused, p, SRC, TGT)))(fused_params)
-    assert_trees_close(fused_grads, fuse(grads))
-
-
-def test_fused_qkv_language_model_gives_the_plain_logits():
-    cfg = dict(kind="decoder_only", num_encoder_layers=0)
-    plain = DecoderOnlyLM(model_config(**cfg))
-    fused = DecoderOnlyLM(model_config(**cfg, fused_qkv=True))
-    params = init(plain, TGT)
-    np.testing.assert_allclose(
-        fused.apply({"params": fuse(params)}, TGT),
-        plain.apply({"params": params}, TGT),
-        rtol=1e-5,
-        atol=1e-5,
-    )
-
-
-def test_fused_kernel_slices_are_initialised_like_separate_kernels():
-    cfg = model_config(d_model=64, num_heads=4, fused_qkv=True)
-    x = jnp.ones((1, 3, 64))
-    params = init(MultiHeadAttention(cfg), x, x, jnp.ones((1, 1, 3, 3), bool), True)
-    w = params["query_key_value"]
-    assert w.shape == (64, 3, 4, 16)
-    limit = np.sqrt(6.0 / (64 + 64))  # Glorot-uniform of one [d_model, heads * d_k] matrix.
-    for i in range(3):
-        assert 0.9 * limit < np.abs(w[:, i]).max() <= limit
-        assert np.std(w[:, i]) == pytest.approx(limit / np.sqrt(3), rel=0.1)
-
-
-def test_fused_attention_module_with_separate_query_and_key_inputs_matches_plain():
-    x = jax.random.normal(jax.random.key(1), (2, 3, 16))
-    y = jax.random.normal(jax.random.key(2), (2, 5, 16))
-    mask = jnp.ones((2, 1, 3, 5), bool)
-    plain, fused = (MultiHeadAttention(model_config(fused_qkv=f)) for f in (False, True))
-    params = init(plain, x, y, mask, True)
-    np.testing.assert_allclose(
-        fused.apply({"params": fuse(params)}, x, y, mask, True),
-        plain.apply({"params": params}, x, y, mask, True),
-        rtol=1e-5,
-        atol=1e-6,
-    )
-
-
-@pytest.mark.slow
-def test_fused_qkv_cached_decoding_equals_the_full_model():
-    cfg = model_config(vocab_size=10, tie_output_embedding=False, fused_qkv=True)
-    model = Transformer(cfg)
-    params = init(model, SRC, TGT)
-    full = model.apply({"params": params}, SRC, TGT)
-    encoded = model.apply({"params": params}, SRC, method=Transformer.encode)
-    cache = init_cache(model, params, 3, 8, encoded, SRC)
-    decoder_input = shift_right(TGT, jnp.broadcast_to(jnp.arange(6), TGT.shape))
-    steps = []
-    for i in range(TGT.shape[1]):
-        logits, state = model.apply(
-            {"params": params, "cache": cache},
-            encoded,
-            SRC,
-            decoder_input[:, i : i + 1],
-            jnp.full((3, 1), i),
-            decode=True,
-            method=Transformer.decode,
-            mutable=["cache"],
-        )
-        cache = state["cache"]
-        steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ attention implementation
@@ -214,12 +113,9 @@ def test_attention_weights_are_still_returned_with_dot_product_attention():
             {"model.attention": "dot_product_attention", "model.attention_dropout_rate": 0.1},
             "model.attention",
         ),
-        ({"model.fused_qkv": True, "model.d_k": 8, "model.d_v": 16}, "model.fused_qkv"),
         ({"model.attention": "dot_product_attention", "model.d_v": 8}, "model.attention"),
         ({"model.remat": "all"}, "model.remat"),
         ({"dropout_rng": "philox"}, "dropout_rng"),
-        ({"cross_entropy": "fused"}, "cross_entropy"),
-        ({"cross_entropy_chunks": 0}, "cross_entropy_chunks"),
     ],
 )
 def test_unsupported_switch_combinations_are_refused_naming_the_key(overrides, named):
@@ -256,7 +152,7 @@ def test_remat_gives_the_plain_gradients_of_a_language_model_with_dropout():
 def test_remat_block_cuts_the_compiled_gradients_memory():
     """What XLA allocates for the backward pass, not only what JAX saves for it: the
     recomputed layers must not all be live at once (XLA's CPU compiler drops the barrier
-    JAX orders them with; `model.recompute_after_cotangent`)."""
+    JAX orders them with; `cpu.recomputed_after_cotangent`)."""
     src = jnp.tile(SRC, (16, 4))  # [48, 32]: activations outweigh the parameters.
     tgt = jnp.tile(TGT, (16, 4))
     sizes = dict(num_encoder_layers=4, num_decoder_layers=4, d_model=64, d_ff=256)
@@ -300,14 +196,6 @@ def run_steps(task, num_steps, **overrides):
             state, metrics = setup.train_step(state, batch)
             losses.append(float(metrics["loss_sum"] / metrics["tokens"]))
     return np.array(losses), jax.device_get(state.params)
-
-
-@pytest.mark.parametrize("shape", [(7,), (3, 4, 5), (2, 4, 16, 16)])
-def test_fused_threefry_bits_equal_jax_random_bits(shape):
-    rng = jax.random.fold_in(jax.random.key(3), 11)
-    np.testing.assert_array_equal(
-        jax.jit(lambda k: random_bits(k, shape))(rng), jax.random.bits(rng, shape, jnp.uint32)
-    )
 
 
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
@@ -356,65 +244,6 @@ def test_train_steps_with_remat_and_dot_product_attention_match_the_plain_ones(t
     scale = np.concatenate([np.abs(b).ravel() for b in jax.tree.leaves(plain_params)])
     assert np.mean(diffs <= 5e-5 + 1e-4 * scale) >= 0.999
     assert diffs.max() <= 0.05 * reach
-
-
-def test_donated_state_is_consumed_and_steps_exactly_like_a_kept_one(tiny_task):
-    """donate_state: the step writes the new state over the old one's buffers (XLA aliases
-    all of it), and computes what the undonated step does, bit for bit."""
-    results = {}
-    for donate in (True, False):
-        config, mesh, setup = built((("donate_state", donate),), tiny_task.tokenizer.vocab_size)
-        batches = tiny_task.train_batches(config.batch_size, config.seed, 1)
-        with trainer.mesh_context(mesh, config):
-            state = setup.init(jax.random.key(config.seed))
-            state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-            batch = sharding.global_batch(batches(0), setup.batch_sharding)
-            memory = setup.train_step.lower(state, batch).compile().memory_analysis()
-            old = state
-            for step in range(3):
-                state, metrics = setup.train_step(
-                    state, sharding.global_batch(batches(step), setup.batch_sharding)
-                )
-        deleted = {leaf.is_deleted() for leaf in jax.tree.leaves(old)}
-        results[donate] = (deleted, memory.alias_size_in_bytes, jax.device_get(state), metrics)
-    assert results[True][0] == {True} and results[False][0] == {False}
-    assert results[True][1] >= state_bytes and results[False][1] == 0
-    jax.tree.map(np.testing.assert_array_equal, results[True][2:], results[False][2:])
-
-
-@pytest.mark.parametrize(
-    "tie", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["tied", "untied"]
-)
-def test_chunked_cross_entropy_trains_like_the_integer_one(tiny_task, tie):
-    """The fused projection and loss over pieces of the length, through trainer.build with
-    dropout on: the same losses and parameters after 3 steps as the stored logits give."""
-    common = {"model.tie_output_embedding": tie, "model.share_embeddings": tie}
-    plain_losses, plain_params = run_steps(tiny_task, 3, cross_entropy="integer", **common)
-    losses, params = run_steps(
-        tiny_task, 3, cross_entropy="chunked", cross_entropy_chunks=4, **common
-    )
-    np.testing.assert_allclose(losses, plain_losses, rtol=1e-5)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, plain_params
-    )
-    assert ("logits" in params["decoder"]) is not tie  # The untied kernel is where it was.
-
-
-@pytest.mark.slow
-def test_chunked_cross_entropy_step_holds_less_memory_than_stored_logits():
-    """XLA's own account of the compiled step: the [8, 64, 8,192] float32 logits (16 MiB)
-    and their gradient are never stored whole."""
-    from benchmarks.train_step import build_our_step, random_batch, workload_config
-
-    temp = {}
-    for formulation in ("integer", "chunked"):
-        config = workload_config(
-            "ref-small",
-            ["batch_size=8", f"cross_entropy={formulation}", "model.num_encoder_layers=1"],
-        )
-        step = build_our_step(config, random_batch(config))
-        temp[formulation] = step.memory.temp_size_in_bytes
-    assert temp["chunked"] < temp["integer"] - 24 * 2**20
 
 
 # ---------------------------------------------------------------- benchmark accounting

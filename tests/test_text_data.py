@@ -7,10 +7,11 @@ import pytest
 
 from configs import multi30k
 from transformer.config import ConfigError, from_config_dict
-from transformer.data.tasks import VocabularyMismatchError, load_task
+from transformer.data.tasks import load_task
 from transformer.data.text_files import CorpusError, read_parallel
 from transformer.data.tokenizer import SentencePieceTokenizer
 from transformer.special_tokens import EOS_ID, PAD_ID
+from transformer.workdir import WorkdirError
 
 MULTI30K = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "multi30k"
 needs_multi30k = pytest.mark.skipif(not MULTI30K.is_dir(), reason="../shared/data not present")
@@ -114,11 +115,11 @@ def test_the_vocabulary_is_trained_once_stored_and_reused(tmp_path):
     assert task.tokenizer.vocab_size == 1000
     again = load_task(multi30k_data(vocab_size=1000), str(tmp_path))
     assert again.tokenizer.model_proto == model == (tmp_path / "spm.model").read_bytes()
-    with pytest.raises(VocabularyMismatchError, match=r"bpe model of 1000 pieces.*vocab_size=2000"):
+    with pytest.raises(WorkdirError, match=r"bpe model of 1000 pieces.*vocab_size=2000"):
         load_task(multi30k_data(vocab_size=2000), str(tmp_path))
-    with pytest.raises(VocabularyMismatchError, match=r"tokenizer='unigram'"):
+    with pytest.raises(WorkdirError, match=r"tokenizer='unigram'"):
         load_task(multi30k_data(vocab_size=1000, tokenizer="unigram"), str(tmp_path))
-    with pytest.raises(VocabularyMismatchError, match=r"holds a spm\.model vocabulary"):
+    with pytest.raises(WorkdirError, match=r"holds a spm\.model vocabulary"):
         load_task(multi30k_data(vocab_size=1000, tokenizer="word"), str(tmp_path))
 
 

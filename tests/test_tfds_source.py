@@ -9,12 +9,12 @@ pytest.importorskip("tensorflow")
 
 from configs import tiny  # noqa: E402
 from transformer.config import TfdsConfig, from_config_dict  # noqa: E402
-from transformer.data import embedded  # noqa: E402
+from transformer.data import generated  # noqa: E402
 from transformer.data.tasks import load_task  # noqa: E402
 from transformer.data.text_files import CorpusError  # noqa: E402
 from transformer.data.tfds_source import read_tfds  # noqa: E402
 
-CORPUS = embedded.generate_splits(seed=7, num_train=300, num_validation=20, num_test=30)
+CORPUS = generated.generate_splits(seed=7, num_train=300, num_validation=20, num_test=30)
 
 
 class TinyParallelCorpus(tfds.core.GeneratorBasedBuilder):
@@ -78,7 +78,7 @@ def test_a_tfds_task_trains_a_shared_sentencepiece_vocabulary(tmp_path):
         train_split="train", validation_split="validation", test_split="test",
     )  # fmt: skip
     data = dataclasses.replace(
-        data, source="tfds", embedded=None, tfds=source, tokenizer="bpe", vocab_size=200
+        data, source="tfds", generated=None, tfds=source, tokenizer="bpe", vocab_size=200
     )
     (tmp_path / "work").mkdir()
     task = load_task(data, str(tmp_path / "work"))

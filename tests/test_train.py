@@ -17,6 +17,7 @@ from transformer.allocator import cpu_allocator_hint
 from transformer.checkpoint import Checkpointer, CheckpointMismatchError
 from transformer.config import MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
+from transformer.workdir import checkpoint_meta
 
 from .model_configs import tiny_config
 
@@ -50,27 +51,19 @@ def run_steps(config, task, mesh_config, devices, num_steps):
 
 
 @pytest.mark.parametrize(
-    "mesh_config, cross_entropy, remat",
+    "mesh_config, remat",
     [
         # The default run keeps the mesh that uses all three axes; the others run with -m slow.
-        pytest.param(MeshConfig(8, 1, 1), "chunked", "none", marks=pytest.mark.slow),
-        pytest.param(MeshConfig(2, 4, 1), "chunked", "none", marks=pytest.mark.slow),
-        (MeshConfig(2, 2, 2), "chunked", "none"),
-        pytest.param(MeshConfig(2, 2, 2), "integer", "none", marks=pytest.mark.slow),
-        pytest.param(MeshConfig(2, 2, 2), "chunked", "block", marks=pytest.mark.slow),
+        pytest.param(MeshConfig(8, 1, 1), "none", marks=pytest.mark.slow),
+        pytest.param(MeshConfig(2, 4, 1), "none", marks=pytest.mark.slow),
+        (MeshConfig(2, 2, 2), "none"),
+        pytest.param(MeshConfig(2, 2, 2), "block", marks=pytest.mark.slow),
     ],
-    ids=[
-        "data8",
-        "data2-fsdp4",
-        "data2-fsdp2-tensor2",
-        "data2-fsdp2-tensor2-integer",
-        "data2-fsdp2-tensor2-remat",
-    ],
+    ids=["data8", "data2-fsdp4", "data2-fsdp2-tensor2", "data2-fsdp2-tensor2-remat"],
 )
-def test_sharded_train_step_matches_one_device(task_and_config, mesh_config, cross_entropy, remat):
+def test_sharded_train_step_matches_one_device(task_and_config, mesh_config, remat):
     """`remat` applies to the sharded run only: against the plain step on one device."""
     task, config = task_and_config
-    config = dataclasses.replace(config, cross_entropy=cross_entropy)
     assert len(jax.devices()) == 8
     one_losses, one_params, _ = run_steps(
         config, task, MeshConfig(1, 1, 1), jax.devices()[:1], num_steps=3
@@ -118,9 +111,7 @@ def restore_params(workdir, config_dict):
     setup = trainer.build(config, sharding.make_mesh(config.mesh))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), 1, 5)
     try:
-        state = ckpt.restore(
-            ckpt.latest_step(), setup.abstract_state, trainer.checkpoint_meta(config)
-        )
+        state = ckpt.restore(ckpt.latest_step(), setup.abstract_state, checkpoint_meta(config))
     finally:
         ckpt.close()
     return int(state.step), jax.device_get(state.params)
@@ -177,7 +168,7 @@ def test_checkpoint_roundtrip_restores_identical_state(task_and_config, tmp_path
     task, config = task_and_config
     _, _, state = run_steps(config, task, MeshConfig(2, 4, 1), jax.devices(), num_steps=2)
     setup = trainer.build(config, state.params["embed"]["embedding"].sharding.mesh)
-    meta = trainer.checkpoint_meta(config)
+    meta = checkpoint_meta(config)
     ckpt = Checkpointer(str(tmp_path), every_steps=1, keep=2)
     ckpt.save(2, state, meta)
     ckpt.wait_until_finished()

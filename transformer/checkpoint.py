@@ -3,14 +3,15 @@
 Saves are asynchronous (the device-to-host copy blocks, the write does not) and atomic: Orbax
 writes `<step>.orbax-checkpoint-tmp` and renames it on commit, so a crash or a full disk
 mid-save leaves the earlier checkpoints intact and the partial directory is never listed (it is
-removed by the next save). A state holding NaN or Inf is never written. Every checkpoint
-carries a checksum of its arrays, so damaged files are reported on restore instead of
-silently giving wrong values.
+removed by the next save). Every checkpoint carries a checksum of its arrays, so damaged files
+are reported on restore instead of silently giving wrong values, and restoring the newest
+checkpoint falls back to the newest one that reads.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 from typing import Any
@@ -18,15 +19,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from transformer.config import differences
-from transformer.nonfinite import NonFiniteError
+from transformer.errors import UserError
 
 CHECKSUM_KEY = "state_checksum"  # Stored in the JSON meta item next to the model description.
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint cannot be used as asked; the message names it and what to do."""
 
 
@@ -37,6 +39,10 @@ class CheckpointMismatchError(CheckpointError):
 class CheckpointReadError(CheckpointError):
     """A checkpoint's files cannot be read back as they were written."""
 
+    def __init__(self, message: str, short: str):
+        super().__init__(message)
+        self.short = short  # The first sentence: which checkpoint, and why.
+
 
 class CheckpointWriteError(CheckpointError):
     """Writing a checkpoint failed (full disk, lost permissions); earlier ones are intact."""
@@ -46,16 +52,26 @@ class Checkpointer:
     """Saves every `every_steps` steps (and on `force`), keeps the newest `keep`."""
 
     def __init__(self, directory: str, every_steps: int = 1, keep: int = 1, read_only=False):
-        options = ocp.CheckpointManagerOptions(
-            save_decision_policy=checkpoint_managers.FixedIntervalPolicy(every_steps),
-            preservation_policy=checkpoint_managers.LatestN(keep),
-            enable_async_checkpointing=True,
-            cleanup_tmp_directories=not read_only,
-            read_only=read_only,
-            create=not read_only,
-        )
+        if read_only:
+            options = ocp.CheckpointManagerOptions(
+                save_interval_steps=0, read_only=True, create=False
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                save_decision_policy=checkpoint_managers.FixedIntervalPolicy(every_steps),
+                preservation_policy=checkpoint_managers.LatestN(keep),
+                enable_async_checkpointing=True,
+                cleanup_tmp_directories=True,
+            )
         self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Orbax warns that a read-only directory is read-only; evaluation always asks for that.
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR if read_only else level)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl_logger.setLevel(level)
         self._writing: int | None = None  # The step of the save that may still be running.
 
     def latest_step(self) -> int | None:
@@ -70,18 +86,10 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict[str, Any], force: bool = False) -> bool:
         """Starts an async save of `state` (a pytree) with JSON `meta`; True if one started.
-
-        Raises NonFiniteError, writing nothing, if a floating-point leaf holds NaN or Inf, and
-        CheckpointWriteError if this or the previous save cannot be written.
-        """
+        CheckpointWriteError if this or the previous save cannot be written."""
         if not force and not self.should_save(step):
             return False
-        finite, checksum = jax.device_get(integrity(state))
-        if not finite:
-            raise NonFiniteError(
-                f"Not writing checkpoint {step}: the train state holds NaN or Inf values. The "
-                f"checkpoints in {self.directory} ({self.all_steps()}) stay as they are."
-            )
+        checksum = int(jax.device_get(checksum_of(state)))
         self.wait_until_finished()  # Orbax would too; here a failure names its own step.
         self._writing = step
         try:
@@ -89,13 +97,18 @@ class Checkpointer:
                 step,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
-                    meta=ocp.args.JsonSave({**meta, CHECKSUM_KEY: int(checksum)}),
+                    meta=ocp.args.JsonSave({**meta, CHECKSUM_KEY: checksum}),
                 ),
                 force=True,
             )
         except Exception as e:
             raise self._write_error(e) from e
         return True
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every host has reached the step at which a preemption notice (SIGTERM to
+        any host, through jax.distributed's preemption service) stops them all."""
+        return self._manager.reached_preemption(step)
 
     def restore(self, step: int, abstract_state: Any, expected_meta: dict[str, Any]) -> Any:
         """Restores step `step` onto the shardings of `abstract_state` (a tree of
@@ -119,9 +132,52 @@ class Checkpointer:
             )["state"]
         except Exception as e:
             raise self._read_error(step, e) from e
-        if saved_checksum is not None and int(integrity(state)[1]) != saved_checksum:
+        if saved_checksum is not None and int(checksum_of(state)) != saved_checksum:
             raise self._read_error(step, "its arrays do not match the checksum saved with them")
         return state
+
+    def restore_newest(
+        self, abstract_state: Any, expected_meta: dict[str, Any], set_aside: bool = False
+    ) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint that reads (as `restore`), or None where
+        there is none.
+
+        A damaged one is named in a warning and skipped: left in place, or with `set_aside`
+        (for training, which will write past its step) moved to `<directory>.damaged/`.
+        Raises CheckpointReadError if no checkpoint reads; another model's is an error too."""
+        damaged: list[int] = []
+        for step in reversed(self.all_steps()):
+            try:
+                state = self.restore(step, abstract_state, expected_meta)
+            except CheckpointReadError as e:
+                print(f"warning: {e.short} Trying the checkpoint before it.", file=sys.stderr)
+                damaged.append(step)
+                continue
+            if damaged:
+                self._report_damaged(damaged, step, set_aside)
+            return step, state
+        if damaged:
+            raise CheckpointReadError(
+                f"No checkpoint in {self.directory} can be read ({damaged}); nothing was "
+                "deleted. Move the directory aside to start over.",
+                short="",
+            )
+        return None
+
+    def _report_damaged(self, damaged: list[int], used: int, set_aside: bool) -> None:
+        names = ", ".join(str(s) for s in damaged)
+        where = "left where they are"
+        if set_aside:
+            aside = self.directory + ".damaged"
+            if jax.process_index() == 0:
+                os.makedirs(aside, exist_ok=True)
+                for step in damaged:
+                    os.replace(self.step_path(step), os.path.join(aside, str(step)))
+            multihost_utils.sync_global_devices("transformer: damaged checkpoints set aside")
+            self._manager.reload()
+            where = f"moved to {aside}"
+        print(f"warning: checkpoint(s) {names} of {self.directory} cannot be read ({where}); "
+              f"using step {used}, the newest that can.", file=sys.stderr)  # fmt: skip
 
     def step_path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
@@ -149,14 +205,12 @@ class Checkpointer:
         )
 
     def _read_error(self, step: int, cause: Exception | str) -> CheckpointReadError:
-        earlier = [s for s in self.all_steps() if s < step]
+        short = f"Checkpoint {self.step_path(step)} cannot be read: {_first_line(cause)}."
         return CheckpointReadError(
-            f"Checkpoint {self.step_path(step)} cannot be read: {_first_line(cause)}. Its files "
-            "may be damaged (a crash or a full disk while they were copied) or written by "
-            "another version of this code. Nothing was deleted. To go on from the checkpoint "
-            f"before it ({earlier[-1] if earlier else 'none: training would start over'}), move "
-            f"{self.step_path(step)} out of {self.directory}; evaluate.py and translate.py "
-            "also take --step."
+            f"{short} Its files may be damaged (a crash or a full disk while they were copied) "
+            "or written by another version of this code. Nothing was deleted; --step chooses "
+            "another checkpoint.",
+            short=short,
         )
 
 
@@ -206,21 +260,14 @@ def _first_line(cause: Exception | str, limit: int = 400) -> str:
 
 
 @jax.jit
-def integrity(tree: Any) -> tuple[jax.Array, jax.Array]:
-    """(whether every floating-point leaf is finite, a uint32 checksum of all leaves' bits).
-
-    The checksum weights each element's bits by an odd function of its flat index and sums
-    modulo 2**32, so any single flipped bit changes it and the mesh that holds the arrays does
-    not (integer sums are exact in any order).
-    """
-    finite = jnp.bool_(True)
+def checksum_of(tree: Any) -> jax.Array:
+    """A uint32 checksum of all leaves' bits: each element's bits weighted by an odd function
+    of its flat index, summed modulo 2**32, so that any single flipped bit changes it and the
+    mesh that holds the arrays does not (integer sums are exact in any order)."""
     checksum = jnp.uint32(0)
     for i, leaf in enumerate(jax.tree.leaves(tree)):
-        x = jnp.asarray(leaf)
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            finite &= jnp.all(jnp.isfinite(x))
-        checksum += _leaf_checksum(x) * jnp.uint32(2 * i + 1)
-    return finite, checksum
+        checksum += _leaf_checksum(jnp.asarray(leaf)) * jnp.uint32(2 * i + 1)
+    return checksum
 
 
 def _leaf_checksum(x: jax.Array) -> jax.Array:
@@ -239,11 +286,19 @@ def _leaf_checksum(x: jax.Array) -> jax.Array:
 
 
 def check_meta(saved: dict[str, Any], expected: dict[str, Any], where: str) -> None:
-    """Raises CheckpointMismatchError listing every key whose value differs."""
-    diffs = differences(saved, expected)
+    """Raises CheckpointMismatchError listing every key of `expected` whose value differs
+    (keys that only `saved` has, from settings since removed, do not count)."""
+    diffs = differences(_restricted(saved, expected), expected)
     if diffs:
         raise CheckpointMismatchError(
             f"The checkpoint at {where} belongs to a different model (checkpoint -> now):\n  "
             + "\n  ".join(diffs)
             + "\nUse a new --workdir, or the config that wrote this one."
         )
+
+
+def _restricted(saved: Any, expected: Any) -> Any:
+    """`saved` with only the (nested) keys that `expected` has."""
+    if not (isinstance(saved, dict) and isinstance(expected, dict)):
+        return saved
+    return {k: _restricted(saved.get(k), v) for k, v in expected.items()}

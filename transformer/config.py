@@ -12,6 +12,9 @@ import ast
 import copy
 import dataclasses
 import difflib
+import importlib.util
+import os
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,8 +22,13 @@ from typing import Any, Literal
 
 from ml_collections import ConfigDict
 
+from transformer.errors import UserError
 
-class ConfigError(ValueError):
+# Section 6.1: "maximum output length to input length + 50".
+EXTRA_OUTPUT_TOKENS = 50
+
+
+class ConfigError(UserError):
     """An experiment config is malformed; the message names the key."""
 
 
@@ -42,19 +50,20 @@ class ModelConfig:
     normalization: Literal["post", "pre"]  # post-LN as in the paper, or pre-LN + final LN.
     layer_norm_epsilon: float
     positional_encoding: Literal["sinusoidal", "learned"]
-    max_len: int  # Longest position the positional encoding covers.
     share_embeddings: bool  # One embedding table for source and target.
     tie_output_embedding: bool  # Pre-softmax projection = target embedding transposed.
-    dtype: Literal["float32", "bfloat16"]  # Compute dtype; parameters stay float32.
-    # How the same math is computed (tests/test_switches.py checks each against the plain
-    # path): one [d_model, 3, heads, d_k] query/key/value kernel (key/value for
-    # cross-attention) instead of three; plain einsums ("xla") or jax.nn.dot_product_attention
-    # (cuDNN on GPU in bfloat16); recomputing each layer in the backward pass ("block") or all
-    # but its matmul outputs ("dots") instead of storing its activations ("none").
-    fused_qkv: bool
+    # How the same parameters are computed (COMPUTATION_KEYS), for the hardware at hand:
+    # bfloat16 compute with float32 parameters; `jax.nn.dot_product_attention`, which is
+    # cuDNN's fused attention on a GPU in bfloat16 ("xla": plain einsums, the only path with
+    # attention dropout); recomputing each layer ("block") or all but its matmul outputs
+    # ("dots") in the backward pass instead of storing its activations.
+    dtype: Literal["float32", "bfloat16"]
     attention: Literal["xla", "dot_product_attention"]
     remat: Literal["none", "block", "dots"]
-    vocab_size: int = 0  # Set from the tokenizer at run time, not from the config file.
+    # Derived, not set in config files: the tokenizer's vocabulary (at run time), and the
+    # longest position, data.max_length + EXTRA_OUTPUT_TOKENS (the longest output decoded).
+    vocab_size: int = 0
+    max_len: int = 0
 
     @property
     def head_dim_k(self) -> int:
@@ -65,9 +74,13 @@ class ModelConfig:
         return self.d_v if self.d_v is not None else self.d_model // self.num_heads
 
 
+# ModelConfig fields that change how the parameters are computed, not what they are.
+COMPUTATION_KEYS = ("dtype", "attention", "remat")
+
+
 @dataclasses.dataclass(frozen=True)
-class EmbeddedTaskConfig:
-    """Sizes of the generated English -> German-like corpus (transformer.data.embedded)."""
+class GeneratedTaskConfig:
+    """Sizes of the generated English -> German-like corpus (transformer.data.generated)."""
 
     corpus_seed: int
     num_train: int
@@ -103,11 +116,11 @@ class TfdsConfig:
 class DataConfig:
     """Where sentences come from, how they are tokenized, cut and batched.
 
-    Exactly one source section (`embedded`, `text_files`, `tfds`) is set: the one `source`
+    Exactly one source section (`generated`, `text_files`, `tfds`) is set: the one `source`
     names.
     """
 
-    source: Literal["embedded", "text_files", "tfds"]
+    source: Literal["generated", "text_files", "tfds"]
     tokenizer: Literal["word", "bpe", "unigram"]  # Whole words, or a SentencePiece model.
     vocab_size: int  # Shared source/target vocabulary (an upper bound for "word").
     max_length: int  # Tokens per sentence including EOS (per row when packed).
@@ -116,13 +129,13 @@ class DataConfig:
     # several pairs each; "tokens": about batch_size tokens per side, pairs of similar length
     # bucketed together.
     batching: Literal["sentences", "packed", "tokens"]
-    embedded: EmbeddedTaskConfig | None = None
+    generated: GeneratedTaskConfig | None = None
     text_files: TextFilesConfig | None = None
     tfds: TfdsConfig | None = None
 
     @property
     def target_lang(self) -> str:
-        """The target language's code ("de" for the embedded German-like task)."""
+        """The target language's code ("de" for the generated German-like task)."""
         section = self.text_files or self.tfds
         return section.target_lang if section is not None else "de"
 
@@ -151,14 +164,10 @@ class Config:
     adam_eps: float
     label_smoothing: float  # epsilon_ls
     grad_clip_norm: float  # Global-norm clipping; 0 disables it.
-    # "chunked": the pre-softmax projection fused into the loss, over cross_entropy_chunks
-    # pieces of the target length (the full logits never stored; see loss.py).
-    cross_entropy: Literal["one_hot", "integer", "chunked"]
-    cross_entropy_chunks: int  # Used by "chunked"; a length it does not divide takes a divisor.
-    dropout_rng: Literal["threefry", "rbg"]  # PRNG implementation of the dropout key.
-    # The train step consumes the state it is given, writing the new one into its buffers;
-    # False keeps the old state readable after the step (debugging), at a second copy.
-    donate_state: bool
+    # PRNG of the dropout masks: JAX's default threefry, or "rbg", which draws other masks
+    # at the same rate from hardware-friendly bits (on an accelerator threefry's hashing is
+    # integer work off the matrix units).
+    dropout_rng: Literal["threefry", "rbg"]
     log_every_steps: int
     eval_every_steps: int  # Validation loss; 0 disables it.
     bleu_every_steps: int  # Validation BLEU (greedy); 0 disables it (and must, for an LM).
@@ -183,49 +192,33 @@ class Config:
         )
 
 
-def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts, as "key: old -> new"."""
-    found = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            found += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return found
-
-
-def with_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
-    """A copy of `config` with each "dotted.key=value" applied (values parsed as Python
-    literals, else taken as strings: "none" is the string, "None" is None); ConfigError naming
-    a key that does not exist or a value of the wrong type."""
-    config = copy.deepcopy(config)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"Override {item!r} is not of the form KEY=VALUE.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node.get(part) if isinstance(node, ConfigDict) else None
-        if not isinstance(node, ConfigDict) or leaf not in node:
-            raise ConfigError(f"Override {item!r}: unknown config key '{key}'.")
-        try:
-            node[leaf] = value
-        except TypeError as e:
-            raise ConfigError(f"Override {item!r}: {e}") from None
-    return config
-
-
+# ----------------------------------------------------------------------------- parsing
 def from_config_dict(config: ConfigDict) -> Config:
     """Validates `config` and returns its typed, frozen view. Raises ConfigError."""
+    _refuse_renamed_keys(config)
     cfg = _build(Config, config, prefix="")
-    _check_values(cfg)
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, max_len=cfg.data.max_length + EXTRA_OUTPUT_TOKENS),
+    )
+    _check_model(cfg.model)
+    _check_data(cfg)
+    _check_training(cfg)
+    _check_mesh(cfg)
     return cfg
+
+
+def _refuse_renamed_keys(config: ConfigDict) -> None:
+    data = config.get("data") if isinstance(config, (ConfigDict, dict)) else None
+    if not isinstance(data, (ConfigDict, dict)):
+        return
+    if data.get("source") == "embedded":
+        raise ConfigError(
+            "config.data.source='embedded' is now 'generated' (the generated corpus, not "
+            "embeddings); its section data.embedded is now data.generated."
+        )
+    if "embedded" in data:
+        raise ConfigError("config.data.embedded is now data.generated.")
 
 
 def _build(cls: type, node: Any, prefix: str) -> Any:
@@ -233,10 +226,10 @@ def _build(cls: type, node: Any, prefix: str) -> Any:
     if not isinstance(node, (ConfigDict, dict)):
         raise ConfigError(f"config.{prefix.rstrip('.')} must be a section, got {node!r}")
     hints = typing.get_type_hints(cls)
-    # Fields with a default are set at run time (vocab_size), or optional sections (None).
-    required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-    sections = {f.name for f in dataclasses.fields(cls) if f.default is None}
-    names = required | sections
+    fields = dataclasses.fields(cls)
+    required = {f.name for f in fields if f.default is dataclasses.MISSING}
+    sections = {f.name for f in fields if f.default is None}  # Optional sections.
+    names = required | sections  # Fields with other defaults are derived, not set.
     for key in node:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
@@ -277,163 +270,181 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     return value
 
 
-def _check_values(cfg: Config) -> None:
-    """Range and consistency checks that types alone cannot express."""
+# ------------------------------------------------------------------------------ checks
+def _require(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{key}={value!r}: {why}.")
 
-    def require(ok: bool, key: str, value: Any, why: str) -> None:
-        if not ok:
-            raise ConfigError(f"config.{key}={value!r}: {why}.")
 
-    require(
-        cfg.cross_entropy_chunks > 0,
-        "cross_entropy_chunks",
-        cfg.cross_entropy_chunks,
-        "must be positive",
-    )
-    m = cfg.model
-    for key in ("d_model", "d_ff", "num_heads", "num_decoder_layers", "max_len"):
-        require(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")
+def _check_model(m: ModelConfig) -> None:
+    """Sizes positive, head sizes consistent, rates in range."""
+    for key in ("d_model", "d_ff", "num_heads", "num_decoder_layers"):
+        _require(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")
     if m.kind == "encoder_decoder":
-        require(
-            m.num_encoder_layers > 0,
-            "model.num_encoder_layers",
-            m.num_encoder_layers,
-            "must be positive for an encoder-decoder model",
-        )
+        why = "must be positive for an encoder-decoder model"
+        _require(m.num_encoder_layers > 0, "model.num_encoder_layers", m.num_encoder_layers, why)
     else:
-        require(
-            m.num_encoder_layers == 0,
-            "model.num_encoder_layers",
-            m.num_encoder_layers,
-            "must be 0 for a decoder-only model",
-        )
+        why = "must be 0 for a decoder-only model"
+        _require(m.num_encoder_layers == 0, "model.num_encoder_layers", m.num_encoder_layers, why)
     for key in ("d_k", "d_v"):
         value = getattr(m, key)
         if value is None:
-            require(
-                m.d_model % m.num_heads == 0,
-                "model.num_heads",
-                m.num_heads,
-                f"must divide model.d_model={m.d_model} while model.{key} is unset",
-            )
+            why = f"must divide model.d_model={m.d_model} while model.{key} is unset"
+            _require(m.d_model % m.num_heads == 0, "model.num_heads", m.num_heads, why)
         else:
-            require(value > 0, f"model.{key}", value, "must be positive")
+            _require(value > 0, f"model.{key}", value, "must be positive")
     for key in ("dropout_rate", "attention_dropout_rate"):
         value = getattr(m, key)
-        require(0.0 <= value < 1.0, f"model.{key}", value, "must be in [0, 1)")
-    if m.head_dim_k != m.head_dim_v:
-        for key, value in (("fused_qkv", m.fused_qkv), ("attention", m.attention)):
-            require(
-                value in (False, "xla"),
-                f"model.{key}",
-                value,
-                f"needs d_k = d_v (here {m.head_dim_k} and {m.head_dim_v}): keys and values "
-                "share one kernel / one head size",
-            )
-    require(
-        m.attention != "dot_product_attention" or m.attention_dropout_rate == 0.0,
-        "model.attention",
-        m.attention,
-        f"jax.nn.dot_product_attention has no attention dropout; set "
-        f"model.attention_dropout_rate=0 (now {m.attention_dropout_rate}) or attention='xla'",
-    )
-    require(
-        m.layer_norm_epsilon > 0,
-        "model.layer_norm_epsilon",
-        m.layer_norm_epsilon,
-        "must be positive",
-    )
-    require(
-        cfg.data.max_length <= m.max_len,
-        "data.max_length",
-        cfg.data.max_length,
-        f"exceeds model.max_len={m.max_len}, the longest position the model encodes",
-    )
-
-    d = cfg.data
-    require(d.vocab_size > 4, "data.vocab_size", d.vocab_size, "must exceed the 4 special tokens")
-    require(d.max_length > 1, "data.max_length", d.max_length, "must be at least 2")
-    if m.kind == "decoder_only":
-        require(
-            cfg.bleu_every_steps == 0,
-            "bleu_every_steps",
-            cfg.bleu_every_steps,
-            "must be 0 for a decoder-only model, which does not translate",
+        _require(0.0 <= value < 1.0, f"model.{key}", value, "must be in [0, 1)")
+    if m.attention == "dot_product_attention":
+        why = f"needs d_k = d_v (here {m.head_dim_k} and {m.head_dim_v})"
+        _require(m.head_dim_k == m.head_dim_v, "model.attention", m.attention, why)
+        why = (
+            f"jax.nn.dot_product_attention has no attention dropout; set "
+            f"model.attention_dropout_rate=0 (now {m.attention_dropout_rate}) or attention='xla'"
         )
-    for section in ("embedded", "text_files", "tfds"):
+        _require(m.attention_dropout_rate == 0.0, "model.attention", m.attention, why)
+    _require(m.layer_norm_epsilon > 0, "model.layer_norm_epsilon", m.layer_norm_epsilon,
+             "must be positive")  # fmt: skip
+
+
+def _check_data(cfg: Config) -> None:
+    """One source section, the one `source` names; sizes and tokenizer that fit it."""
+    d = cfg.data
+    _require(d.vocab_size > 4, "data.vocab_size", d.vocab_size, "must exceed the 4 special tokens")
+    _require(d.max_length > 1, "data.max_length", d.max_length, "must be at least 2")
+    for section in ("generated", "text_files", "tfds"):
         present = getattr(d, section) is not None
         if section == d.source:
-            require(present, f"data.{section}", None, f"must be set when data.source={section!r}")
+            why = f"must be set when data.source={section!r}"
+            _require(present, f"data.{section}", None, why)
         else:
-            require(
-                not present,
-                f"data.{section}",
-                "...",
-                f"is unused with data.source={d.source!r}; remove it",
-            )
-    if d.embedded is not None:
+            why = f"is unused with data.source={d.source!r}; remove it"
+            _require(not present, f"data.{section}", "...", why)
+    if d.generated is not None:
         for key in ("num_train", "num_validation", "num_test"):
-            value = getattr(d.embedded, key)
-            require(value > 0, f"data.embedded.{key}", value, "must be positive")
-    require(
-        (d.source == "embedded") == (d.tokenizer == "word"),
-        "data.tokenizer",
-        d.tokenizer,
-        "use 'word' for the embedded task and 'bpe' or 'unigram' for real corpora",
-    )
+            value = getattr(d.generated, key)
+            _require(value > 0, f"data.generated.{key}", value, "must be positive")
+    why = "use 'word' for the generated task and 'bpe' or 'unigram' for real corpora"
+    _require((d.source == "generated") == (d.tokenizer == "word"), "data.tokenizer",
+             d.tokenizer, why)  # fmt: skip
     if d.batching == "tokens":
-        require(
-            cfg.batch_size >= d.max_length,
-            "batch_size",
-            cfg.batch_size,
+        why = (
             f"with data.batching='tokens' it counts tokens and must hold one "
-            f"data.max_length={d.max_length} sentence",
+            f"data.max_length={d.max_length} sentence"
         )
+        _require(cfg.batch_size >= d.max_length, "batch_size", cfg.batch_size, why)
 
-    for key in (
-        "num_train_steps",
-        "batch_size",
-        "grad_accum_steps",
-        "warmup_steps",
-        "log_every_steps",
-        "eval_batch_size",
-        "checkpoint_every_steps",
-        "keep_checkpoints",
+
+def _check_training(cfg: Config) -> None:
+    """Step counts, intervals and optimizer settings."""
+    positive = (
+        "num_train_steps", "batch_size", "grad_accum_steps", "warmup_steps", "log_every_steps",
+        "eval_batch_size", "checkpoint_every_steps", "keep_checkpoints",
         "max_consecutive_nonfinite",
-    ):
-        require(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be positive")
+    )  # fmt: skip
+    for key in positive:
+        _require(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be positive")
     for key in ("eval_every_steps", "bleu_every_steps", "num_samples_to_print", "grad_clip_norm"):
-        require(getattr(cfg, key) >= 0, key, getattr(cfg, key), "must not be negative")
-    require(
-        cfg.batch_size % cfg.grad_accum_steps == 0,
-        "grad_accum_steps",
-        cfg.grad_accum_steps,
-        f"must divide batch_size={cfg.batch_size}",
-    )
-    require(
-        cfg.learning_rate_scale > 0,
-        "learning_rate_scale",
-        cfg.learning_rate_scale,
-        "must be positive",
-    )
-    require(
-        0.0 <= cfg.label_smoothing < 1.0,
-        "label_smoothing",
-        cfg.label_smoothing,
-        "must be in [0, 1)",
-    )
-    for key in ("adam_b1", "adam_b2"):
-        require(0.0 <= getattr(cfg, key) < 1.0, key, getattr(cfg, key), "must be in [0, 1)")
-    require(cfg.adam_eps > 0, "adam_eps", cfg.adam_eps, "must be positive")
+        _require(getattr(cfg, key) >= 0, key, getattr(cfg, key), "must not be negative")
+    why = f"must divide batch_size={cfg.batch_size}"
+    _require(cfg.batch_size % cfg.grad_accum_steps == 0, "grad_accum_steps",
+             cfg.grad_accum_steps, why)  # fmt: skip
+    if cfg.model.kind == "decoder_only":
+        why = "must be 0 for a decoder-only model, which does not translate"
+        _require(cfg.bleu_every_steps == 0, "bleu_every_steps", cfg.bleu_every_steps, why)
+    _require(cfg.learning_rate_scale > 0, "learning_rate_scale", cfg.learning_rate_scale,
+             "must be positive")  # fmt: skip
+    for key in ("label_smoothing", "adam_b1", "adam_b2"):
+        _require(0.0 <= getattr(cfg, key) < 1.0, key, getattr(cfg, key), "must be in [0, 1)")
+    _require(cfg.adam_eps > 0, "adam_eps", cfg.adam_eps, "must be positive")
 
+
+def _check_mesh(cfg: Config) -> None:
+    """At most one axis left to fill the devices; rules as (logical name, mesh axes) pairs."""
     sizes = dataclasses.asdict(cfg.mesh)
-    require(list(sizes.values()).count(-1) <= 1, "mesh", sizes, "at most one axis may be -1")
+    _require(list(sizes.values()).count(-1) <= 1, "mesh", sizes, "at most one axis may be -1")
     for axis, size in sizes.items():
-        require(size == -1 or size > 0, f"mesh.{axis}", size, "must be positive or -1")
+        _require(size == -1 or size > 0, f"mesh.{axis}", size, "must be positive or -1")
     for rule in cfg.logical_axis_rules:
-        require(
-            len(rule) == 2 and isinstance(rule[0], str),
-            "logical_axis_rules",
-            rule,
-            "each rule is a (logical_name, mesh_axes) pair",
+        why = "each rule is a (logical_name, mesh_axes) pair"
+        _require(len(rule) == 2 and isinstance(rule[0], str), "logical_axis_rules", rule, why)
+
+
+# ------------------------------------------------------------------- files and overrides
+def load_file(spec: str) -> ConfigDict:
+    """The ConfigDict of "path/to/config.py[:ARG]": the file's `get_config()`, or
+    `get_config(ARG)`. ConfigError if the file does not exist or defines no get_config."""
+    path, sep, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        folder = os.path.dirname(path) or "."
+        present = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if (
+            os.path.isdir(folder)) else []  # fmt: skip
+        raise ConfigError(
+            f"--config {spec}: {path} does not exist"
+            + (f"; {folder} has {', '.join(present)}." if present else ".")
         )
+    name = os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(f"config_file_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # Where dataclasses and pickle look it up.
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"--config {spec}: {path} defines no get_config().")
+    return module.get_config(arg) if sep else module.get_config()
+
+
+OVERRIDE_PREFIX = "--config."
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, the "KEY=VALUE" of every `--config.KEY=VALUE` in `argv`): the
+    one override syntax of every entry point."""
+    rest, overrides = [], []
+    for arg in argv:
+        if arg.startswith(OVERRIDE_PREFIX):
+            overrides.append(arg[len(OVERRIDE_PREFIX) :])
+        else:
+            rest.append(arg)
+    return rest, overrides
+
+
+def with_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+    """A copy of `config` with each "dotted.key=value" applied (values parsed as Python
+    literals, else taken as strings: "none" is the string, "None" is None, booleans are True
+    and False); ConfigError naming a key that does not exist or a value of the wrong type."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"Override {item!r} is not of the form KEY=VALUE.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, ConfigDict) else None
+        if not isinstance(node, ConfigDict) or leaf not in node:
+            close = difflib.get_close_matches(leaf, list(node or ()), n=1)
+            prefix = "".join(f"{p}." for p in parents)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"Override {item!r}: unknown config key '{key}'{hint}.")
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"Override {item!r}: {e}") from None
+    return config
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, as "key: old -> new"."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return found

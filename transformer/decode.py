@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from transformer.layers import argmax
+from transformer.config import EXTRA_OUTPUT_TOKENS
+from transformer.layers import row_lengths
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -33,8 +34,6 @@ Cache = Any  # The "cache" collection: a pytree of per-layer keys, values and in
 StepFn = Callable[[Array, Array, Cache], tuple[Array, Cache]]
 # (logits [batch, vocab], step int32 []) -> the chosen tokens [batch].
 ChooseFn = Callable[[Array, Array], Array]
-# Section 6.1: "maximum output length to input length + 50".
-EXTRA_OUTPUT_TOKENS = 50
 
 
 def init_cache(
@@ -72,8 +71,7 @@ def output_limits(inputs: Array, max_length: int, extra: int | None = EXTRA_OUTP
         return jnp.full(inputs.shape[:1], max_length, jnp.int32)
     if extra < 0:
         raise ValueError(f"extra must be >= 0 (tokens beyond the input length), got {extra}")
-    lengths = jnp.sum(inputs != PAD_ID, axis=1, dtype=jnp.int32)
-    return jnp.minimum(lengths + extra, max_length)
+    return jnp.minimum(row_lengths(inputs) + extra, max_length)
 
 
 def greedy_decode(
@@ -82,15 +80,30 @@ def greedy_decode(
     inputs: Array,
     max_length: int,
     extra: int | None = EXTRA_OUTPUT_TOKENS,
+    min_length: int = 0,
 ) -> Array:
     """inputs: [batch, src_len] -> output ids [batch, max_length] int32, PAD after EOS; each
-    row stops at EOS or after its `output_limits(inputs, max_length, extra)` tokens."""
+    row stops at EOS or after its `output_limits(inputs, max_length, extra)` tokens, and
+    produces at least `min_length` tokens before EOS."""
     encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
     cache = init_cache(model, params, inputs.shape[0], max_length, encoded, inputs)
     step = _transformer_step(model, params, encoded, inputs)
     forced = jnp.full((inputs.shape[0], max_length), PAD_ID, jnp.int32)
     limits = output_limits(inputs, max_length, extra)
-    return _decode_loop(step, cache, forced, _argmax, limits)
+
+    def choose(logits: Array, i: Array) -> Array:
+        return _argmax(no_eos_before(min_length, logits, i), i)
+
+    return _decode_loop(step, cache, forced, choose, limits)
+
+
+def no_eos_before(min_length: int, scores: Array, step: Array) -> Array:
+    """`scores` [..., vocab] with EOS at -inf at output position `step` < `min_length`, so
+    that an output has at least `min_length` tokens before its EOS."""
+    if min_length <= 0:
+        return scores
+    eos = jnp.arange(scores.shape[-1]) == EOS_ID
+    return jnp.where(eos & (step < min_length), -jnp.inf, scores)
 
 
 def _transformer_step(model: Transformer, params: Any, encoded: Array, inputs: Array) -> StepFn:
@@ -197,7 +210,7 @@ def _check_sampling_args(top_k: int, top_p: float, temperature: float = 0.0) -> 
 def _argmax(logits: Array, step: Array) -> Array:
     """Greedy decoding's ChooseFn."""
     del step
-    return argmax(logits)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
 def _decode_lm(
@@ -280,9 +293,11 @@ def beam_search(
     beam_size: int = 4,
     alpha: float = 0.6,
     extra: int | None = EXTRA_OUTPUT_TOKENS,
+    min_length: int = 0,
 ) -> tuple[Array, Array]:
     """Beam search for `inputs` [batch, src_len], each sentence's hypotheses at most its
-    `output_limits(inputs, max_length, extra)` tokens long (section 6.1: input length + 50).
+    `output_limits(inputs, max_length, extra)` tokens long (section 6.1: input length + 50)
+    and at least `min_length` tokens before EOS.
 
     Returns the best finished hypothesis of each sentence, tokens [batch, max_length] int32
     with PAD after EOS, and its score [batch] float32, log-probability / length_penalty. A
@@ -308,7 +323,7 @@ def beam_search(
         return (state.step < max_length) & ~jnp.all(_settled(state, alpha, limits))
 
     def body(state: BeamState) -> BeamState:
-        return _beam_step(step, state, alpha, limits)
+        return _beam_step(step, state, alpha, limits, min_length)
 
     state = lax.while_loop(cond, body, _initial_state(batch, beam_size, max_length, cache))
     return _best_hypotheses(state, alpha, limits)
@@ -329,7 +344,7 @@ def _initial_state(batch: int, beam: int, max_length: int, cache: Cache) -> Beam
 
 
 def _beam_step(
-    step: StepFn, state: BeamState, alpha: float, limits: Array | None = None
+    step: StepFn, state: BeamState, alpha: float, limits: Array | None = None, min_length: int = 0
 ) -> BeamState:
     """Extends every alive hypothesis by one token and keeps the best of the results; a
     sentence that has reached its `limits` [batch] entry of tokens keeps its hypotheses."""
@@ -341,13 +356,14 @@ def _beam_step(
     last = jnp.where(i == 0, BOS_ID, previous)  # [batch, beam]
     position = jnp.full((batch * beam, 1), i, jnp.int32)
     logits, cache = step(_flatten_beams(last)[:, None], position, state.cache)
-    logp = _unflatten_beams(jax.nn.log_softmax(logits), beam)  # [batch, beam, vocab]
+    logp = no_eos_before(min_length, jax.nn.log_softmax(logits), i)
+    logp = _unflatten_beams(logp, beam)  # [batch, beam, vocab]
 
     vocab = logp.shape[-1]
     candidates = (state.alive_logp[..., None] + logp).reshape(batch, beam * vocab)
     # Each hypothesis ends at most once among the candidates (one EOS), so 2 * beam of them
     # always leave `beam` that go on.
-    top_logp, top_index = top_k(candidates, 2 * beam)  # [batch, 2 * beam]
+    top_logp, top_index = lax.top_k(candidates, 2 * beam)  # [batch, 2 * beam]
     parent, token = top_index // vocab, top_index % vocab
     tokens = _gather_beams(state.alive_tokens, parent)
     tokens = lax.dynamic_update_index_in_dim(tokens, token, i, axis=2)
@@ -381,29 +397,6 @@ def _beam_step(
 def _limits_or(limits: Array | None, batch: int, max_length: int) -> Array:
     """`limits` [batch], or `max_length` for every sentence where it is None."""
     return jnp.full((batch,), max_length, jnp.int32) if limits is None else limits
-
-
-def top_k(x: Array, k: int, block: int = 256) -> tuple[Array, Array]:
-    """lax.top_k over the last axis of x [rows, n]: (values, indices) [rows, k], the same
-    ones, ties to the lower index, in two smaller top-k's where n is large.
-
-    The k largest elements lie in the k blocks of `block` with the largest maxima (a block
-    ranked below k others has k elements ranked above each of its own), so one max per block,
-    a top-k of those, and a top-k of the k chosen blocks' elements find them. On CPU that is
-    2-3x faster than lax.top_k over beam x vocabulary candidates, [64, 32,000] for k = 8."""
-    rows, n = x.shape
-    if n <= 8 * k * block:
-        return lax.top_k(x, k)
-    blocks = -(-n // block)
-    # Padding last: a -inf there ranks after every real element, ties included.
-    padded = jnp.pad(x, ((0, 0), (0, blocks * block - n)), constant_values=-jnp.inf)
-    padded = padded.reshape(rows, blocks, block)
-    _, chosen = lax.top_k(jnp.max(padded, axis=-1), k)  # [rows, k] block numbers
-    chosen = jnp.sort(chosen, axis=-1)  # In index order, so ties still go to the lower index.
-    candidates = jnp.take_along_axis(padded, chosen[..., None], axis=1).reshape(rows, k * block)
-    values, within = lax.top_k(candidates, k)
-    index = jnp.take_along_axis(chosen, within // block, axis=1) * block + within % block
-    return values, index
 
 
 def _settled(state: BeamState, alpha: float, limits: Array | None = None) -> Array:

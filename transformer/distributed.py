@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import jax
 
+from transformer.errors import UserError
 
-class LaunchError(ValueError):
+
+class LaunchError(UserError):
     """The multi-host launch flags do not describe a valid set of processes."""
 
 

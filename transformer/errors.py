@@ -1,5 +1,8 @@
-"""Errors caused by the user's input (config, corpus, workdir): the CLIs print their message
-alone, without a traceback, and exit non-zero."""
+"""Errors in what the user gave (config, corpus, workdir, flags), and the CLIs' way of ending
+on one: the message alone, without a traceback, exit status 1.
+
+Every module raises its own subclass of `UserError`; this module imports none of them.
+"""
 
 import logging as std_logging
 import sys
@@ -8,25 +11,9 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from transformer.checkpoint import CheckpointError
-from transformer.config import ConfigError
-from transformer.data.tasks import VocabularyMismatchError
-from transformer.data.text_files import CorpusError
-from transformer.distributed import LaunchError
-from transformer.inference import CheckpointNotFoundError
-from transformer.nonfinite import NonFiniteError
-from transformer.trainer import WorkdirError
 
-USER_ERRORS = (
-    ConfigError,
-    CorpusError,
-    CheckpointError,  # Another model's, unreadable, or not writable.
-    LaunchError,
-    CheckpointNotFoundError,
-    VocabularyMismatchError,
-    NonFiniteError,
-    WorkdirError,
-)
+class UserError(ValueError):
+    """Something the user gave cannot be used as it is; the message says what and why."""
 
 
 def cli_main(body: Callable[[], object]) -> Callable[[list[str]], None]:
@@ -39,7 +26,7 @@ def cli_main(body: Callable[[], object]) -> Callable[[list[str]], None]:
             logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
         try:
             body()
-        except (*USER_ERRORS, FileNotFoundError) as e:
+        except (UserError, FileNotFoundError) as e:
             _quiet_abandoned_library_work()
             sys.exit(f"error: {e}")
 

@@ -13,11 +13,11 @@ import sacremoses
 from jax.experimental import multihost_utils
 
 from transformer import sharding
-from transformer.config import Config
+from transformer.config import EXTRA_OUTPUT_TOKENS, Config
 from transformer.data.pipeline import Ragged
 from transformer.data.tasks import Task
 from transformer.data.tokenizer import Tokenizer
-from transformer.decode import EXTRA_OUTPUT_TOKENS, beam_search, greedy_decode, greedy_decode_lm
+from transformer.decode import beam_search, greedy_decode, greedy_decode_lm
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import EOS_ID, PAD_ID
 

@@ -8,26 +8,24 @@ average of several checkpoints (section 6.1: the last 5 for base, the last 20 fo
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from ml_collections import ConfigDict
 
-from transformer import checkpoint, sharding, trainer
+from transformer import checkpoint, sharding, trainer, workdir
 from transformer.config import Config, MeshConfig, from_config_dict
-from transformer.data.tasks import load_tokenizer
 from transformer.data.text_files import CorpusError
 from transformer.data.tokenizer import Tokenizer
+from transformer.errors import UserError
 
 # Inference shards the batch over every device; parameters are replicated.
 DATA_PARALLEL = MeshConfig(data=-1, fsdp=1, tensor=1)
 
 
-class CheckpointNotFoundError(ValueError):
+class CheckpointNotFoundError(UserError):
     """The workdir has no checkpoint, or not the one asked for."""
 
 
@@ -35,24 +33,9 @@ class CheckpointNotFoundError(ValueError):
 class Restored:
     config: Config  # As trained, with vocab_size set and the mesh of this process.
     tokenizer: Tokenizer
-    setup: trainer.Setup
+    placed: trainer.ModelOnMesh
     params: Any
     steps: tuple[int, ...]  # The checkpoint(s) the parameters come from.
-
-
-def read_config(workdir: str) -> ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise CheckpointNotFoundError(f"{path} does not exist: {workdir} is not a trained workdir.")
-    with open(path, encoding="utf-8") as f:
-        config = ConfigDict(json.load(f))
-    # Keys added since workdirs were first written, with the value those runs had: the
-    # stored logits ("integer" or "one_hot") never read cross_entropy_chunks, and the state
-    # was always donated.
-    for key, value in (("cross_entropy_chunks", 8), ("donate_state", True)):
-        if key not in config:
-            config[key] = value
-    return config
 
 
 def select_steps(available: list[int], step: int | None, average_last: int, where: str):
@@ -72,36 +55,42 @@ def select_steps(available: list[int], step: int | None, average_last: int, wher
 
 
 def restore(
-    workdir: str,
+    workdir_path: str,
     step: int | None = None,
     average_last: int = 1,
     checkpoint_dir: str | None = None,
     mesh_config: MeshConfig = DATA_PARALLEL,
 ) -> Restored:
-    """Restores the parameters of `step` (default: the newest), or their average with the
-    checkpoints before it, from `checkpoint_dir` (default workdir/checkpoints)."""
-    config = from_config_dict(read_config(workdir))
-    tokenizer = load_tokenizer(config.data, workdir)
+    """Restores the parameters of `step` (default: the newest checkpoint that reads), or
+    their average with the checkpoints before it, from `checkpoint_dir` (default
+    workdir/checkpoints)."""
+    config = from_config_dict(workdir.read_config(workdir_path))
+    tokenizer = workdir.load_vocabulary(config.data, workdir_path)
     config = dataclasses.replace(config, mesh=mesh_config).with_vocab_size(tokenizer.vocab_size)
     mesh = sharding.make_mesh(mesh_config)
-    setup = trainer.build(config, mesh)
-    directory = checkpoint_dir or os.path.join(workdir, "checkpoints")
+    placed = trainer.build(config, mesh)
+    directory = checkpoint_dir or os.path.join(workdir_path, "checkpoints")
     if not os.path.isdir(directory):
         raise CheckpointNotFoundError(f"{directory} does not exist; train first.")
     ckpt = checkpoint.Checkpointer(directory, read_only=True)
+    meta = workdir.checkpoint_meta(config)
     try:
-        steps = select_steps(ckpt.all_steps(), step, average_last, directory)
-        total = None
         with trainer.mesh_context(mesh, config):
-            for s in steps:
-                params = ckpt.restore(
-                    s, setup.abstract_state, trainer.checkpoint_meta(config)
-                ).params
+            newest = None
+            if step is None and ckpt.all_steps():  # Falls back past a damaged checkpoint.
+                step, newest = ckpt.restore_newest(placed.abstract_state, meta)
+            steps = select_steps(ckpt.all_steps(), step, average_last, directory)
+            total = None
+            for s in steps:  # One state at a time: averaging 20 holds no more than one.
+                if newest is not None and s == steps[-1]:
+                    params = newest.params
+                else:
+                    params = ckpt.restore(s, placed.abstract_state, meta).params
                 total = params if total is None else jax.tree.map(jnp.add, total, params)
             params = jax.tree.map(lambda x: x / len(steps), total) if len(steps) > 1 else total
     finally:
         ckpt.close()
-    return Restored(config, tokenizer, setup, params, steps)
+    return Restored(config, tokenizer, placed, params, steps)
 
 
 def read_lines(path: str) -> list[str]:

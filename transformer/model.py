@@ -1,47 +1,50 @@
 """The Transformer of "Attention Is All You Need": encoder-decoder and decoder-only models.
 
-Both are assembled from the same layers. Sublayers follow the paper's post-LN order,
-`LayerNorm(x + Dropout(Sublayer(x)))`, or pre-LN, `x + Dropout(Sublayer(LayerNorm(x)))` with a
-final LayerNorm after each stack, chosen by `config.normalization`.
+Both are built from the same layers (transformer.layers). Each sublayer is wrapped as the
+paper's post-LN `LayerNorm(x + Dropout(Sublayer(x)))` (section 3.1, 5.4), or as pre-LN
+`x + Dropout(Sublayer(LayerNorm(x)))` with a final LayerNorm after each stack
+(`config.normalization`). The models return next-token logits [batch, length, vocab] float32.
 
-Padding (PAD_ID) comes at the end of a row, as every pipeline here makes rows: an unpacked
-row's attention mask is also given as its length (`layers.AttentionMask`), which the fused
-attention reads instead of the mask. Packed batches: optional `*_segmentation` ids
-(0 = padding) keep attention inside a segment, and `*_positions` restart at 0 for every
-segment.
+Padding (PAD_ID) ends a row, as every pipeline here makes rows. Packed rows carry
+`*_segmentation` ids (0 = padding), which keep attention inside a segment, and `*_positions`
+that restart at 0 for every segment.
 
-Incremental decoding: the models' `decode` methods take `decode=True` to run the decoder one
-token at a time over a "cache" collection of keys and values (see `transformer.decode`). The
-parameters are the same in both modes, so any checkpoint decodes.
+Incremental decoding: `decode(..., decode=True)` runs the decoder one token at a time over a
+"cache" collection of keys and values (transformer.decode). The parameters are the same in
+both modes, so any checkpoint decodes.
 """
 
 from __future__ import annotations
 
-import functools
+import math
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from transformer import cpu
 from transformer.config import ModelConfig
 from transformer.layers import (
     BATCH,
     EMBED,
     LENGTH,
+    VOCAB,
     AttentionMask,
     Dropout,
-    Embed,
     FeedForward,
     MultiHeadAttention,
     PositionalEncoding,
-    causal_mask,
-    compute_dtype,
+    attention_mask,
     constrain,
-    dense_dot_general,
+    dense,
+    embed,
     layer_norm,
     padding_mask,
-    segment_mask,
+    tied_logits,
+    token_embedding,
 )
 from transformer.special_tokens import BOS_ID, PAD_ID
 
@@ -62,124 +65,60 @@ def default_positions(tokens: Array) -> Array:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
 
 
-def lengths(tokens: Array) -> Array:
-    """[batch, length] -> [batch] int32: the tokens before each row's padding (every pipeline
-    here pads at the end of a row)."""
-    # Sharded as the rows are: a fused attention shard reads its own rows' lengths.
-    return constrain(jnp.sum(tokens != PAD_ID, axis=1, dtype=jnp.int32), (BATCH,))
-
-
-def self_attention_mask(tokens: Array, segmentation: Array | None, causal: bool) -> AttentionMask:
-    """The mask [batch, 1, length, length] for self-attention over `tokens` [batch, length],
-    with its lengths where the rows are unpacked (`segmentation` None)."""
-    mask = padding_mask(tokens, tokens, PAD_ID)
-    if causal:
-        mask &= causal_mask(tokens.shape[1])
-    if segmentation is not None:
-        return AttentionMask(mask & segment_mask(segmentation, segmentation))
-    n = lengths(tokens)
-    return AttentionMask(mask, n, n, causal)
+def residual(
+    config: ModelConfig,
+    name: str,
+    x: Array,
+    sublayer: Callable[[Array], Array],
+    deterministic: bool,
+) -> Array:
+    """Sublayer `name` with its residual connection, dropout and LayerNorm (section 3.1):
+    post-LN LayerNorm(x + Dropout(Sublayer(x))), or pre-LN x + Dropout(Sublayer(LayerNorm(x)))."""
+    norm = layer_norm(config, f"{name}_norm")
+    drop = Dropout(config.dropout_rate)
+    if config.normalization == "pre":
+        return x + drop(sublayer(norm(x)), deterministic)
+    return norm(x + drop(sublayer(x), deterministic))
 
 
 def rematerialized(layer: type[nn.Module], config: ModelConfig, static_argnums: tuple[int, ...]):
-    """`layer` under `config.remat`: "block" keeps only its inputs for the backward pass and
-    recomputes the rest; "dots" also keeps the outputs of matmuls without batch dimensions
-    (projections, FFN), recomputing attention scores, softmax, dropout and norms. Parameters
-    and values are those of the plain layer. static_argnums count `self` as 0.
-
-    Called like the layer class: `rematerialized(...)(config, name=...)(*args)`."""
+    """`layer` under `config.remat`: "block" keeps only the layer's inputs for the backward
+    pass and recomputes the rest; "dots" also keeps the outputs of matmuls without batch
+    dimensions (projections, FFN). Called like the layer class; static_argnums count `self`
+    as 0 (the Python values: deterministic, decode)."""
     if config.remat == "none":
         return layer
-    policy = (
-        None
-        if config.remat == "block"
-        else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    )
-    checkpointed = nn.remat(layer, static_argnums=static_argnums, policy=policy)
-    if jax.default_backend() != "cpu":
-        return checkpointed
-
-    def build(*module_args, **module_kwargs):
-        module = checkpointed(*module_args, **module_kwargs)
-        return functools.partial(recompute_after_cotangent(static_argnums), module)
-
-    return build
+    policy = None
+    if config.remat == "dots":
+        policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return checkpointed(layer, policy, static_argnums)
 
 
-def recompute_after_cotangent(static_argnums: tuple[int, ...]):
-    """`module(*args)` whose backward pass recomputes the checkpointed forward only once the
-    output's cotangent exists.
-
-    JAX ties a checkpointed layer's recomputation to its cotangent with an optimization
-    barrier, but XLA's CPU compiler removes barriers before it schedules, and its scheduler
-    then recomputes every layer at the start of the backward pass: all the activations that
-    remat was to drop are live at once (ref-small: 0.80 GiB of temporaries without remat,
-    0.72 with it). Here the residuals (the layer's inputs and parameters) each gain a zero
-    computed from one element of the cotangent, a data dependence no pass removes; values
-    and gradients are unchanged. static_argnums count the module as 0."""
-
-    def forward(module: nn.Module, *args):
-        def apply(m: nn.Module, *dynamic):
-            rest = iter(dynamic)
-            return m(*(a if i in static_argnums else next(rest) for i, a in enumerate(args, 1)))
-
-        dynamic = [a for i, a in enumerate(args, 1) if i not in static_argnums]
-        # vjp_fn is a pytree whose leaves are the residuals: the checkpointed layer's inputs.
-        return nn.vjp(apply, module, *dynamic)
-
-    def backward(*static_residuals_cotangent):
-        *_, vjp_fn, cotangent = static_residuals_cotangent
-        element = cotangent.reshape(-1)[0]
-        zero = jnp.where(jnp.isfinite(element), element, 0) * 0
-
-        def tie(residual):
-            if jnp.issubdtype(residual.dtype, jnp.floating):
-                return residual + zero.astype(residual.dtype)
-            return residual
-
-        return jax.tree.map(tie, vjp_fn)(cotangent)
-
-    return nn.custom_vjp(
-        lambda module, *args: module(*args),
-        forward_fn=forward,
-        backward_fn=backward,
-        nondiff_argnums=static_argnums,
-    )
-
-
-def _pre(config: ModelConfig, norm: nn.LayerNorm, x: Array) -> Array:
-    return norm(x) if config.normalization == "pre" else x
-
-
-def _post(config: ModelConfig, norm: nn.LayerNorm, x: Array) -> Array:
-    return norm(x) if config.normalization == "post" else x
+@cpu.faster(cpu.recomputed_after_cotangent)
+def checkpointed(layer: type[nn.Module], policy, static_argnums: tuple[int, ...]):
+    return nn.remat(layer, policy=policy, static_argnums=static_argnums)
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention and feed-forward sublayers (section 3.1)."""
+    """Self-attention, then the feed-forward network (section 3.1)."""
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x: Array, mask: AttentionMask, deterministic: bool) -> Array:
-        """x: [batch, length, d_model]; mask: an `AttentionMask` of [batch, 1, length,
-        length] -> same as x."""
+        """x: [batch, length, d_model]; mask: [batch, 1, length, length] -> same as x."""
         cfg = self.config
-        dropout = functools.partial(Dropout(cfg.dropout_rate), deterministic=deterministic)
-        norm = layer_norm(cfg, "self_attention_norm")
-        h = _pre(cfg, norm, x)
-        h = MultiHeadAttention(cfg, name="self_attention")(h, h, mask, deterministic)
-        x = _post(cfg, norm, x + dropout(h))
-
-        norm = layer_norm(cfg, "ffn_norm")
-        h = FeedForward(cfg, name="ffn")(_pre(cfg, norm, x))
-        x = _post(cfg, norm, x + dropout(h))
+        attend_self = MultiHeadAttention(cfg, name="self_attention")
+        x = residual(
+            cfg, "self_attention", x, lambda h: attend_self(h, mask, deterministic), deterministic
+        )
+        x = residual(cfg, "ffn", x, FeedForward(cfg, name="ffn"), deterministic)
         return constrain(x, (BATCH, LENGTH, EMBED))
 
 
 class DecoderLayer(nn.Module):
-    """Masked self-attention, encoder-decoder attention (skipped in a decoder-only model)
-    and feed-forward sublayers (section 3.1)."""
+    """Masked self-attention, encoder-decoder attention (not in a decoder-only model), then
+    the feed-forward network (section 3.1)."""
 
     config: ModelConfig
     cross_attention: bool
@@ -194,83 +133,53 @@ class DecoderLayer(nn.Module):
         deterministic: bool,
         decode: bool = False,
     ) -> Array:
-        """x: [batch, length, d_model]; encoded: [batch, src_len, d_model] -> same as x.
-        decode: incremental decoding, see `MultiHeadAttention`."""
+        """x: [batch, length, d_model]; encoded: [batch, src_len, d_model] -> same as x."""
         cfg = self.config
-        dropout = functools.partial(Dropout(cfg.dropout_rate), deterministic=deterministic)
-        norm = layer_norm(cfg, "self_attention_norm")
-        h = _pre(cfg, norm, x)
-        h = MultiHeadAttention(cfg, name="self_attention")(h, h, self_mask, deterministic, decode)
-        x = _post(cfg, norm, x + dropout(h))
-
+        attend_self = MultiHeadAttention(cfg, name="self_attention")
+        x = residual(
+            cfg, "self_attention", x,
+            lambda h: attend_self(h, self_mask, deterministic, decode), deterministic,
+        )  # fmt: skip
         if self.cross_attention:
-            norm = layer_norm(cfg, "cross_attention_norm")
-            h = MultiHeadAttention(cfg, static_kv=True, name="cross_attention")(
-                _pre(cfg, norm, x), encoded, cross_mask, deterministic, decode
-            )
-            x = _post(cfg, norm, x + dropout(h))
-
-        norm = layer_norm(cfg, "ffn_norm")
-        h = FeedForward(cfg, name="ffn")(_pre(cfg, norm, x))
-        x = _post(cfg, norm, x + dropout(h))
+            attend_source = MultiHeadAttention(cfg, cross=True, name="cross_attention")
+            x = residual(
+                cfg, "cross_attention", x,
+                lambda h: attend_source(h, cross_mask, deterministic, decode, encoded),
+                deterministic,
+            )  # fmt: skip
+        x = residual(cfg, "ffn", x, FeedForward(cfg, name="ffn"), deterministic)
         return constrain(x, (BATCH, LENGTH, EMBED))
 
 
 class Encoder(nn.Module):
-    """Embedding + positions + N encoder layers."""
+    """Embedding x sqrt(d_model) + positions, dropout, N encoder layers."""
 
     config: ModelConfig
-    embed: Embed
+    embedding: nn.Embed
 
     @nn.compact
     def __call__(
-        self,
-        tokens: Array,
-        positions: Array,
-        segmentation: Array | None,
-        deterministic: bool,
+        self, tokens: Array, positions: Array, segmentation: Array | None, deterministic: bool
     ) -> Array:
         """tokens, positions, segmentation: [batch, length] -> [batch, length, d_model]."""
         cfg = self.config
-        x = self.embed(tokens) + PositionalEncoding(cfg, name="positions")(positions)
-        x = Dropout(cfg.dropout_rate)(x, deterministic)
-        x = constrain(x, (BATCH, LENGTH, EMBED))
-        mask = self_attention_mask(tokens, segmentation, causal=False)
+        x = embed(cfg, self.embedding, tokens) + PositionalEncoding(cfg, name="positions")(
+            positions
+        )
+        x = constrain(Dropout(cfg.dropout_rate)(x, deterministic), (BATCH, LENGTH, EMBED))
+        mask = attention_mask(tokens, tokens, segmentation, segmentation)
         layer = rematerialized(EncoderLayer, cfg, static_argnums=(3,))  # deterministic
         for i in range(cfg.num_encoder_layers):
             x = layer(cfg, name=f"layer_{i}")(x, mask, deterministic)
-        if cfg.normalization == "pre":
-            x = layer_norm(cfg, "final_norm")(x)
-        return x
-
-
-class OutputProjection(nn.Module):
-    """The untied pre-softmax projection, x [..., d_model] -> logits [..., vocab] float32,
-    computed as `nn.Dense` without bias computes it (its kernel, [d_model, vocab], has the
-    same name and initialisation); `kernel` is also what the chunked loss multiplies by."""
-
-    config: ModelConfig
-
-    def setup(self) -> None:
-        self.kernel = self.param(
-            "kernel",
-            nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", "vocab")),
-            (self.config.d_model, self.config.vocab_size),
-            jnp.float32,
-        )
-
-    def __call__(self, x: Array) -> Array:
-        dtype = compute_dtype(self.config)
-        return dense_dot_general(
-            x.astype(dtype), self.kernel.astype(dtype), (((x.ndim - 1,), (0,)), ((), ()))
-        ).astype(jnp.float32)
+        return layer_norm(cfg, "final_norm")(x) if cfg.normalization == "pre" else x
 
 
 class Decoder(nn.Module):
-    """Embedding + positions + N decoder layers + pre-softmax projection."""
+    """Embedding x sqrt(d_model) + positions, dropout, N decoder layers, then the
+    pre-softmax projection (the embedding transposed, or a projection of its own)."""
 
     config: ModelConfig
-    embed: Embed
+    embedding: nn.Embed
 
     @nn.compact
     def __call__(
@@ -282,81 +191,75 @@ class Decoder(nn.Module):
         cross_mask: AttentionMask | None,
         deterministic: bool,
         decode: bool = False,
-        output: str = "logits",
-    ) -> Array | tuple[Array, Array]:
-        """decoder_input, positions, segmentation: [batch, length];
-        encoded: [batch, src_len, d_model] or None (decoder-only).
-        Returns logits [batch, length, vocab] in float32; with output="hidden" instead
-        (hidden [batch, length, d_model], weight [vocab, d_model]) such that the logits are
-        hidden @ weight^T (for `loss.chunked_loss_and_metrics`).
+    ) -> Array:
+        """decoder_input, positions, segmentation: [batch, length]; encoded: [batch, src_len,
+        d_model] or None (decoder-only). Returns logits [batch, length, vocab] float32.
 
-        decode=True: after the call that creates the cache, each call is one step with length 1
-        (the newest token and its position) on unpacked rows (segmentation None)."""
+        decode=True: after the call that creates the cache, each call is one step, length 1
+        (the newest token and its position), on unpacked rows."""
         cfg = self.config
-        x = self.embed(decoder_input) + PositionalEncoding(cfg, name="positions")(positions)
-        x = Dropout(cfg.dropout_rate)(x, deterministic)
-        x = constrain(x, (BATCH, LENGTH, EMBED))
+        x = embed(cfg, self.embedding, decoder_input)
+        x = x + PositionalEncoding(cfg, name="positions")(positions)
+        x = constrain(Dropout(cfg.dropout_rate)(x, deterministic), (BATCH, LENGTH, EMBED))
         if decode:
-            if segmentation is not None:
-                raise ValueError("Incremental decoding takes unpacked rows: no segmentation.")
             self_mask = self._decode_self_mask(decoder_input)
         else:
-            self_mask = self_attention_mask(decoder_input, segmentation, causal=True)
+            self_mask = attention_mask(
+                decoder_input, decoder_input, segmentation, segmentation, causal=True
+            )
         # Decoding has no backward pass to save memory for.
-        layer = DecoderLayer if decode else rematerialized(DecoderLayer, cfg, (5, 6))
+        static = (5, 6)  # deterministic, decode
+        layer = DecoderLayer if decode else rematerialized(DecoderLayer, cfg, static)
         for i in range(cfg.num_decoder_layers):
             x = layer(cfg, cross_attention=encoded is not None, name=f"layer_{i}")(
                 x, self_mask, encoded, cross_mask, deterministic, decode
             )
         if cfg.normalization == "pre":
             x = layer_norm(cfg, "final_norm")(x)
-        if output not in ("logits", "hidden"):
-            raise ValueError(f'output must be "logits" or "hidden", not {output!r}.')
-        projection = None if cfg.tie_output_embedding else OutputProjection(cfg, name="logits")
-        if output == "hidden":
-            weight = self.embed.embedding if projection is None else projection.kernel.T
-            return x, weight
-        logits = self.embed.attend(x) if projection is None else projection(x)
-        return constrain(logits, (BATCH, LENGTH, "activation_vocab"))
+        if cfg.tie_output_embedding:
+            logits = tied_logits(x, self.embedding)
+        else:
+            logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), use_bias=False, name="logits")(
+                x
+            )
+        return constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
 
     def _decode_self_mask(self, decoder_input: Array) -> Array | AttentionMask:
-        """Self-attention mask of one decode step, [batch, 1, 1, max_length]: the new token
-        [batch, 1] against every token fed so far.
-
-        The attention cache alone would make it causal; caching the tokens too masks PAD
-        queries and keys exactly as the full model does, so both give the same logits. The
-        call that creates the cache gets the full model's mask for its [batch, max_length]."""
-        is_initialized = self.has_variable("cache", "cached_tokens")
+        """A decode step's self-attention mask [batch, 1, 1, max_length]: the new token
+        against every token fed so far. Caching the tokens too masks PAD queries and keys
+        exactly as the full model does. The call that creates the cache gets the full
+        model's mask for its [batch, max_length] input."""
+        created = self.has_variable("cache", "cached_tokens")
         tokens = self.variable(
             "cache", "cached_tokens", jnp.full, decoder_input.shape, PAD_ID, jnp.int32
         )
-        cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-        if not is_initialized:
-            return self_attention_mask(decoder_input, None, causal=True)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if not created:
+            return attention_mask(decoder_input, decoder_input, causal=True)
         tokens.value = lax.dynamic_update_slice_in_dim(
-            tokens.value, decoder_input.astype(jnp.int32), cache_index.value, axis=1
+            tokens.value, decoder_input.astype(jnp.int32), index.value, axis=1
         )
-        cache_index.value += 1
+        index.value += 1
         # Slots not fed yet still hold PAD, so the padding mask is also the causal one.
-        return padding_mask(decoder_input, tokens.value, PAD_ID)
+        return padding_mask(decoder_input, tokens.value)
 
 
 class Transformer(nn.Module):
-    """Encoder-decoder for translation: source tokens -> next-token logits for the target."""
+    """The encoder-decoder: source tokens -> next-token logits of the target."""
 
     config: ModelConfig
 
     def setup(self) -> None:
         cfg = self.config
-        if cfg.share_embeddings:
-            self.embed = Embed(cfg.vocab_size, cfg)
-            source_embed = target_embed = self.embed
+        if cfg.share_embeddings:  # Section 3.4: one matrix for both embeddings.
+            self.embed = token_embedding(cfg)
+            source, target = self.embed, self.embed
         else:
-            self.source_embed = Embed(cfg.vocab_size, cfg)
-            self.target_embed = Embed(cfg.vocab_size, cfg)
-            source_embed, target_embed = self.source_embed, self.target_embed
-        self.encoder = Encoder(cfg, source_embed)
-        self.decoder = Decoder(cfg, target_embed)
+            self.source_embed = token_embedding(cfg)
+            self.target_embed = token_embedding(cfg)
+            source, target = self.source_embed, self.target_embed
+        self.encoder = Encoder(cfg, source)
+        self.decoder = Decoder(cfg, target)
 
     def encode(
         self,
@@ -380,37 +283,24 @@ class Transformer(nn.Module):
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
-        output: str = "logits",
-    ) -> Array | tuple[Array, Array]:
+    ) -> Array:
         """encoded: [batch, src_len, d_model]; inputs: [batch, src_len] (for its padding);
-        decoder_input: [batch, tgt_len]. Returns logits [batch, tgt_len, vocab] float32, or
-        with output="hidden" (hidden, weight) as `Decoder` does.
+        decoder_input: [batch, tgt_len], shifted right. Returns logits [batch, tgt_len, vocab].
 
-        decode=True: incremental decoding with the "cache" collection mutable. The first call
-        creates the cache from a [batch, max_length] decoder_input (and projects `encoded` for
-        cross-attention); each later call feeds one token, decoder_input and targets_positions
-        [batch, 1], and returns its logits [batch, 1, vocab]."""
+        decode=True (the "cache" collection mutable): the first call creates the cache from a
+        [batch, max_length] decoder_input and projects `encoded` for cross-attention; each
+        later call feeds one token and its position, [batch, 1] each."""
         if targets_positions is None:
             if decode:
                 raise ValueError("Decode steps need targets_positions, the new token's position.")
             targets_positions = default_positions(decoder_input)
-        cross_mask = padding_mask(decoder_input, inputs, PAD_ID)
-        if targets_segmentation is not None and inputs_segmentation is not None:
-            cross_mask = AttentionMask(
-                cross_mask & segment_mask(targets_segmentation, inputs_segmentation)
-            )
-        else:
-            cross_mask = AttentionMask(cross_mask, lengths(decoder_input), lengths(inputs))
-        return self.decoder(
-            decoder_input,
-            targets_positions,
-            targets_segmentation,
-            encoded,
-            cross_mask,
-            deterministic,
-            decode,
-            output,
+        cross_mask = attention_mask(
+            decoder_input, inputs, targets_segmentation, inputs_segmentation
         )
+        return self.decoder(
+            decoder_input, targets_positions, targets_segmentation, encoded, cross_mask,
+            deterministic, decode,
+        )  # fmt: skip
 
     def __call__(
         self,
@@ -421,33 +311,25 @@ class Transformer(nn.Module):
         inputs_segmentation: Array | None = None,
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
-        output: str = "logits",
-    ) -> Array | tuple[Array, Array]:
-        """inputs: [batch, src_len]; targets: [batch, tgt_len] (teacher forcing).
-        Returns logits [batch, tgt_len, vocab] float32 predicting `targets` (output="hidden":
-        the decoder's (hidden, weight), as `Decoder` returns them)."""
+    ) -> Array:
+        """inputs: [batch, src_len]; targets: [batch, tgt_len] (teacher forcing). Returns
+        logits [batch, tgt_len, vocab] float32: position i predicts targets[:, i]."""
         if targets_positions is None:
             targets_positions = default_positions(targets)
         encoded = self.encode(inputs, inputs_positions, inputs_segmentation, deterministic)
         return self.decode(
-            encoded,
-            inputs,
-            shift_right(targets, targets_positions),
-            targets_positions,
-            inputs_segmentation,
-            targets_segmentation,
-            deterministic,
-            output=output,
-        )
+            encoded, inputs, shift_right(targets, targets_positions), targets_positions,
+            inputs_segmentation, targets_segmentation, deterministic,
+        )  # fmt: skip
 
 
 class DecoderOnlyLM(nn.Module):
-    """GPT-style language model: the decoder stack without encoder-decoder attention."""
+    """A GPT-style language model: the decoder stack without encoder-decoder attention."""
 
     config: ModelConfig
 
     def setup(self) -> None:
-        self.embed = Embed(self.config.vocab_size, self.config)
+        self.embed = token_embedding(self.config)
         self.decoder = Decoder(self.config, self.embed)
 
     def __call__(
@@ -456,19 +338,12 @@ class DecoderOnlyLM(nn.Module):
         targets_positions: Array | None = None,
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
-        output: str = "logits",
-    ) -> Array | tuple[Array, Array]:
-        """targets: [batch, length]. Returns logits [batch, length, vocab] predicting them
-        (output="hidden": the decoder's (hidden, weight), as `Decoder` returns them)."""
+    ) -> Array:
+        """targets: [batch, length] -> logits [batch, length, vocab] predicting them."""
         if targets_positions is None:
             targets_positions = default_positions(targets)
-        return self.decode(
-            shift_right(targets, targets_positions),
-            targets_positions,
-            targets_segmentation,
-            deterministic,
-            output=output,
-        )
+        decoder_input = shift_right(targets, targets_positions)
+        return self.decode(decoder_input, targets_positions, targets_segmentation, deterministic)
 
     def decode(
         self,
@@ -477,29 +352,25 @@ class DecoderOnlyLM(nn.Module):
         targets_segmentation: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
-        output: str = "logits",
-    ) -> Array | tuple[Array, Array]:
-        """decoder_input: [batch, length], already shifted right (BOS first).
-        Returns logits [batch, length, vocab] float32 (or (hidden, weight), as `Decoder`).
-
-        decode=True: incremental decoding as in `Transformer.decode`, without an encoder."""
+    ) -> Array:
+        """decoder_input: [batch, length], shifted right (BOS first) -> logits [batch,
+        length, vocab]. decode=True: incremental decoding as in `Transformer.decode`."""
         if targets_positions is None:
             if decode:
                 raise ValueError("Decode steps need targets_positions, the new token's position.")
             targets_positions = default_positions(decoder_input)
         return self.decoder(
-            decoder_input,
-            targets_positions,
-            targets_segmentation,
-            None,
-            None,
-            deterministic,
+            decoder_input, targets_positions, targets_segmentation, None, None, deterministic,
             decode,
-            output,
-        )
+        )  # fmt: skip
 
 
-def build_model(config: ModelConfig) -> nn.Module:
+def count_parameters(params: Any) -> int:
+    """The number of parameters in a tree of arrays (or of their shapes)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def build_model(config: ModelConfig) -> Transformer | DecoderOnlyLM:
     """The model that `config.kind` names."""
     if config.vocab_size <= 0:
         raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) first.")

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from transformer.errors import UserError
 
-class NonFiniteError(RuntimeError):
+
+class NonFiniteError(UserError):
     """Training produced NaN or Inf values and cannot go on (or they would be saved)."""
 
 

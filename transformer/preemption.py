@@ -8,9 +8,11 @@ with ignored (`nohup`, or SIGINT in a shell's `cmd &`) stays ignored.
 
 With several processes every host must stop at the same step, or the others would wait forever
 in the next step's collectives. JAX's preemption service (started by `jax.distributed
-.initialize`) hears SIGTERM on any host and agrees on a step where all of them stop; so once
-`jax.distributed` is initialized, SIGTERM is left to it and Ctrl-C is passed on to it as a
-SIGTERM. A single process without it needs no agreement: a flag suffices.
+.initialize`) hears SIGTERM on any host and agrees on a step where all of them stop, which
+Orbax's `CheckpointManager.reached_preemption(step)` reports; so once `jax.distributed` is
+initialized, SIGTERM is left to it and Ctrl-C is passed on to it as a SIGTERM. A single
+process without it needs no agreement: a flag suffices. What Orbax does not have is kept here:
+the second signal, and a signal the process was started with ignored.
 """
 
 from __future__ import annotations
@@ -18,18 +20,20 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import jax
-from absl import logging
-from jax.experimental import multihost_utils
 
 
 class StopSignals:
     """A context manager that turns SIGTERM and SIGINT into `should_stop(step) -> True`."""
 
-    def __init__(self) -> None:
+    def __init__(self, reached_preemption: Callable[[int], bool]) -> None:
+        """reached_preemption(step): whether all hosts agree to stop after `step`
+        (`checkpoint.Checkpointer.reached_preemption`), asked once jax.distributed runs."""
+        self.reached_preemption = reached_preemption
         self.received: str | None = None  # "SIGTERM" or "SIGINT" once one arrived here.
         self._previous: dict[int, Any] = {}
         self._use_service = jax.distributed.is_initialized()
@@ -74,11 +78,7 @@ class StopSignals:
         Called after every step; on one process it only reads a flag (no device sync).
         """
         if self._use_service:
-            try:
-                return multihost_utils.reached_preemption_sync_point(step)
-            except RuntimeError as e:  # jax_enable_preemption_service is off.
-                self._use_service = False
-                logging.warning("No preemption sync (%s): SIGTERM may end the run unsaved.", e)
+            return self.reached_preemption(step)
         return jax.process_count() == 1 and self.received is not None
 
     def reason(self) -> str:

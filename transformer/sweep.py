@@ -22,9 +22,11 @@ from collections.abc import Mapping, Sequence
 from ml_collections import ConfigDict
 
 from transformer import checkpoint, inference, trainer
+from transformer import workdir as workdir_files
 from transformer.config import ConfigError, from_config_dict
 from transformer.data.tasks import load_task
 from transformer.evaluation import evaluate_translation
+from transformer.model import count_parameters
 
 COLUMNS = (
     "variant",
@@ -65,7 +67,7 @@ def run_sweep(variants: Sequence[Variant], workdir: str, title: str) -> list[dic
         directory = os.path.join(workdir, v.name)
         if os.path.exists(os.path.join(directory, "config.json")):
             # Refuses a workdir trained with another model or corpus, finished or not.
-            trainer.write_resolved_config(v.config, directory)
+            workdir_files.write_config(v.config, from_config_dict(v.config), directory)
     os.makedirs(workdir, exist_ok=True)
     recorded = read_results(os.path.join(workdir, "results.csv"))
     for i, v in enumerate(variants, start=1):
@@ -104,18 +106,18 @@ def final_step(directory: str) -> int | None:
 def evaluate_workdir(directory: str) -> dict[str, str]:
     """params, steps, dev_ppl and (for translation) greedy dev_bleu of the newest checkpoint."""
     restored = inference.restore(directory)
-    config, setup = restored.config, restored.setup
+    config, placed = restored.config, restored.placed
     task = load_task(config.data, directory)
-    with trainer.mesh_context(setup.mesh, config):
-        loss = trainer.evaluate_loss(setup, restored.params, task, "validation")
+    with trainer.mesh_context(placed.mesh, config):
+        loss = trainer.evaluate_loss(placed, restored.params, task, "validation")
         bleu = ""
         if config.model.kind == "encoder_decoder":
             scores, _, _ = evaluate_translation(
-                config, setup.model, restored.params, task, "validation", setup.batch_sharding
+                config, placed.model, restored.params, task, "validation", placed.batch_sharding
             )
             bleu = repr(scores["bleu"])
     return {
-        "params": str(trainer.count_params(restored.params)),
+        "params": str(count_parameters(restored.params)),
         "steps": str(restored.steps[-1]),
         "dev_ppl": repr(loss["perplexity"]),
         "dev_bleu": bleu,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from transformer.config import Config
-from transformer.loss import chunked_loss_and_metrics, loss_and_metrics
+from transformer.loss import loss_and_metrics
 
 Batch = dict[str, jax.Array]
 
@@ -43,18 +43,10 @@ def model_loss(
     deterministic: bool,
     rngs: dict[str, jax.Array],
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The summed smoothed loss of `batch` and its metric sums (`loss.loss_and_metrics`), by
-    the formulation that config.cross_entropy names."""
+    """The summed smoothed loss of `batch` and its metric sums (`loss.loss_and_metrics`)."""
     inputs = model_inputs(config.model.kind, batch)
-    if config.cross_entropy == "chunked":
-        hidden, weight = model.apply(
-            {"params": params}, **inputs, deterministic=deterministic, rngs=rngs, output="hidden"
-        )
-        return chunked_loss_and_metrics(
-            hidden, weight, batch["targets"], config.label_smoothing, config.cross_entropy_chunks
-        )
     logits = model.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
-    return loss_and_metrics(logits, batch["targets"], config.label_smoothing, config.cross_entropy)
+    return loss_and_metrics(logits, batch["targets"], config.label_smoothing)
 
 
 def make_train_step(

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,13 +21,13 @@ import numpy as np
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from transformer import allocator, checkpoint, sharding
-from transformer.config import Config, ConfigError, differences, from_config_dict
-from transformer.data.prefetch import prefetch
+from transformer import allocator, checkpoint, sharding, workdir
+from transformer.config import Config, from_config_dict
+from transformer.data.prefetch import ReadyBatch, prefetch
 from transformer.data.tasks import Task, load_task
 from transformer.evaluation import continue_prompts, evaluate_translation
 from transformer.metrics import MetricWriter, summarize
-from transformer.model import build_model
+from transformer.model import build_model, count_parameters
 from transformer.nonfinite import check_streak
 from transformer.optim import make_optimizer
 from transformer.preemption import StopSignals
@@ -37,8 +35,9 @@ from transformer.train_step import TrainState, make_eval_step, make_train_step, 
 
 
 @dataclasses.dataclass(frozen=True)
-class Setup:
-    """A model, its sharded state layout and its compiled-on-first-call steps on one mesh."""
+class ModelOnMesh:
+    """A model placed on a mesh: its sharded state layout and jitted (compiled on first
+    call) steps."""
 
     config: Config
     model: nn.Module
@@ -47,26 +46,22 @@ class Setup:
     abstract_state: Any  # TrainState of jax.ShapeDtypeStruct carrying those shardings.
     batch_sharding: jax.sharding.NamedSharding
     init: Callable[[jax.Array], TrainState]  # rng -> sharded initial state.
-    train_step: Callable  # (state, batch) -> (state, summed metrics); donates the state.
+    train_step: Callable  # (state, batch) -> (state, summed metrics); consumes the state.
     eval_step: Callable  # (params, batch) -> summed metrics.
 
 
-def build(config: Config, mesh: jax.sharding.Mesh) -> Setup:
+def build(config: Config, mesh: jax.sharding.Mesh) -> ModelOnMesh:
     """Builds model, optimizer, shardings and jitted steps; config.model.vocab_size is set."""
     model = build_model(config.model)
     tx, schedule = make_optimizer(config)
-    length = config.data.max_length
-    dummy = {
-        "inputs": jnp.ones((1, length), jnp.int32),
-        "targets": jnp.ones((1, length), jnp.int32),
-    }
+    dummy = jnp.ones((1, config.data.max_length), jnp.int32)
 
     def init_boxed(rng: jax.Array) -> TrainState:
-        params = model.init({"params": rng}, **model_inputs(config.model.kind, dummy))["params"]
+        batch = model_inputs(config.model.kind, {"inputs": dummy, "targets": dummy})
+        params = model.init({"params": rng}, **batch)["params"]
         zero = jnp.int32(0)
-        return TrainState(
-            zero, params, tx.init(params), nonfinite_total=zero, nonfinite_streak=zero
-        )
+        return TrainState(zero, params, tx.init(params), nonfinite_total=zero,
+                          nonfinite_streak=zero)  # fmt: skip
 
     with mesh_context(mesh, config):
         boxed = jax.eval_shape(init_boxed, jax.random.key(config.seed))
@@ -75,16 +70,12 @@ def build(config: Config, mesh: jax.sharding.Mesh) -> Setup:
     )
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        jax.tree.map(
-            lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
-            boxed,
-            is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
-        ),
+        nn.meta.unbox(boxed),
         state_shardings,
     )
     batch_sharding = sharding.batch_sharding(mesh, config.logical_axis_rules)
     replicated = sharding.replicated(mesh)
-    return Setup(
+    return ModelOnMesh(
         config=config,
         model=model,
         mesh=mesh,
@@ -96,7 +87,7 @@ def build(config: Config, mesh: jax.sharding.Mesh) -> Setup:
             make_train_step(config, model, tx, schedule),
             in_shardings=(state_shardings, batch_sharding),
             out_shardings=(state_shardings, replicated),
-            donate_argnums=0 if config.donate_state else (),
+            donate_argnums=0,  # The new state is written over the old one's buffers.
         ),
         eval_step=jax.jit(
             make_eval_step(config, model),
@@ -106,15 +97,6 @@ def build(config: Config, mesh: jax.sharding.Mesh) -> Setup:
     )
 
 
-def count_params(params: Any) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-
-
-def checkpoint_meta(config: Config) -> dict[str, Any]:
-    """What a checkpoint must agree on with the config that restores it."""
-    return {"model": dataclasses.asdict(config.model)}
-
-
 @contextlib.contextmanager
 def mesh_context(mesh: jax.sharding.Mesh, config: Config) -> Iterator[None]:
     """Makes `mesh` and the logical axis rules current for tracing and compiling."""
@@ -122,84 +104,31 @@ def mesh_context(mesh: jax.sharding.Mesh, config: Config) -> Iterator[None]:
         yield
 
 
-class WorkdirError(ValueError):
-    """The workdir cannot be created or written."""
-
-
-def prepare_workdir(workdir: str) -> None:
-    """Creates `workdir` and checks that this process can write there."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
-            pass
-    except OSError as e:
-        raise WorkdirError(
-            f"Cannot write to --workdir {workdir}: {e.strerror or e} ({e.filename}). Choose a "
-            "directory you can write to, or fix its permissions."
-        ) from e
-
-
-def write_resolved_config(config_dict: ConfigDict, workdir: str) -> None:
-    """Writes config.json; refuses a workdir whose earlier config differs in model or data."""
-    path = os.path.join(workdir, "config.json")
-    new = json.loads(config_dict.to_json_best_effort())
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-        changed = differences(
-            {k: old.get(k) for k in ("model", "data")}, {k: new.get(k) for k in ("model", "data")}
-        )
-        if changed:
-            raise ConfigError(
-                f"--workdir {workdir} was created with different model or data settings "
-                f"({'; '.join(changed)}). Use a new --workdir, or the same settings to resume."
-            )
-    if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(new, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-
-
-def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) the experiment in `config_dict`, writing everything to `workdir`.
+def run(config_dict: ConfigDict, workdir_path: str) -> dict[str, float]:
+    """Trains (or resumes) the experiment in `config_dict`, writing everything to the workdir.
 
     Returns the final test results (loss metrics, plus BLEU and chrF for translation), or {}
     when SIGTERM or Ctrl-C stopped training early: then the last step is checkpointed, and
     the same call resumes from it.
     """
     config = from_config_dict(config_dict)
-    prepare_workdir(workdir)
-    write_resolved_config(config_dict, workdir)
-    task = load_task(config.data, workdir)
+    workdir.prepare(workdir_path)
+    workdir.write_config(config_dict, config, workdir_path)
+    task = load_task(config.data, workdir_path)
     config = config.with_vocab_size(task.tokenizer.vocab_size)
     mesh = sharding.make_mesh(config.mesh)
-    setup = build(config, mesh)
+    placed = build(config, mesh)
     ckpt = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        os.path.join(workdir_path, "checkpoints"),
         config.checkpoint_every_steps,
         config.keep_checkpoints,
     )
-    meta = checkpoint_meta(config)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    writer = MetricWriter(workdir_path, enabled=jax.process_index() == 0)
     try:
         with mesh_context(mesh, config):
-            latest = ckpt.latest_step()
-            if latest is None:
-                state = setup.init(jax.random.key(config.seed))
-            else:
-                state = ckpt.restore(latest, setup.abstract_state, meta)
-            start = int(state.step)
-            print(
-                f"Model: {config.model.kind}, {count_params(state.params):,} parameters, "
-                f"vocabulary {config.model.vocab_size}; mesh {dict(mesh.shape)}; "
-                + (f"resuming from {ckpt.directory}/{start}." if start else "from scratch.")
-            )
-            hint = allocator.cpu_allocator_hint(jax.default_backend())
-            if hint and jax.process_index() == 0:
-                print(hint)
-            with StopSignals() as signals:
-                state, stopped = _train_loop(setup, task, state, ckpt, meta, writer, signals)
+            state = _initial_state(placed, ckpt)
+            with StopSignals(ckpt.reached_preemption) as signals:
+                state, stopped = Loop(placed, task, ckpt, writer, signals).run(state)
             # Committed before the long final evaluation, which a signal may still cut short.
             ckpt.wait_until_finished()
             if stopped:
@@ -208,7 +137,7 @@ def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
                     f"{ckpt.step_path(int(state.step))}. Run the same command to resume."
                 )
                 return {}
-            results = _final_evaluation(setup, state.params, task)
+            results = _final_evaluation(placed, state.params, task)
             writer.write(int(state.step), "test", results)
     finally:
         ckpt.wait_until_finished()
@@ -217,118 +146,154 @@ def run(config_dict: ConfigDict, workdir: str) -> dict[str, float]:
     return results
 
 
-def _train_loop(
-    setup: Setup,
-    task: Task,
-    state: TrainState,
-    ckpt: checkpoint.Checkpointer,
-    meta: dict[str, Any],
-    writer: MetricWriter,
-    signals: StopSignals,
-) -> tuple[TrainState, bool]:
-    """Steps from state.step to config.num_train_steps, logging, evaluating, checkpointing.
+def _initial_state(placed: ModelOnMesh, ckpt: checkpoint.Checkpointer) -> TrainState:
+    """The newest readable checkpoint's state, or a fresh one; says which on stdout."""
+    config = placed.config
+    meta = workdir.checkpoint_meta(config)
+    restored = ckpt.restore_newest(placed.abstract_state, meta, set_aside=True)
+    state = placed.init(jax.random.key(config.seed)) if restored is None else restored[1]
+    start = int(state.step)
+    print(
+        f"Model: {config.model.kind}, {count_parameters(state.params):,} parameters, "
+        f"vocabulary {config.model.vocab_size}; mesh {dict(placed.mesh.shape)}; "
+        + (f"resuming from {ckpt.step_path(start)}." if start else "from scratch.")
+    )
+    hint = allocator.cpu_allocator_hint(jax.default_backend())
+    if hint and jax.process_index() == 0:
+        print(hint)
+    return state
 
-    Returns the state and whether a signal stopped training early (its step is then saved).
+
+class Loop:
+    """The training loop from a state's step to config.num_train_steps: logging, validation
+    and checkpoints at their intervals, and a stop at a step boundary on a signal.
+
     Metrics stay on the device until a log or checkpoint step, so the loop never waits on a
     step otherwise; the non-finite policy is checked on them before anything is saved.
     """
-    config = setup.config
-    start = int(state.step)
-    batches = task.train_batches(
-        config.batch_size,
-        config.seed,
-        sharding.batch_shards(setup.mesh, config.logical_axis_rules),
-    )
-    bar = tqdm(
-        total=config.num_train_steps,
-        initial=start,
-        disable=jax.process_index() != 0,
-        dynamic_ncols=True,
-        desc="train",
-    )
-    compiled: dict[Any, Callable] = {}  # One executable per batch shape (token buckets).
-    on_device: list[dict[str, jax.Array]] = []
-    fetched: list[dict[str, np.ndarray]] = []  # Since the last log step.
-    real_tokens = total_tokens = 0
-    last_time, last_step, excluded_seconds = time.perf_counter(), start, 0.0
-    for ready in prefetch(batches, range(start, config.num_train_steps), setup.batch_sharding):
-        shapes = tuple((k, v.shape) for k, v in sorted(ready.batch.items()))
-        if shapes not in compiled:
-            # Compiled ahead of the call, so that tokens/s can leave compile time out.
-            compile_start = time.perf_counter()
-            compiled[shapes] = setup.train_step.lower(state, ready.batch).compile()
-            excluded_seconds += time.perf_counter() - compile_start
-            rows, length = ready.batch["targets"].shape
-            bar.write(
-                f"Compiled the train step for batches of {rows} x {length} tokens in "
-                f"{time.perf_counter() - compile_start:.1f} s."
-            )
-        state, metrics = compiled[shapes](state, ready.batch)
-        on_device.append(metrics)
-        real_tokens += ready.real_tokens
-        total_tokens += ready.total_tokens
-        done = ready.step + 1
-        bar.update(1)
-        stopping = signals.should_stop(done)
+
+    def __init__(
+        self,
+        placed: ModelOnMesh,
+        task: Task,
+        ckpt: checkpoint.Checkpointer,
+        writer: MetricWriter,
+        signals: StopSignals,
+    ):
+        self.placed, self.config, self.task = placed, placed.config, task
+        self.ckpt, self.writer, self.signals = ckpt, writer, signals
+        self.compiled: dict[Any, Callable] = {}  # One executable per batch shape (buckets).
+        self.on_device: list[dict[str, jax.Array]] = []  # Metrics not fetched yet.
+        self.fetched: list[dict[str, np.ndarray]] = []  # Since the last log step.
+        self.tokens = [0, 0]  # Real and all token slots since the last log step.
+        self.last_log = (time.perf_counter(), 0)  # (time, step) of the last log.
+        self.excluded_seconds = 0.0  # Compiling and evaluating: not training throughput.
+
+    def run(self, state: TrainState) -> tuple[TrainState, bool]:
+        """Returns the last state and whether a signal stopped training (its step saved)."""
+        config = self.config
+        start = int(state.step)
+        self.last_log = (time.perf_counter(), start)
+        batches = self.task.train_batches(
+            config.batch_size,
+            config.seed,
+            sharding.batch_shards(self.placed.mesh, config.logical_axis_rules),
+        )
+        self.bar = tqdm(total=config.num_train_steps, initial=start, desc="train",
+                        disable=jax.process_index() != 0, dynamic_ncols=True)  # fmt: skip
+        steps = range(start, config.num_train_steps)
+        for ready in prefetch(batches, steps, self.placed.batch_sharding):
+            state = self.step(state, ready)
+            done = ready.step + 1
+            stopping = self.signals.should_stop(done)
+            self.record(state, done, stopping)
+            if stopping:
+                self.ckpt.wait_until_finished()
+                self.bar.close()
+                return state, True
+            self.evaluate(state, done)
+        self.bar.close()
+        return state, False
+
+    def step(self, state: TrainState, ready: ReadyBatch) -> TrainState:
+        """One train step, compiled ahead of its first batch shape (so that tokens/s can
+        leave compile time out)."""
+        batch = ready.batch
+        shapes = tuple((k, v.shape) for k, v in sorted(batch.items()))
+        if shapes not in self.compiled:
+            started = time.perf_counter()
+            self.compiled[shapes] = self.placed.train_step.lower(state, batch).compile()
+            seconds = time.perf_counter() - started
+            self.excluded_seconds += seconds
+            rows, length = batch["targets"].shape
+            self.bar.write(f"Compiled the train step for batches of {rows} x {length} tokens "
+                           f"in {seconds:.1f} s.")  # fmt: skip
+        state, metrics = self.compiled[shapes](state, batch)
+        self.on_device.append(metrics)
+        self.tokens[0] += ready.real_tokens
+        self.tokens[1] += ready.total_tokens
+        self.bar.update(1)
+        return state
+
+    def record(self, state: TrainState, done: int, stopping: bool) -> None:
+        """Fetches metrics, applies the non-finite policy, checkpoints and logs where due."""
+        config = self.config
         final = done == config.num_train_steps
-        saving = stopping or final or ckpt.should_save(done)
-        logging_now = stopping or final or done % config.log_every_steps == 0
-        if saving or logging_now:
-            new = jax.device_get(on_device)
-            on_device = []
-            check_streak(
-                new, done - len(new) + 1, config.nonfinite_policy, config.max_consecutive_nonfinite
-            )
-            fetched += new
+        saving = stopping or final or self.ckpt.should_save(done)
+        if not (saving or stopping or final or done % config.log_every_steps == 0):
+            return
+        new = jax.device_get(self.on_device)
+        self.on_device = []
+        check_streak(new, done - len(new) + 1, config.nonfinite_policy,
+                     config.max_consecutive_nonfinite)  # fmt: skip
+        self.fetched += new
         if saving:
-            ckpt.save(done, state, meta, force=True)
-        if logging_now:
-            now = time.perf_counter()
-            seconds = now - last_time - excluded_seconds
-            summary = _train_summary(fetched, seconds, done - last_step)
-            summary["padding_efficiency"] = real_tokens / max(total_tokens, 1)
-            fetched, real_tokens, total_tokens = [], 0, 0
-            last_time, last_step, excluded_seconds = now, done, 0.0
-            writer.write(done, "train", summary)
-            bar.set_postfix(
-                loss=f"{summary['loss']:.3f}",
-                lr=f"{summary['learning_rate']:.2e}",
-                tok_s=f"{summary['target_tokens_per_sec']:,.0f}",
+            self.ckpt.save(done, state, workdir.checkpoint_meta(config), force=True)
+        if stopping or final or done % config.log_every_steps == 0:
+            self.log(done)
+
+    def log(self, done: int) -> None:
+        now = time.perf_counter()
+        seconds = now - self.last_log[0] - self.excluded_seconds
+        summary = train_summary(self.fetched, seconds, done - self.last_log[1])
+        summary["padding_efficiency"] = self.tokens[0] / max(self.tokens[1], 1)
+        self.fetched, self.tokens = [], [0, 0]
+        self.last_log, self.excluded_seconds = (now, done), 0.0
+        self.writer.write(done, "train", summary)
+        self.bar.set_postfix(
+            loss=f"{summary['loss']:.3f}",
+            lr=f"{summary['learning_rate']:.2e}",
+            tok_s=f"{summary['target_tokens_per_sec']:,.0f}",
+        )
+        if summary["skipped_steps"]:
+            self.bar.write(
+                f"step {done}: skipped {summary['skipped_steps']:.0f} updates with a NaN or Inf "
+                f"loss, gradient or update ({summary['skipped_steps_total']:.0f} in all)."
             )
-            if summary["skipped_steps"]:
-                bar.write(
-                    f"step {done}: skipped {summary['skipped_steps']:.0f} updates with a NaN or "
-                    f"Inf loss, gradient or update ({summary['skipped_steps_total']:.0f} in all)."
-                )
-        if stopping:
-            ckpt.wait_until_finished()
-            bar.close()
-            return state, True
+
+    def evaluate(self, state: TrainState, done: int) -> None:
+        """Validation loss and greedy BLEU at their intervals (and after the last step)."""
+        config, final = self.config, done == self.config.num_train_steps
+        started = time.perf_counter()
         if config.eval_every_steps and (done % config.eval_every_steps == 0 or final):
-            eval_start = time.perf_counter()
-            valid = evaluate_loss(setup, state.params, task, "validation")
-            writer.write(done, "validation", valid)
-            bar.write(
+            valid = evaluate_loss(self.placed, state.params, self.task, "validation")
+            self.writer.write(done, "validation", valid)
+            self.bar.write(
                 f"step {done}: validation loss {valid['loss']:.3f}, "
                 f"perplexity {valid['perplexity']:.2f}, accuracy {valid['accuracy']:.3f}"
             )
-            excluded_seconds += time.perf_counter() - eval_start  # Not training throughput.
         if config.bleu_every_steps and (done % config.bleu_every_steps == 0 or final):
-            eval_start = time.perf_counter()
             scores, _, _ = evaluate_translation(
-                config, setup.model, state.params, task, "validation", setup.batch_sharding
-            )
-            writer.write(done, "validation", scores)
-            bar.write(
-                f"step {done}: validation BLEU {scores['bleu']:.2f} (greedy), "
-                f"chrF {scores['chrf']:.2f}"
-            )
-            excluded_seconds += time.perf_counter() - eval_start
-    bar.close()
-    return state, False
+                config, self.placed.model, state.params, self.task, "validation",
+                self.placed.batch_sharding,
+            )  # fmt: skip
+            self.writer.write(done, "validation", scores)
+            self.bar.write(f"step {done}: validation BLEU {scores['bleu']:.2f} (greedy), "
+                           f"chrF {scores['chrf']:.2f}")  # fmt: skip
+        self.excluded_seconds += time.perf_counter() - started
 
 
-def _train_summary(fetched: list[dict[str, np.ndarray]], seconds: float, steps: int):
+def train_summary(fetched: list[dict[str, np.ndarray]], seconds: float, steps: int):
     """Loss metrics of the applied steps among `fetched`, throughput, and skipped counts."""
     # Skipped steps' NaNs would hide the others; if all were skipped, their NaNs show.
     applied = [m for m in fetched if not m["nonfinite"]] or fetched
@@ -343,35 +308,35 @@ def _train_summary(fetched: list[dict[str, np.ndarray]], seconds: float, steps: 
     return summary
 
 
-def evaluate_loss(setup: Setup, params: Any, task: Task, split: str) -> dict[str, float]:
+def evaluate_loss(placed: ModelOnMesh, params: Any, task: Task, split: str) -> dict[str, float]:
     """Per-token loss, NLL, perplexity and accuracy of `split` with dropout off."""
     sums = [
-        setup.eval_step(params, sharding.global_batch(b, setup.batch_sharding))
-        for b in task.eval_batches(split, setup.config.eval_batch_size)
+        placed.eval_step(params, sharding.global_batch(b, placed.batch_sharding))
+        for b in task.eval_batches(split, placed.config.eval_batch_size)
     ]
     results = summarize(jax.device_get(sums))
     results.pop("tokens")
     return results
 
 
-def _final_evaluation(setup: Setup, params: Any, task: Task) -> dict[str, float]:
+def _final_evaluation(placed: ModelOnMesh, params: Any, task: Task) -> dict[str, float]:
     """Test results: loss metrics always; greedy translations and BLEU for translation."""
-    config = setup.config
-    results = evaluate_loss(setup, params, task, "test")
+    config = placed.config
+    results = evaluate_loss(placed, params, task, "test")
+    shown = config.num_samples_to_print if jax.process_index() == 0 else 0  # Once per job.
     if config.model.kind == "decoder_only":
-        samples = continue_prompts(
-            config, setup.model, params, task, "test", config.num_samples_to_print
-        )
-        for prompt, text in samples if jax.process_index() == 0 else ():
+        # Every process decodes (one computation over the mesh); the first one prints.
+        count = config.num_samples_to_print
+        samples = continue_prompts(config, placed.model, params, task, "test", count)
+        for prompt, text in samples[:shown]:
             print(f"\nprompt:     {prompt}\ngenerated:  {text}")
         print(f"\nTest perplexity {results['perplexity']:.3f} (target side, teacher-forced).")
         return results
     scores, hypotheses, _ = evaluate_translation(
-        config, setup.model, params, task, "test", setup.batch_sharding
+        config, placed.model, params, task, "test", placed.batch_sharding
     )
     results.update(scores)
     split = task.splits["test"]
-    shown = config.num_samples_to_print if jax.process_index() == 0 else 0  # Once per job.
     for i in range(min(shown, len(hypotheses))):
         print(
             f"\nsource:     {split.sources[i]}\nreference:  {split.references[i]}\n"

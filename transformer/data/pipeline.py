@@ -11,10 +11,15 @@ Three ways to batch (`data.batching`):
   tokens     about batch_size tokens per side: pairs are bucketed by length and each bucket
              length L gets batch_size // L rows (one shape per bucket), as the paper batched
              "by approximate sequence length".
+
+`train_batches` picks the strategy: EpochBatches (sentences, packed) walks each host's
+shuffled epochs; TokenBatches (tokens) follows a bucket schedule shared by all hosts. Both
+plan a step's rows (a PlannedBatch) and build its arrays with `batch_arrays`.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Sequence
 
@@ -157,188 +162,27 @@ class PlannedBatch:
     rows: list[np.ndarray]
 
 
-class TrainBatches:
-    """This process's rows of the shuffled training batches, indexed by step.
-
-    `split` is this process's shard of the training data; every process builds its rows from
-    its own shard, so no host reads another's data. `batch_size` is global. `row_multiple`
-    (hosts x data-parallel devices) divides the global row count of every batch, so each
-    device gets an equal share.
-
-    sentences, packed: each process takes batch_size / process_count rows per step from its
-        own shuffled epochs (a fresh permutation of its shard each epoch).
-    tokens: all processes must pad to the same bucket length at each step, so the sequence of
-        bucket lengths is planned from the seed and the global bucket counts alone (each
-        global epoch holds every bucket's share of batches, in shuffled order); each process
-        fills its rows of the step from an endless, shuffled stream of its pairs in that
-        bucket.
-    """
-
-    def __init__(
-        self,
-        split: EncodedSplit,
-        batch_size: int,
-        seed: int,
-        batching: str = "sentences",
-        max_length: int | None = None,
-        row_multiple: int = 1,
-        process_index: int = 0,
-        process_count: int = 1,
-        global_bucket_counts: np.ndarray | None = None,
-    ):
-        self.split = split
-        self.batch_size = batch_size
-        self.seed = seed
-        self.batching = batching
-        self._src_len = split.inputs.lengths
-        self._tgt_len = split.targets.lengths
-        self.max_length = max_length or int(max(self._src_len.max(), self._tgt_len.max()))
-        self.row_multiple = row_multiple
-        if row_multiple % process_count:
-            raise ValueError(
-                f"{row_multiple} batch shards do not divide over {process_count} hosts."
-            )
-        self.process_index, self.process_count = process_index, process_count
-        if batching == "tokens":
-            self._init_buckets(global_bucket_counts)
-            return
-        if batch_size % row_multiple:
-            raise ValueError(
-                f"batch_size={batch_size} must divide evenly over {row_multiple} batch shards."
-            )
-        self._local_rows = batch_size // process_count
-        self._epoch_cache: tuple[int, list[PlannedBatch]] | None = None
-        self._steps_per_epoch: list[int] = []
-        if not self._epoch(0):
-            raise ValueError(
-                f"batch_size={batch_size} ({batching}) is larger than one epoch of the "
-                f"{len(split)} training pairs" + (" of this host." if process_count > 1 else ".")
-            )
-
-    def _rows_per_batch(self, length: int) -> int:
-        """Global rows of a token batch of `length`: the budget, cut to a row_multiple."""
-        rows = self.batch_size // length // self.row_multiple * self.row_multiple
-        return max(rows, self.row_multiple)
-
-    def _init_buckets(self, global_counts: np.ndarray | None) -> None:
-        self._lengths = bucket_lengths(self.max_length)
-        if global_counts is None:
-            if self.process_count > 1:
-                raise ValueError("Token batching over several hosts needs the global counts.")
-            global_counts = count_buckets(self.split, self.max_length)
-        rows = np.array([self._rows_per_batch(n) for n in self._lengths])
-        self._batches_per_epoch = np.asarray(global_counts) // rows
-        if not self._batches_per_epoch.sum():
-            raise ValueError(
-                f"batch_size={self.batch_size} tokens is larger than one epoch of the "
-                f"training pairs of any length bucket."
-            )
-        self._local_rows_of = rows // self.process_count
-        which = bucket_indices(self.split, self.max_length)
-        self._pools = {}
-        for b in np.flatnonzero(self._batches_per_epoch):
-            pool = np.flatnonzero(which == b)
-            if not len(pool):
-                # This host has no pair of this length but others do: shorter pairs fit.
-                shorter = np.flatnonzero(which < b)
-                pool = shorter[which[shorter] == which[shorter].max()] if len(shorter) else pool
-            if not len(pool):
-                raise ValueError(
-                    f"Host {self.process_index} holds no training pair of at most "
-                    f"{self._lengths[b]} tokens; use fewer hosts or data.batching='sentences'."
-                )
-            self._pools[int(b)] = pool
-        self._schedule_cache: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._permutation_cache: dict[int, tuple[int, np.ndarray]] = {}
-
-    def _schedule(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(bucket, how many earlier batches of that bucket in the epoch) for each step of a
-        global token-batching epoch; the same on every host."""
-        if self._schedule_cache is None or self._schedule_cache[0] != epoch:
-            buckets = np.repeat(np.arange(len(self._lengths)), self._batches_per_epoch)
-            buckets = np.random.default_rng([self.seed, epoch]).permutation(buckets)
-            earlier = np.zeros_like(buckets)
-            for b in np.unique(buckets):
-                where = np.flatnonzero(buckets == b)
-                earlier[where] = np.arange(len(where))
-            self._schedule_cache = (epoch, buckets, earlier)
-        return self._schedule_cache[1], self._schedule_cache[2]
-
-    def _stream(self, bucket: int, start: int, count: int) -> np.ndarray:
-        """Items start .. start + count of this host's endless stream of `bucket`'s pairs: a
-        fresh permutation of the bucket's pool every cycle."""
-        pool = self._pools[bucket]
-        positions = np.arange(start, start + count)
-        cycles = positions // len(pool)
-        out = np.empty(count, np.int64)
-        for cycle in np.unique(cycles):
-            cached = self._permutation_cache.get(bucket)
-            if cached is None or cached[0] != cycle:
-                rng = np.random.default_rng([self.seed, self.process_index, bucket, cycle])
-                cached = (int(cycle), rng.permutation(pool))
-                self._permutation_cache[bucket] = cached
-            here = cycles == cycle
-            out[here] = cached[1][positions[here] % len(pool)]
-        return out
-
-    def _epoch(self, epoch: int) -> list[PlannedBatch]:
-        """Every batch of this host's `epoch` (sentences, packed), in order; incomplete ones
-        left out."""
-        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
-            return self._epoch_cache[1]
-        rng = np.random.default_rng([self.seed, self.process_index, epoch])
-        order = rng.permutation(len(self.split))
-        if self.batching == "packed":
-            rows = pack_rows(order, self._src_len, self._tgt_len, self.max_length)
-        else:
-            rows = [order[i : i + 1] for i in range(len(order))]
-        size = self._local_rows
-        batches = [
-            PlannedBatch(self.max_length, rows[start : start + size])
-            for start in range(0, len(rows) - size + 1, size)
-        ]
-        self._epoch_cache = (epoch, batches)
-        return batches
-
-    def plan(self, step: int) -> PlannedBatch:
-        """This process's rows of the global batch of `step`."""
-        if self.batching == "tokens":
-            steps_per_epoch = int(self._batches_per_epoch.sum())
-            epoch, index = divmod(step, steps_per_epoch)
-            buckets, earlier = self._schedule(epoch)
-            b = int(buckets[index])
-            rows = int(self._local_rows_of[b])
-            start = (epoch * int(self._batches_per_epoch[b]) + int(earlier[index])) * rows
-            return PlannedBatch(self._lengths[b], list(self._stream(b, start, rows)[:, None]))
-        epoch = 0  # Batches never straddle epochs.
-        while True:
-            if epoch == len(self._steps_per_epoch):
-                self._steps_per_epoch.append(len(self._epoch(epoch)))
-            if step < self._steps_per_epoch[epoch]:
-                return self._epoch(epoch)[step]
-            step -= self._steps_per_epoch[epoch]
-            epoch += 1
-
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        """This process's rows of the batch of `step`, each array [rows, length]: inputs and
-        targets, plus positions and segmentation when packed."""
-        planned = self.plan(step)
-        if self.batching != "packed":
-            idx = np.concatenate(planned.rows)
-            return {
-                "inputs": self.split.inputs.padded(idx, planned.length),
-                "targets": self.split.targets.padded(idx, planned.length),
-            }
-        batch = {}
-        for side, seqs in (("inputs", self.split.inputs), ("targets", self.split.targets)):
-            tokens, positions, segmentation = _pack_side(seqs, planned.rows, planned.length)
-            batch[side] = tokens
-            batch[f"{side}_positions"] = positions
-            batch[f"{side}_segmentation"] = segmentation
-        return batch
+def batch_arrays(split: EncodedSplit, planned: PlannedBatch, packed: bool) -> dict[str, np.ndarray]:
+    """The arrays of a planned batch, each [len(planned.rows), planned.length]: inputs and
+    targets (one pair per row, padded), plus positions and segmentation when `packed`."""
+    if not packed:
+        idx = np.concatenate(planned.rows)
+        return {
+            "inputs": split.inputs.padded(idx, planned.length),
+            "targets": split.targets.padded(idx, planned.length),
+        }
+    batch = {}
+    for side, seqs in (("inputs", split.inputs), ("targets", split.targets)):
+        tokens, positions, segmentation = _pack_side(seqs, planned.rows, planned.length)
+        batch[side] = tokens
+        batch[f"{side}_positions"] = positions
+        batch[f"{side}_segmentation"] = segmentation
+    return batch
 
 
-def _pack_side(seqs: Ragged, rows: list[np.ndarray], length: int):
+def _pack_side(
+    seqs: Ragged, rows: list[np.ndarray], length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, positions, segmentation), each [len(rows), length], for one side of a batch."""
     tokens = np.full((len(rows), length), PAD_ID, np.int32)
     positions = np.zeros_like(tokens)
@@ -353,6 +197,251 @@ def _pack_side(seqs: Ragged, rows: list[np.ndarray], length: int):
             segmentation[r, start:end] = segment
             start = end
     return tokens, positions, segmentation
+
+
+class StepBatches(abc.ABC):
+    """This process's rows of the shuffled training batches, indexed by step.
+
+    `split` is this process's shard of the training data; every process builds its rows from
+    its own shard, so no host reads another's data. `batch_size` is global. `row_multiple`
+    (hosts x data-parallel devices) divides the global row count of every batch, so each
+    device gets an equal share. Subclasses plan the rows of a step; building them is shared.
+    """
+
+    packed = False  # Whether rows hold several pairs (with positions and segmentation).
+
+    def __init__(
+        self,
+        split: EncodedSplit,
+        batch_size: int,
+        seed: int,
+        max_length: int | None,
+        row_multiple: int,
+        process_index: int,
+        process_count: int,
+    ):
+        self.split = split
+        self.batch_size = batch_size
+        self.seed = seed
+        longest = max(split.inputs.lengths.max(), split.targets.lengths.max())
+        self.max_length = max_length or int(longest)
+        if row_multiple % process_count:
+            raise ValueError(
+                f"{row_multiple} batch shards do not divide over {process_count} hosts."
+            )
+        self.row_multiple = row_multiple
+        self.process_index, self.process_count = process_index, process_count
+
+    @abc.abstractmethod
+    def plan(self, step: int) -> PlannedBatch:
+        """This process's rows of the global batch of `step`."""
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        """This process's rows of the batch of `step`, each array [rows, length]: inputs and
+        targets, plus positions and segmentation when packed."""
+        return batch_arrays(self.split, self.plan(step), self.packed)
+
+
+class EpochBatches(StepBatches):
+    """Batches of data.batching "sentences" (one pair per row, padded to max_length) or
+    "packed" (rows of max_length tokens filled with whole pairs): each process takes
+    batch_size / process_count rows per step from its own shuffled epochs (a fresh
+    permutation of its shard each epoch); an epoch's incomplete last batch is left out."""
+
+    def __init__(
+        self,
+        split: EncodedSplit,
+        batch_size: int,
+        seed: int,
+        packed: bool = False,
+        max_length: int | None = None,
+        row_multiple: int = 1,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        super().__init__(
+            split, batch_size, seed, max_length, row_multiple, process_index, process_count
+        )
+        self.packed = packed
+        if batch_size % row_multiple:
+            raise ValueError(
+                f"batch_size={batch_size} must divide evenly over {row_multiple} batch shards."
+            )
+        self._local_rows = batch_size // process_count
+        self._epoch_cache: tuple[int, list[PlannedBatch]] | None = None
+        self._steps_per_epoch: list[int] = []  # Of epochs 0, 1, ... planned so far.
+        if not self._epoch(0):
+            raise ValueError(
+                f"batch_size={batch_size} ({'packed' if packed else 'sentences'}) is larger "
+                f"than one epoch of the {len(split)} training pairs"
+                + (" of this host." if process_count > 1 else ".")
+            )
+
+    def _epoch(self, epoch: int) -> list[PlannedBatch]:
+        """Every complete batch of this host's `epoch`, in order."""
+        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        rng = np.random.default_rng([self.seed, self.process_index, epoch])
+        order = rng.permutation(len(self.split))
+        if self.packed:
+            lengths = self.split.inputs.lengths, self.split.targets.lengths
+            rows = pack_rows(order, *lengths, self.max_length)
+        else:
+            rows = [order[i : i + 1] for i in range(len(order))]
+        size = self._local_rows
+        batches = [
+            PlannedBatch(self.max_length, rows[start : start + size])
+            for start in range(0, len(rows) - size + 1, size)
+        ]
+        self._epoch_cache = (epoch, batches)
+        return batches
+
+    def plan(self, step: int) -> PlannedBatch:
+        """This process's rows of the global batch of `step`."""
+        epoch = 0  # Batches never straddle epochs; packed epochs differ in length.
+        while True:
+            if epoch == len(self._steps_per_epoch):
+                self._steps_per_epoch.append(len(self._epoch(epoch)))
+            if step < self._steps_per_epoch[epoch]:
+                return self._epoch(epoch)[step]
+            step -= self._steps_per_epoch[epoch]
+            epoch += 1
+
+
+class TokenBatches(StepBatches):
+    """Batches of data.batching "tokens": about batch_size tokens per side, of pairs bucketed
+    by length (one shape per bucket).
+
+    All processes must pad to the same bucket length at each step, so the sequence of bucket
+    lengths is planned from the seed and the global bucket counts alone (each global epoch
+    holds every bucket's share of batches, in shuffled order); each process fills its rows of
+    the step from an endless, shuffled stream of its pairs in that bucket.
+    `global_bucket_counts` ([len(bucket_lengths(max_length))], summed over every host's shard)
+    may be left out on a single host.
+    """
+
+    def __init__(
+        self,
+        split: EncodedSplit,
+        batch_size: int,
+        seed: int,
+        max_length: int | None = None,
+        row_multiple: int = 1,
+        process_index: int = 0,
+        process_count: int = 1,
+        global_bucket_counts: np.ndarray | None = None,
+    ):
+        super().__init__(
+            split, batch_size, seed, max_length, row_multiple, process_index, process_count
+        )
+        self._lengths = bucket_lengths(self.max_length)
+        if global_bucket_counts is None:
+            if process_count > 1:
+                raise ValueError("Token batching over several hosts needs the global counts.")
+            global_bucket_counts = count_buckets(split, self.max_length)
+        rows = np.array([self._rows_per_batch(n) for n in self._lengths])
+        self._batches_per_epoch = np.asarray(global_bucket_counts) // rows
+        if not self.steps_per_epoch:
+            raise ValueError(
+                f"batch_size={batch_size} tokens is larger than one epoch of the "
+                f"training pairs of any length bucket."
+            )
+        self._local_rows_of = rows // process_count
+        self._pools = self._bucket_pools()
+        self._schedule_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._permutation_cache: dict[int, tuple[int, np.ndarray]] = {}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps of one global epoch, the same on every host."""
+        return int(self._batches_per_epoch.sum())
+
+    def _rows_per_batch(self, length: int) -> int:
+        """Global rows of a token batch of `length`: the budget, cut to a row_multiple."""
+        rows = self.batch_size // length // self.row_multiple * self.row_multiple
+        return max(rows, self.row_multiple)
+
+    def _bucket_pools(self) -> dict[int, np.ndarray]:
+        """For each bucket the schedule uses, the indices of this host's pairs that fill it."""
+        which = bucket_indices(self.split, self.max_length)
+        pools = {}
+        for b in np.flatnonzero(self._batches_per_epoch):
+            pool = np.flatnonzero(which == b)
+            if not len(pool):
+                # This host has no pair of this length but others do: shorter pairs fit.
+                shorter = np.flatnonzero(which < b)
+                pool = shorter[which[shorter] == which[shorter].max()] if len(shorter) else pool
+            if not len(pool):
+                raise ValueError(
+                    f"Host {self.process_index} holds no training pair of at most "
+                    f"{self._lengths[b]} tokens; use fewer hosts or data.batching='sentences'."
+                )
+            pools[int(b)] = pool
+        return pools
+
+    def _schedule(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket, how many earlier batches of that bucket in the epoch), each
+        [steps_per_epoch], for each step of a global epoch; the same on every host."""
+        if self._schedule_cache is None or self._schedule_cache[0] != epoch:
+            buckets = np.repeat(np.arange(len(self._lengths)), self._batches_per_epoch)
+            buckets = np.random.default_rng([self.seed, epoch]).permutation(buckets)
+            earlier = np.zeros_like(buckets)
+            for b in np.unique(buckets):
+                where = np.flatnonzero(buckets == b)
+                earlier[where] = np.arange(len(where))
+            self._schedule_cache = (epoch, buckets, earlier)
+        return self._schedule_cache[1], self._schedule_cache[2]
+
+    def _stream(self, bucket: int, start: int, count: int) -> np.ndarray:
+        """[count]: items start .. start + count of this host's endless stream of `bucket`'s
+        pairs, a fresh permutation of the bucket's pool every cycle."""
+        pool = self._pools[bucket]
+        positions = np.arange(start, start + count)
+        cycles = positions // len(pool)
+        out = np.empty(count, np.int64)
+        for cycle in np.unique(cycles):
+            cached = self._permutation_cache.get(bucket)
+            if cached is None or cached[0] != cycle:
+                rng = np.random.default_rng([self.seed, self.process_index, bucket, cycle])
+                cached = (int(cycle), rng.permutation(pool))
+                self._permutation_cache[bucket] = cached
+            here = cycles == cycle
+            out[here] = cached[1][positions[here] % len(pool)]
+        return out
+
+    def plan(self, step: int) -> PlannedBatch:
+        """This process's rows of the global batch of `step`: one pair per row."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        buckets, earlier = self._schedule(epoch)
+        b = int(buckets[index])
+        rows = int(self._local_rows_of[b])
+        # Earlier epochs used this bucket's stream for _batches_per_epoch[b] batches each.
+        start = (epoch * int(self._batches_per_epoch[b]) + int(earlier[index])) * rows
+        return PlannedBatch(self._lengths[b], list(self._stream(b, start, rows)[:, None]))
+
+
+BATCHINGS = ("sentences", "packed", "tokens")
+
+
+def train_batches(
+    split: EncodedSplit,
+    batch_size: int,
+    seed: int,
+    batching: str = "sentences",
+    max_length: int | None = None,
+    row_multiple: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+    global_bucket_counts: np.ndarray | None = None,
+) -> StepBatches:
+    """This process's step-indexed training batches of `split` as data.batching says:
+    EpochBatches for "sentences" and "packed", TokenBatches for "tokens"."""
+    hosts = (row_multiple, process_index, process_count)
+    if batching == "tokens":
+        return TokenBatches(split, batch_size, seed, max_length, *hosts, global_bucket_counts)
+    if batching in ("sentences", "packed"):
+        return EpochBatches(split, batch_size, seed, batching == "packed", max_length, *hosts)
+    raise ValueError(f"data.batching={batching!r} is none of {', '.join(BATCHINGS)}.")
 
 
 def eval_batches(

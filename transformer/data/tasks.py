@@ -15,14 +15,16 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from transformer import workdir as workdir_files
 from transformer.config import DataConfig
-from transformer.data import embedded, text_files, tfds_source
+from transformer.data import generated, text_files, tfds_source
 from transformer.data.pipeline import (
     EncodedSplit,
-    TrainBatches,
+    StepBatches,
     count_buckets,
     encode_split,
     eval_batches,
+    train_batches,
 )
 from transformer.data.tokenizer import (
     SentencePieceTokenizer,
@@ -32,11 +34,6 @@ from transformer.data.tokenizer import (
 )
 
 SPLITS = ("train", "validation", "test")
-VOCAB_FILES = {"word": "vocab.txt", "bpe": "spm.model", "unigram": "spm.model"}
-
-
-class VocabularyMismatchError(ValueError):
-    """The workdir's stored vocabulary does not fit the config."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +52,7 @@ class Task:
         seed: int,
         row_multiple: int = 1,
         global_bucket_counts: np.ndarray | None = None,
-    ) -> TrainBatches:
+    ) -> StepBatches:
         """Step-indexed shuffled batches: this process's rows of each global batch, drawn
         from its shard. Token batching needs the bucket counts of all shards; across real
         processes they are gathered here, `global_bucket_counts` gives them otherwise."""
@@ -66,7 +63,7 @@ class Task:
         ):
             local = count_buckets(self.splits["train"], self.config.max_length)
             global_bucket_counts = multihost_utils.process_allgather(local).sum(0)
-        return TrainBatches(
+        return train_batches(
             self.splits["train"],
             batch_size,
             seed,
@@ -94,16 +91,14 @@ def read_pairs(
 ) -> dict[str, list[tuple[str, str]]]:
     """Raw (source, target) sentence pairs of every split from the configured source; of the
     training split only shard `shard_index` of `shard_count`."""
-    if config.source == "embedded":
-        e = config.embedded
-        generated = embedded.generate_splits(
-            e.corpus_seed, e.num_train, e.num_validation, e.num_test
-        )
-        generated["train"] = generated["train"][shard_index::shard_count]
+    if config.source == "generated":
+        g = config.generated
+        splits = generated.generate_splits(g.corpus_seed, g.num_train, g.num_validation, g.num_test)
+        splits["train"] = splits["train"][shard_index::shard_count]
         # The generator emits space-separated tokens; present it as natural text.
         return {
             name: [(join_words(src.split()), join_words(tgt.split())) for src, tgt in split]
-            for name, split in generated.items()
+            for name, split in splits.items()
         }
     shards = {"train": (shard_index, shard_count), "validation": (0, 1), "test": (0, 1)}
     if config.source == "tfds":
@@ -125,59 +120,18 @@ def read_pairs(
     }
 
 
-def vocabulary_path(config: DataConfig, workdir: str) -> str:
-    """Where the vocabulary of `config` lives in `workdir`; refuses a workdir that holds a
-    vocabulary of another kind."""
-    path = os.path.join(workdir, VOCAB_FILES[config.tokenizer])
-    other = [f for f in set(VOCAB_FILES.values()) - {VOCAB_FILES[config.tokenizer]}
-             if os.path.exists(os.path.join(workdir, f))]  # fmt: skip
-    if other:
-        raise VocabularyMismatchError(
-            f"{workdir} holds a {other[0]} vocabulary but data.tokenizer is "
-            f"{config.tokenizer!r}. Use a new --workdir or the config that made it."
-        )
-    return path
-
-
 def build_tokenizer(
     config: DataConfig, workdir: str, train_pairs: list[tuple[str, str]]
 ) -> Tokenizer:
     """Builds the vocabulary from both sides of the training pairs and stores it in
     `workdir` (atomically)."""
-    path = vocabulary_path(config, workdir)
+    path = workdir_files.vocabulary_path(config, workdir)
     sentences = [s for pair in train_pairs for s in pair]
     if config.tokenizer == "word":
         tokenizer = WordTokenizer.build(sentences, config.vocab_size)
     else:
         tokenizer = SentencePieceTokenizer.train(sentences, config.vocab_size, config.tokenizer)
     tokenizer.save(path)
-    return tokenizer
-
-
-def load_tokenizer(config: DataConfig, workdir: str) -> Tokenizer:
-    """The workdir's vocabulary, checked against the config."""
-    path = vocabulary_path(config, workdir)
-    if not os.path.exists(path):
-        raise VocabularyMismatchError(
-            f"{workdir} has no vocabulary ({path}). Train first; on several hosts the "
-            "workdir must be on a filesystem that every host sees."
-        )
-    if config.tokenizer == "word":
-        tokenizer = WordTokenizer.load(path)
-        if tokenizer.vocab_size > config.vocab_size:
-            raise VocabularyMismatchError(
-                f"{path} holds {tokenizer.vocab_size} tokens but data.vocab_size is "
-                f"{config.vocab_size}. Use a new --workdir or the config that made it."
-            )
-        return tokenizer
-    tokenizer = SentencePieceTokenizer.load(path)
-    found = (tokenizer.model_type, tokenizer.vocab_size)
-    if found != (config.tokenizer, config.vocab_size):
-        raise VocabularyMismatchError(
-            f"{path} is a {found[0]} model of {found[1]} pieces but the config asks for "
-            f"data.tokenizer={config.tokenizer!r}, data.vocab_size={config.vocab_size}. "
-            "Use a new --workdir or the config that made it."
-        )
     return tokenizer
 
 
@@ -192,12 +146,12 @@ def load_task(
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     pairs = read_pairs(config, index, count)
-    if index == 0 and not os.path.exists(vocabulary_path(config, workdir)):
+    if index == 0 and not os.path.exists(workdir_files.vocabulary_path(config, workdir)):
         whole = pairs["train"] if count == 1 else read_pairs(config)["train"]
         build_tokenizer(config, workdir, whole)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("transformer: vocabulary ready")
-    tokenizer = load_tokenizer(config, workdir)
+    tokenizer = workdir_files.load_vocabulary(config, workdir)
     splits = {}
     for name, split_pairs in pairs.items():
         # Evaluation sets stay whole: their over-long pairs are truncated, never dropped.

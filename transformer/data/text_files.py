@@ -10,8 +10,10 @@ import os
 
 from absl import logging
 
+from transformer.errors import UserError
 
-class CorpusError(ValueError):
+
+class CorpusError(UserError):
     """A corpus file is missing or malformed; the message names the file (and line)."""
 
 

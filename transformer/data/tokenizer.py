@@ -3,7 +3,7 @@
 Both share one interface (encode -> ids + EOS, decode -> detokenized text up to EOS,
 vocab_size, save/load) and reserve ids 0-3 for the project's special tokens
 (`transformer.special_tokens`). Words and punctuation marks are separate word tokens; for the
-embedded task's closed vocabulary that is exact and keeps sequences short.
+generated task's closed vocabulary that is exact and keeps sequences short.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Synthetic English -> German-like parallel corpus: the embedded default task.
+"""Synthetic English -> German-like parallel corpus: the generated, no-download task.
 
 A fresh machine can train a translation Transformer on this corpus without downloading
 anything. Every sentence is sampled as an explicit structure (clauses, noun phrases,
@@ -761,7 +761,7 @@ def generate_splits(
     while len(pairs) < total:
         if draws == max_draws:
             raise ValueError(
-                f"the embedded grammar produced only {len(pairs)} distinct sentences in "
+                f"the grammar produced only {len(pairs)} distinct sentences in "
                 f"{draws} draws, fewer than the {total} requested"
             )
         english, german = _sample_pair(sampler)

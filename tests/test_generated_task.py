@@ -1,12 +1,12 @@
-"""The embedded synthetic English -> German task: determinism, splits, and the grammar."""
+"""The generated English -> German-like task: determinism, splits, and the grammar."""
 
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from transformer.data import embedded
-from transformer.data.embedded import (
+from transformer.data import generated
+from transformer.data.generated import (
     LEXICON,
     MAX_SOURCE_TOKENS,
     MAX_TARGET_TOKENS,
@@ -243,7 +243,7 @@ def test_splits_have_requested_sizes_and_disjoint_sources():
 def test_splits_reject_impossible_requests(monkeypatch):
     with pytest.raises(ValueError):
         generate_splits(0, -1, 0, 0)
-    monkeypatch.setattr(embedded, "_sample_pair", lambda sampler: ("the man sleeps .", "x ."))
+    monkeypatch.setattr(generated, "_sample_pair", lambda sampler: ("the man sleeps .", "x ."))
     with pytest.raises(ValueError, match="distinct"):
         generate_splits(0, 2, 0, 0)
 

@@ -1,0 +1,96 @@
+"""Each CPU form (transformer/cpu.py) computes what the plain code it replaces computes, and
+`cpu.plain` turns it off."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import cpu
+from transformer.layers import matmul, random_bits
+from transformer.loss import loss_and_metrics
+from transformer.model import Transformer
+
+from .model_configs import small_model_config
+
+SRC = jnp.array([[5, 6, 7, 8, 9, 1, 0, 0], [4, 9, 1, 0, 0, 0, 0, 0], [7, 6, 5, 4, 7, 6, 5, 1]])
+TGT = jnp.array([[5, 6, 7, 1, 0, 0], [4, 1, 0, 0, 0, 0], [9, 8, 7, 6, 5, 1]])
+
+
+def test_the_tests_run_where_the_forms_apply():
+    assert jax.default_backend() == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "contract"),
+    [((2, 3, 4), (4, 5), 1), ((2, 3, 4), (4, 2, 6), 1), ((2, 3, 2, 6), (2, 6, 4), 2)],
+)
+def test_flat_matmul_and_its_gradients_equal_the_plain_product(x_shape, w_shape, contract):
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    w = jax.random.normal(jax.random.key(1), w_shape)
+
+    def value_and_grads(x, w):
+        y, vjp = jax.vjp(lambda x, w: matmul(x, w, contract), x, w)
+        return (y, *vjp(jnp.cos(y)))
+
+    fast = jax.jit(value_and_grads)(x, w)
+    with cpu.plain("flat_matmul"):
+        plain = jax.jit(value_and_grads)(x, w)
+    assert "flat_matmul" not in cpu._turned_off  # Back on once the block ends.
+    for a, b in zip(fast, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 4, 5), (2, 4, 16, 16)])
+def test_threefry_bits_are_jax_random_bits(shape):
+    rng = jax.random.fold_in(jax.random.key(3), 11)
+    fast = jax.jit(lambda k: random_bits(k, shape))(rng)
+    np.testing.assert_array_equal(fast, jax.random.bits(rng, shape, jnp.uint32))
+    with cpu.plain("threefry_bits"):
+        np.testing.assert_array_equal(jax.jit(lambda k: random_bits(k, shape))(rng), fast)
+
+
+def loss_and_grads(remat: str):
+    """The compiled loss-and-gradient function of a 4 + 4-layer model with dropout, and its
+    parameters and batch ([48, 32] tokens: the activations outweigh the parameters)."""
+    config = small_model_config(
+        num_encoder_layers=4, num_decoder_layers=4, d_model=64, d_ff=256, dropout_rate=0.1,
+        remat=remat,
+    )  # fmt: skip
+    model = Transformer(config)
+    src, tgt = jnp.tile(SRC, (16, 4)), jnp.tile(TGT, (16, 4))
+    params = nn.meta.unbox(model.init(jax.random.key(0), src, tgt))["params"]
+
+    def loss(p):
+        logits = model.apply({"params": p}, src, tgt, deterministic=False,
+                             rngs={"dropout": jax.random.key(1)})  # fmt: skip
+        return loss_and_metrics(logits, tgt, 0.1)[0]
+
+    return jax.jit(jax.value_and_grad(loss)), params
+
+
+def test_recomputing_after_the_cotangent_keeps_the_gradients_and_cuts_the_memory():
+    """XLA's own account of the compiled backward pass: without the form, remat="block"
+    recomputes every layer at the start of the backward pass and holds nearly as much as no
+    remat at all."""
+    step, params = loss_and_grads("none")
+    temp_none = step.lower(params).compile().memory_analysis().temp_size_in_bytes
+    step, params = loss_and_grads("block")
+    fast = step(params)
+    temp_fast = step.lower(params).compile().memory_analysis().temp_size_in_bytes
+    with cpu.plain("recomputed_after_cotangent"):
+        step, params = loss_and_grads("block")
+        plain = step(params)
+        temp_plain = step.lower(params).compile().memory_analysis().temp_size_in_bytes
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), fast, plain)
+    assert temp_fast < 0.5 * temp_none, (temp_fast, temp_none)
+    assert temp_plain > 0.8 * temp_none, (temp_plain, temp_none)
+
+
+def test_an_unknown_form_is_refused_by_name():
+    with (
+        pytest.raises(ValueError, match=r"No CPU form named \['fast_softmax'\]"),
+        cpu.plain("fast_softmax"),
+    ):
+        pass
