@@ -21,7 +21,8 @@ from transformer.decode import (
     output_limits,
     sample_lm,
 )
-from transformer.layers import MultiHeadAttention, causal_mask
+from transformer.layers import MultiHeadAttention
+from transformer.masks import AttentionMask, causal_mask
 from transformer.model import DecoderOnlyLM, Transformer, shift_right
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
@@ -257,16 +258,17 @@ def test_self_attention_cache_alone_keeps_decoding_causal():
     cfg = model_config(d_k=3, d_v=5)
     module = MultiHeadAttention(cfg)
     x = jax.random.normal(jax.random.key(1), (2, 6, cfg.d_model))
-    params = init(module, x, causal_mask(6), True)["params"]
-    full = module.apply({"params": params}, x, causal_mask(6), True)
+    causal = AttentionMask(causal_mask(6))
+    params = init(module, x, causal, True)["params"]
+    full = module.apply({"params": params}, x, causal, True)
     # Sized by a [batch, max_length] call; later steps pass no mask of their own.
-    _, state = module.apply({"params": params}, x, causal_mask(6), True, True, mutable=["cache"])
+    _, state = module.apply({"params": params}, x, causal, True, True, mutable=["cache"])
     cache, steps = state["cache"], []
     for i in range(6):
         out, state = module.apply(
             {"params": params, "cache": cache},
             x[:, i : i + 1],
-            jnp.ones((2, 1, 1, 6), bool),
+            AttentionMask(jnp.ones((2, 1, 1, 6), bool)),
             True,
             True,
             mutable=["cache"],

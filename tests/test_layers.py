@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 
 from transformer.layers import (
-    AttentionMask,
     MultiHeadAttention,
-    attention_mask,
-    causal_mask,
     dense_dot_general,
     dot_product_attention,
     fused_attention,
     matmul,
+    sinusoidal_table,
+)
+from transformer.masks import (
+    AttentionMask,
+    attention_mask,
+    causal_mask,
     padding_mask,
     row_lengths,
     segment_mask,
-    sinusoidal_table,
 )
 
 from .model_configs import small_model_config
@@ -88,7 +90,7 @@ def test_a_masks_lengths_say_what_its_dense_mask_says(causal):
 
     q, k, v = jax.random.normal(jax.random.key(0), (3, 4, 6, 2, 8))
     plain = dot_product_attention(q, k, v, mask.dense)[0]
-    for form in (mask, mask.dense):
+    for form in (mask, AttentionMask(mask.dense)):
         np.testing.assert_allclose(fused_attention(q, k, v, form), plain, rtol=1e-5, atol=1e-6)
 
 
@@ -112,7 +114,7 @@ def test_multi_head_attention_module_matches_projections_by_hand():
     module = MultiHeadAttention(cfg)
     x = jax.random.normal(jax.random.key(0), (2, 4, cfg.d_model))
     y = jax.random.normal(jax.random.key(1), (2, 6, cfg.d_model))
-    mask = jnp.ones((2, 1, 4, 6), bool).at[0, :, :, 4:].set(False)
+    mask = AttentionMask(jnp.ones((2, 1, 4, 6), bool).at[0, :, :, 4:].set(False))
     params = nn.meta.unbox(module.init(jax.random.key(2), x, mask, True, context=y)["params"])
     assert params["query"].shape == (cfg.d_model, 2, 3)
     assert params["value"].shape == (cfg.d_model, 2, 5)
@@ -121,7 +123,7 @@ def test_multi_head_attention_module_matches_projections_by_hand():
     q = np.einsum("bld,dhk->blhk", x, params["query"])
     k = np.einsum("bld,dhk->blhk", y, params["key"])
     v = np.einsum("bld,dhk->blhk", y, params["value"])
-    ref = np.einsum("blhk,hkd->bld", np_attention(q, k, v, np.asarray(mask)), params["out"])
+    ref = np.einsum("blhk,hkd->bld", np_attention(q, k, v, np.asarray(mask.dense)), params["out"])
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 

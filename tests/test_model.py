@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer.layers import embed, tied_logits
-from transformer.model import DecoderOnlyLM, EncoderLayer, Transformer, build_model
+from transformer.layers import embed_with_positions, sinusoidal_table, tied_logits, token_embedding
+from transformer.masks import AttentionMask
+from transformer.model import DecoderOnlyLM, Layer, Transformer, build_model
 
 from .model_configs import small_model_config
 
@@ -113,13 +114,13 @@ def np_encoder_layer(x, p, cfg):
 @pytest.mark.parametrize("normalization", ["post", "pre"])
 def test_encoder_layer_follows_post_ln_or_pre_ln_order(normalization):
     cfg = model_config(normalization=normalization)
-    layer = EncoderLayer(cfg)
+    layer = Layer(cfg, cross_attention=False)  # An encoder layer.
     x = jax.random.normal(jax.random.key(1), (1, 5, cfg.d_model)) * 3 + 1
-    mask = jnp.ones((1, 1, 5, 5), bool)
-    params = init(layer, x, mask, True)["params"]
+    mask = AttentionMask(jnp.ones((1, 1, 5, 5), bool))
+    params = init(layer, x, mask, None, None, True)["params"]
     # Non-trivial LayerNorm parameters, so their placement matters.
     params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), params)
-    out = layer.apply({"params": params}, x, mask, True)
+    out = layer.apply({"params": params}, x, mask, None, None, True)
     ref = np_encoder_layer(
         np.asarray(x[0], np.float64), jax.tree.map(lambda v: np.asarray(v, np.float64), params), cfg
     )
@@ -144,13 +145,29 @@ def test_embedding_sharing_switches():
     assert separate["decoder"]["logits"]["kernel"].shape == (16, 40)
 
 
+class Embedded(nn.Module):
+    """The input of the first layer: embedding x sqrt(d_model) + positions."""
+
+    config: object
+
+    @nn.compact
+    def __call__(self, tokens, positions):
+        return embed_with_positions(
+            self.config, token_embedding(self.config), tokens, positions, True
+        )
+
+
 def test_embeddings_are_scaled_by_sqrt_d_model_and_tied_to_the_output():
     cfg = model_config(num_encoder_layers=1, num_decoder_layers=1)
+    positions = jnp.broadcast_to(jnp.arange(SRC.shape[1]), SRC.shape)
+    variables = init(Embedded(cfg), SRC, positions)
+    table = variables["params"]["Embed_0"]["embedding"]
+    embedded = Embedded(cfg).apply(variables, SRC, positions)
+    expected = table[SRC] * np.sqrt(cfg.d_model) + sinusoidal_table(cfg.max_len, 16)[positions]
+    np.testing.assert_allclose(embedded, expected, rtol=1e-6, atol=1e-6)
     model = Transformer(cfg)
     variables = init(model, SRC, TGT)
     table = variables["params"]["embed"]["embedding"]
-    embedded = model.apply(variables, SRC, method=lambda m, x: embed(m.config, m.embed, x))
-    np.testing.assert_allclose(embedded, table[SRC] * np.sqrt(cfg.d_model), rtol=1e-6)
     x = jnp.ones((1, 1, cfg.d_model))
     logits = model.apply(variables, x, method=lambda m, h: tied_logits(h, m.embed))
     np.testing.assert_allclose(logits[0, 0], table.sum(-1), rtol=1e-5)

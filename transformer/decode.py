@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from transformer.config import EXTRA_OUTPUT_TOKENS
-from transformer.layers import row_lengths
+from transformer.masks import row_lengths
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
 

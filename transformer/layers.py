@@ -1,7 +1,7 @@
 """The Transformer's building blocks (Vaswani et al. 2017, section 3), in the paper's order:
-masks, scaled dot-product attention (3.2.1), multi-head attention (3.2.2), the position-wise
-feed-forward network (3.3), embeddings and the pre-softmax projection (3.4), positional
-encoding (3.5).
+scaled dot-product attention (3.2.1) and its dropout, multi-head attention (3.2.2), the
+position-wise feed-forward network (3.3), embeddings and the pre-softmax projection (3.4),
+positional encoding (3.5). Which positions attend to which is transformer.masks.
 
 Parameters carry logical axis names (`nn.with_logical_partitioning`) and activations are
 constrained by them; the config's `logical_axis_rules` map those names to mesh axes.
@@ -15,31 +15,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jax import lax
 
 from transformer import cpu
 from transformer.config import ModelConfig
-from transformer.special_tokens import PAD_ID
+from transformer.masks import AttentionMask
+from transformer.sharding import BATCH, EMBED, HEADS, LENGTH, MLP, constrain
 
 Array = jax.Array
-
-# Logical names of activation axes, mapped to mesh axes by the config's rules.
-BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
-HEADS, MLP, VOCAB = "activation_heads", "activation_mlp", "activation_vocab"
 
 
 def compute_dtype(config: ModelConfig) -> jnp.dtype:
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-
-
-def constrain(x: Array, names: tuple[str | None, ...]) -> Array:
-    """Annotates activation `x` with logical axis names (a no-op outside a mesh)."""
-    return nn.with_logical_constraint(x, names)
-
-
-def partitioned(init: nn.initializers.Initializer, names: tuple[str | None, ...]):
-    return nn.with_logical_partitioning(init, names)
 
 
 @cpu.faster(cpu.flat_matmul)
@@ -53,72 +40,6 @@ def dense_dot_general(x: Array, kernel: Array, dimension_numbers, precision=None
     """`nn.Dense`'s product, x [..., in] with its kernel [in, out], as `matmul`."""
     assert dimension_numbers == (((x.ndim - 1,), (0,)), ((), ())) and precision is None
     return matmul(x, kernel, preferred_element_type=kwargs.get("preferred_element_type"))
-
-
-# ------------------------------------------------------------------------------ masks
-def row_lengths(tokens: Array) -> Array:
-    """[batch, length] -> [batch] int32: the tokens before each row's padding (every pipeline
-    here pads at the end of a row)."""
-    return constrain(jnp.sum(tokens != PAD_ID, axis=1, dtype=jnp.int32), (BATCH,))
-
-
-def padding_mask(q_tokens: Array, kv_tokens: Array) -> Array:
-    """[batch, 1, q_len, kv_len] bool: True where neither query nor key is padding."""
-    return (q_tokens != PAD_ID)[:, None, :, None] & (kv_tokens != PAD_ID)[:, None, None, :]
-
-
-def causal_mask(length: int) -> Array:
-    """[1, 1, length, length] bool: position i may attend to positions <= i."""
-    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
-
-
-def segment_mask(q_segments: Array, kv_segments: Array) -> Array:
-    """[batch, 1, q_len, kv_len] bool: True where query and key are in the same packed segment."""
-    return q_segments[:, None, :, None] == kv_segments[:, None, None, :]
-
-
-@struct.dataclass
-class AttentionMask:
-    """A mask that also says how it was made, so that cuDNN's fused attention can apply it
-    itself instead of reading it as an [L, L] bias (and writing that bias's gradient).
-
-    dense: [batch, 1, q_len, kv_len] bool, the mask itself, which every other path uses.
-    q_lengths, kv_lengths: [batch] int32, or None: `dense` is exactly "query and key are not
-    padding" (with `causal`, also "key <= query"), each row's padding after that many tokens.
-    Packed rows have no lengths: their mask also keeps segments apart.
-    """
-
-    dense: Array
-    q_lengths: Array | None = None
-    kv_lengths: Array | None = None
-    causal: bool = struct.field(pytree_node=False, default=False)
-
-    def __post_init__(self) -> None:
-        if (self.q_lengths is None) != (self.kv_lengths is None):
-            raise ValueError("AttentionMask takes both q_lengths and kv_lengths, or neither.")
-
-
-def dense_mask(mask: Array | AttentionMask) -> Array:
-    """The [batch, 1, q_len, kv_len] bool array of either form of mask."""
-    return mask.dense if isinstance(mask, AttentionMask) else mask
-
-
-def attention_mask(
-    q_tokens: Array,
-    kv_tokens: Array,
-    q_segments: Array | None = None,
-    kv_segments: Array | None = None,
-    causal: bool = False,
-) -> AttentionMask:
-    """Queries `q_tokens` [batch, q_len] may attend to keys `kv_tokens` [batch, kv_len]:
-    neither is padding, both are in one packed segment (where segment ids are given) and,
-    with `causal`, the key comes no later than the query. Unpacked rows get their lengths."""
-    mask = padding_mask(q_tokens, kv_tokens)
-    if causal:
-        mask &= causal_mask(q_tokens.shape[1])
-    if q_segments is not None and kv_segments is not None:
-        return AttentionMask(mask & segment_mask(q_segments, kv_segments))
-    return AttentionMask(mask, row_lengths(q_tokens), row_lengths(kv_tokens), causal)
 
 
 # --------------------------------------------------------------------------- dropout
@@ -158,12 +79,10 @@ def dot_product_attention(
 ) -> tuple[Array, Array]:
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V (section 3.2.1), softmax in float32.
 
-    query: [batch, q_len, heads, d_k]; key: [batch, kv_len, heads, d_k]; value: [batch,
-    kv_len, heads, d_v]; mask: bool, broadcastable to [batch, heads, q_len, kv_len], True
-    where attention is allowed. Dropout on the weights where `dropout_rng` is given.
-    Returns ([batch, q_len, heads, d_v], weights [batch, heads, q_len, kv_len] float32);
-    a query whose keys are all masked gets zero weights, not NaN or a uniform mix.
-    """
+    query, key: [batch, q_len | kv_len, heads, d_k]; value: [batch, kv_len, heads, d_v]; mask:
+    bool, broadcastable to [batch, heads, q_len, kv_len]; dropout on the weights where
+    `dropout_rng` is given. Returns ([batch, q_len, heads, d_v], weights [batch, heads, q_len,
+    kv_len] float32); a query with no key gets zero weights, not NaN or a uniform mix."""
     # Scaling q before the product is the paper's 1/sqrt(d_k) at lower cost (l x d, not l x l).
     query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
@@ -175,22 +94,14 @@ def dot_product_attention(
     return jnp.einsum("bhqk,bkhd->bqhd", probs, value), weights
 
 
-def fused_attention(query: Array, key: Array, value: Array, mask: Array | AttentionMask) -> Array:
-    """`dot_product_attention` through `jax.nn.dot_product_attention`, without dropout: on a
-    GPU in bfloat16 (d a multiple of 8 up to 128), cuDNN's fused attention; else XLA's.
-
-    Shapes as `dot_product_attention` (d_k = d_v); an `AttentionMask` with lengths is given
-    to it as lengths and causality. Returns [batch, q_len, heads, d_v].
-    """
-    cudnn = (
-        jax.default_backend() == "gpu"
-        and query.dtype in (jnp.bfloat16, jnp.float16)
-        and query.shape[1] > 1
-        and query.shape[-1] % 8 == 0
-        and query.shape[-1] <= 128
-    )
-    implementation = "cudnn" if cudnn else None
-    if isinstance(mask, AttentionMask) and mask.q_lengths is not None:
+def fused_attention(query: Array, key: Array, value: Array, mask: AttentionMask) -> Array:
+    """`dot_product_attention` (d_k = d_v, no dropout) through `jax.nn.dot_product_attention`:
+    on a GPU in bfloat16 cuDNN's fused attention, given the mask's lengths where it has them;
+    else XLA's. Returns [batch, q_len, heads, d_v]."""
+    d, half = query.shape[-1], query.dtype in (jnp.bfloat16, jnp.float16)
+    cudnn = jax.default_backend() == "gpu" and half and query.shape[1] > 1 and d % 8 == 0
+    implementation = "cudnn" if cudnn and d <= 128 else None
+    if mask.q_lengths is not None:
         q_len, kv_len = mask.q_lengths, mask.kv_lengths
         # An all-PAD row gets one (PAD) key so that its softmax stays finite; zeroed below.
         out = jax.nn.dot_product_attention(
@@ -201,26 +112,22 @@ def fused_attention(query: Array, key: Array, value: Array, mask: Array | Attent
         attends = (jnp.arange(query.shape[1]) < q_len[:, None]) & (kv_len[:, None] > 0)
         attends = attends[:, :, None, None]
     else:
-        mask = dense_mask(mask)
-        out = jax.nn.dot_product_attention(query, key, value, mask=mask,
+        out = jax.nn.dot_product_attention(query, key, value, mask=mask.dense,
                                            implementation=implementation)  # fmt: skip
-        attends = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)[..., None]  # [b, q, 1|h, 1]
+        attends = jnp.swapaxes(jnp.any(mask.dense, axis=-1), 1, 2)[..., None]  # [b, q, 1|h, 1]
     # jax.nn gives a query with no key the mean of the values; make it zeros.
     return jnp.where(attends, out, jnp.zeros((), out.dtype))
 
 
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O with head_i = Attention(Q W_i^Q,
-    K W_i^K, V W_i^V) (section 3.2.2): separate d_k and d_v, and no biases, as in the paper.
+    K W_i^K, V W_i^V) (section 3.2.2), with separate d_k and d_v and no biases, as the paper.
+    `cross`: encoder-decoder attention, keys and values from the encoder output.
 
-    `cross`: encoder-decoder attention, whose keys and values come from the encoder output.
-
-    `decode=True` attends incrementally over a "cache" collection of keys and values
-    ([batch, max_length, heads, d]). The first such call creates the cache (sized by its
-    inputs) and otherwise attends as usual; each later call brings one new query position:
-    self-attention writes that position's key and value into the cache and attends over the
-    positions so far; cross-attention projects the encoder output once, on the first call,
-    and attends over those keys at every step. The parameters are the same either way.
+    `decode=True` attends over a "cache" collection of keys and values [batch, max_length,
+    heads, d]. The first such call creates it; each later call brings one query position.
+    Self-attention writes its key and value into the cache and attends over the positions so
+    far; cross-attention projects the encoder output on the first call only.
     """
 
     config: ModelConfig
@@ -230,16 +137,14 @@ class MultiHeadAttention(nn.Module):
     def __call__(
         self,
         x: Array,
-        mask: Array | AttentionMask,
+        mask: AttentionMask,
         deterministic: bool,
         decode: bool = False,
         context: Array | None = None,
     ) -> Array:
-        """x: [batch, q_len, d_model], the queries' inputs; context: [batch, kv_len, d_model],
-        the keys' and values' (x itself where None: self-attention); mask: [batch, 1, q_len,
-        kv_len] bool or an AttentionMask. Returns [batch, q_len, d_model].
-
-        Decode steps: q_len = 1, and the self-attention mask covers the whole cache."""
+        """x: [batch, q_len, d_model] for the queries; context: [batch, kv_len, d_model] for
+        keys and values (None: x, self-attention); mask: [batch, 1, q_len, kv_len]. Returns
+        [batch, q_len, d_model]. Decode steps: q_len = 1, the mask covers the whole cache."""
         context = x if context is None else context
         cfg = self.config
         h, d_k, d_v = cfg.num_heads, cfg.head_dim_k, cfg.head_dim_v
@@ -256,7 +161,7 @@ class MultiHeadAttention(nn.Module):
         else:
             rng = self.make_rng("dropout") if attend_dropout else None
             out, weights = dot_product_attention(
-                query, key, value, dense_mask(mask), cfg.attention_dropout_rate, rng
+                query, key, value, mask.dense, cfg.attention_dropout_rate, rng
             )
             # For attention maps: `apply(..., mutable=["intermediates"])` returns them.
             self.sow("intermediates", "attention_weights", weights)
@@ -264,13 +169,12 @@ class MultiHeadAttention(nn.Module):
         return constrain(matmul(out, w_o, contract=2), (BATCH, LENGTH, EMBED))
 
     def _kernel(self, name: str, shape: tuple[int, ...], names: tuple, contract: int) -> Array:
-        """A float32 weight in the compute dtype; Glorot-uniform over its first `contract`
-        axes (fan in) and the rest (fan out), as one [fan_in, fan_out] matrix would be."""
+        """A weight, Glorot-uniform as the matrix [first `contract` axes, the rest]."""
         init = nn.initializers.variance_scaling(
             1.0, "fan_avg", "uniform", in_axis=tuple(range(contract)),
             out_axis=tuple(range(contract, len(shape))),
         )  # fmt: skip
-        kernel = self.param(name, partitioned(init, names), shape, jnp.float32)
+        kernel = self.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
         return kernel.astype(compute_dtype(self.config))
 
     def _project(self, name: str, x: Array, features: tuple[int, int]) -> Array:
@@ -279,8 +183,8 @@ class MultiHeadAttention(nn.Module):
         return constrain(matmul(x.astype(w.dtype), w), (BATCH, LENGTH, HEADS, None))
 
     def _cached_keys_values(
-        self, context: Array, mask: Array | AttentionMask
-    ) -> tuple[Array, Array, Array | AttentionMask]:
+        self, context: Array, mask: AttentionMask
+    ) -> tuple[Array, Array, AttentionMask]:
         """Keys [batch, kv_len, heads, d_k], values and the mask of a decode step (above)."""
         cfg = self.config
         h, d_k, d_v = cfg.num_heads, cfg.head_dim_k, cfg.head_dim_v
@@ -306,7 +210,7 @@ class MultiHeadAttention(nn.Module):
         index.value = i + 1
         # Slots past the index hold no key yet: the new query must not see them.
         visible = jnp.arange(cached_key.value.shape[1]) <= i
-        return cached_key.value, cached_value.value, dense_mask(mask) & visible
+        return cached_key.value, cached_value.value, AttentionMask(mask.dense & visible)
 
 
 # ------------------------------------------------------------------------ feed-forward
@@ -332,8 +236,8 @@ def dense(config: ModelConfig, features: int, names: tuple[str, str], **kwargs) 
         features,
         dtype=compute_dtype(config),
         dot_general=dense_dot_general,
-        kernel_init=partitioned(nn.initializers.xavier_uniform(), names),
-        bias_init=partitioned(nn.initializers.zeros, names[1:]),
+        kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
         **kwargs,
     )
 
@@ -343,27 +247,22 @@ def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=config.layer_norm_epsilon,
         dtype=compute_dtype(config),
-        scale_init=partitioned(nn.initializers.ones, ("embed",)),
-        bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         name=name,
     )
 
 
 # ---------------------------------------------------------- embeddings and softmax
 def token_embedding(config: ModelConfig) -> nn.Embed:
-    """A [vocab, d_model] token embedding (section 3.4), scaled by `embed`."""
+    """A [vocab, d_model] token embedding (section 3.4), scaled in `embed_with_positions`."""
     init = nn.initializers.normal(stddev=config.d_model**-0.5)
     return nn.Embed(
         config.vocab_size,
         config.d_model,
         dtype=compute_dtype(config),
-        embedding_init=partitioned(init, ("vocab", "embed")),
+        embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")),
     )
-
-
-def embed(config: ModelConfig, table: nn.Embed, tokens: Array) -> Array:
-    """tokens [batch, length] -> [batch, length, d_model]: the embedding times sqrt(d_model)."""
-    return table(tokens) * jnp.asarray(math.sqrt(config.d_model), compute_dtype(config))
 
 
 def tied_logits(x: Array, table: nn.Embed) -> Array:
@@ -385,6 +284,16 @@ def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
+def embed_with_positions(
+    config: ModelConfig, table: nn.Embed, tokens: Array, positions: Array, deterministic: bool
+) -> Array:
+    """tokens, positions [batch, length] -> Dropout(embedding * sqrt(d_model) + PE)
+    [batch, length, d_model] (sections 3.4, 3.5, 5.4). Called inside a module."""
+    x = table(tokens) * jnp.asarray(math.sqrt(config.d_model), compute_dtype(config))
+    x = x + PositionalEncoding(config, name="positions")(positions)
+    return constrain(Dropout(config.dropout_rate)(x, deterministic), (BATCH, LENGTH, EMBED))
+
+
 class PositionalEncoding(nn.Module):
     """Sinusoidal (section 3.5) or learned (Table 3 row E) vectors of explicit positions."""
 
@@ -397,7 +306,8 @@ class PositionalEncoding(nn.Module):
         if cfg.positional_encoding == "sinusoidal":
             table = jnp.asarray(sinusoidal_table(cfg.max_len, cfg.d_model))
         else:
-            init = nn.initializers.normal(stddev=cfg.d_model**-0.5)
-            table = self.param("embedding", partitioned(init, ("position", "embed")),
-                               (cfg.max_len, cfg.d_model), jnp.float32)  # fmt: skip
+            init = nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=cfg.d_model**-0.5), ("position", "embed")
+            )
+            table = self.param("embedding", init, (cfg.max_len, cfg.d_model), jnp.float32)
         return jnp.take(table, positions, axis=0).astype(compute_dtype(cfg))

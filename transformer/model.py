@@ -1,17 +1,11 @@
-"""The Transformer of "Attention Is All You Need": encoder-decoder and decoder-only models.
-
-Both are built from the same layers (transformer.layers). Each sublayer is wrapped as the
-paper's post-LN `LayerNorm(x + Dropout(Sublayer(x)))` (section 3.1, 5.4), or as pre-LN
-`x + Dropout(Sublayer(LayerNorm(x)))` with a final LayerNorm after each stack
-(`config.normalization`). The models return next-token logits [batch, length, vocab] float32.
+"""The Transformer of "Attention Is All You Need": encoder-decoder and decoder-only models,
+built from the same layers (transformer.layers). They return next-token logits [batch,
+length, vocab] float32.
 
 Padding (PAD_ID) ends a row, as every pipeline here makes rows. Packed rows carry
 `*_segmentation` ids (0 = padding), which keep attention inside a segment, and `*_positions`
-that restart at 0 for every segment.
-
-Incremental decoding: `decode(..., decode=True)` runs the decoder one token at a time over a
-"cache" collection of keys and values (transformer.decode). The parameters are the same in
-both modes, so any checkpoint decodes.
+that restart at 0 for every segment. `decode(..., decode=True)` runs the decoder one token at
+a time over a "cache" of keys and values (transformer.decode), with the same parameters.
 """
 
 from __future__ import annotations
@@ -28,24 +22,17 @@ from jax import lax
 from transformer import cpu
 from transformer.config import ModelConfig
 from transformer.layers import (
-    BATCH,
-    EMBED,
-    LENGTH,
-    VOCAB,
-    AttentionMask,
     Dropout,
     FeedForward,
     MultiHeadAttention,
-    PositionalEncoding,
-    attention_mask,
-    constrain,
     dense,
-    embed,
+    embed_with_positions,
     layer_norm,
-    padding_mask,
     tied_logits,
     token_embedding,
 )
+from transformer.masks import AttentionMask, attention_mask, padding_mask
+from transformer.sharding import BATCH, EMBED, LENGTH, VOCAB, constrain
 from transformer.special_tokens import BOS_ID, PAD_ID
 
 Array = jax.Array
@@ -99,26 +86,10 @@ def checkpointed(layer: type[nn.Module], policy, static_argnums: tuple[int, ...]
     return nn.remat(layer, policy=policy, static_argnums=static_argnums)
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention, then the feed-forward network (section 3.1)."""
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, x: Array, mask: AttentionMask, deterministic: bool) -> Array:
-        """x: [batch, length, d_model]; mask: [batch, 1, length, length] -> same as x."""
-        cfg = self.config
-        attend_self = MultiHeadAttention(cfg, name="self_attention")
-        x = residual(
-            cfg, "self_attention", x, lambda h: attend_self(h, mask, deterministic), deterministic
-        )
-        x = residual(cfg, "ffn", x, FeedForward(cfg, name="ffn"), deterministic)
-        return constrain(x, (BATCH, LENGTH, EMBED))
-
-
-class DecoderLayer(nn.Module):
-    """Masked self-attention, encoder-decoder attention (not in a decoder-only model), then
-    the feed-forward network (section 3.1)."""
+class Layer(nn.Module):
+    """An encoder or decoder layer (section 3.1): self-attention, then encoder-decoder
+    attention (decoder layers of the encoder-decoder), then the feed-forward network. The
+    decoder's self-attention is masked by `self_mask` (causal), the encoder's is not."""
 
     config: ModelConfig
     cross_attention: bool
@@ -127,7 +98,7 @@ class DecoderLayer(nn.Module):
     def __call__(
         self,
         x: Array,
-        self_mask: Array | AttentionMask,
+        self_mask: AttentionMask,
         encoded: Array | None,
         cross_mask: AttentionMask | None,
         deterministic: bool,
@@ -159,18 +130,23 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens: Array, positions: Array, segmentation: Array | None, deterministic: bool
+        self,
+        tokens: Array,
+        positions: Array | None,
+        segmentation: Array | None,
+        deterministic: bool,
     ) -> Array:
-        """tokens, positions, segmentation: [batch, length] -> [batch, length, d_model]."""
+        """tokens, positions (default 0, 1, ...), segmentation: [batch, length] -> [batch,
+        length, d_model]."""
         cfg = self.config
-        x = embed(cfg, self.embedding, tokens) + PositionalEncoding(cfg, name="positions")(
-            positions
-        )
-        x = constrain(Dropout(cfg.dropout_rate)(x, deterministic), (BATCH, LENGTH, EMBED))
+        positions = default_positions(tokens) if positions is None else positions
+        x = embed_with_positions(cfg, self.embedding, tokens, positions, deterministic)
         mask = attention_mask(tokens, tokens, segmentation, segmentation)
-        layer = rematerialized(EncoderLayer, cfg, static_argnums=(3,))  # deterministic
+        layer = rematerialized(Layer, cfg, static_argnums=(5, 6))  # deterministic, decode
         for i in range(cfg.num_encoder_layers):
-            x = layer(cfg, name=f"layer_{i}")(x, mask, deterministic)
+            x = layer(cfg, cross_attention=False, name=f"layer_{i}")(
+                x, mask, None, None, deterministic, False
+            )
         return layer_norm(cfg, "final_norm")(x) if cfg.normalization == "pre" else x
 
 
@@ -185,22 +161,22 @@ class Decoder(nn.Module):
     def __call__(
         self,
         decoder_input: Array,
-        positions: Array,
+        positions: Array | None,
         segmentation: Array | None,
         encoded: Array | None,
         cross_mask: AttentionMask | None,
         deterministic: bool,
         decode: bool = False,
     ) -> Array:
-        """decoder_input, positions, segmentation: [batch, length]; encoded: [batch, src_len,
-        d_model] or None (decoder-only). Returns logits [batch, length, vocab] float32.
-
-        decode=True: after the call that creates the cache, each call is one step, length 1
-        (the newest token and its position), on unpacked rows."""
+        """decoder_input, positions (default 0, 1, ...), segmentation: [batch, length];
+        encoded: [batch, src_len, d_model] or None (decoder-only) -> logits [batch, length,
+        vocab]. decode=True: after the call that creates the cache, each call is one step."""
         cfg = self.config
-        x = embed(cfg, self.embedding, decoder_input)
-        x = x + PositionalEncoding(cfg, name="positions")(positions)
-        x = constrain(Dropout(cfg.dropout_rate)(x, deterministic), (BATCH, LENGTH, EMBED))
+        if positions is None:
+            if decode:
+                raise ValueError("Decode steps need the positions of their tokens.")
+            positions = default_positions(decoder_input)
+        x = embed_with_positions(cfg, self.embedding, decoder_input, positions, deterministic)
         if decode:
             self_mask = self._decode_self_mask(decoder_input)
         else:
@@ -208,8 +184,7 @@ class Decoder(nn.Module):
                 decoder_input, decoder_input, segmentation, segmentation, causal=True
             )
         # Decoding has no backward pass to save memory for.
-        static = (5, 6)  # deterministic, decode
-        layer = DecoderLayer if decode else rematerialized(DecoderLayer, cfg, static)
+        layer = Layer if decode else rematerialized(Layer, cfg, (5, 6))  # deterministic, decode
         for i in range(cfg.num_decoder_layers):
             x = layer(cfg, cross_attention=encoded is not None, name=f"layer_{i}")(
                 x, self_mask, encoded, cross_mask, deterministic, decode
@@ -219,16 +194,14 @@ class Decoder(nn.Module):
         if cfg.tie_output_embedding:
             logits = tied_logits(x, self.embedding)
         else:
-            logits = dense(cfg, cfg.vocab_size, ("embed", "vocab"), use_bias=False, name="logits")(
-                x
-            )
+            project = dense(cfg, cfg.vocab_size, ("embed", "vocab"), use_bias=False, name="logits")
+            logits = project(x)
         return constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
 
-    def _decode_self_mask(self, decoder_input: Array) -> Array | AttentionMask:
+    def _decode_self_mask(self, decoder_input: Array) -> AttentionMask:
         """A decode step's self-attention mask [batch, 1, 1, max_length]: the new token
-        against every token fed so far. Caching the tokens too masks PAD queries and keys
-        exactly as the full model does. The call that creates the cache gets the full
-        model's mask for its [batch, max_length] input."""
+        against the tokens fed so far, which are cached so that PAD queries and keys are
+        masked as in the full model (the full model's mask on the call that creates it)."""
         created = self.has_variable("cache", "cached_tokens")
         tokens = self.variable(
             "cache", "cached_tokens", jnp.full, decoder_input.shape, PAD_ID, jnp.int32
@@ -241,7 +214,7 @@ class Decoder(nn.Module):
         )
         index.value += 1
         # Slots not fed yet still hold PAD, so the padding mask is also the causal one.
-        return padding_mask(decoder_input, tokens.value)
+        return AttentionMask(padding_mask(decoder_input, tokens.value))
 
 
 class Transformer(nn.Module):
@@ -269,8 +242,6 @@ class Transformer(nn.Module):
         deterministic: bool = True,
     ) -> Array:
         """inputs: [batch, src_len] -> [batch, src_len, d_model]."""
-        if inputs_positions is None:
-            inputs_positions = default_positions(inputs)
         return self.encoder(inputs, inputs_positions, inputs_segmentation, deterministic)
 
     def decode(
@@ -285,15 +256,9 @@ class Transformer(nn.Module):
         decode: bool = False,
     ) -> Array:
         """encoded: [batch, src_len, d_model]; inputs: [batch, src_len] (for its padding);
-        decoder_input: [batch, tgt_len], shifted right. Returns logits [batch, tgt_len, vocab].
-
-        decode=True (the "cache" collection mutable): the first call creates the cache from a
-        [batch, max_length] decoder_input and projects `encoded` for cross-attention; each
-        later call feeds one token and its position, [batch, 1] each."""
-        if targets_positions is None:
-            if decode:
-                raise ValueError("Decode steps need targets_positions, the new token's position.")
-            targets_positions = default_positions(decoder_input)
+        decoder_input: [batch, tgt_len], shifted right -> logits [batch, tgt_len, vocab].
+        decode=True: the call that creates the "cache" has decoder_input [batch, max_length];
+        each later one feeds one token and its position, [batch, 1]."""
         cross_mask = attention_mask(
             decoder_input, inputs, targets_segmentation, inputs_segmentation
         )
@@ -355,10 +320,6 @@ class DecoderOnlyLM(nn.Module):
     ) -> Array:
         """decoder_input: [batch, length], shifted right (BOS first) -> logits [batch,
         length, vocab]. decode=True: incremental decoding as in `Transformer.decode`."""
-        if targets_positions is None:
-            if decode:
-                raise ValueError("Decode steps need targets_positions, the new token's position.")
-            targets_positions = default_positions(decoder_input)
         return self.decoder(
             decoder_input, targets_positions, targets_segmentation, None, None, deterministic,
             decode,

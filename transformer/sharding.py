@@ -21,6 +21,14 @@ from transformer.config import MeshConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, Any]]
+# Logical names of the activations' axes (parameters name theirs where they are created).
+BATCH, LENGTH, EMBED = "activation_batch", "activation_length", "activation_embed"
+HEADS, MLP, VOCAB = "activation_heads", "activation_mlp", "activation_vocab"
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Annotates activation `x` with logical axis names (a no-op outside a mesh)."""
+    return nn.with_logical_constraint(x, names)
 
 
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
