@@ -81,6 +81,11 @@ def np_layer_norm(x, p, eps):
     return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
 
 
+def np_gelu(x):
+    """GELU, in the tanh form Flax's nn.gelu computes by default."""
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
 def np_encoder_layer(x, p, cfg):
     """Section 3.1 by hand: attention (no mask) and FFN, post-LN or pre-LN."""
 
@@ -97,10 +102,8 @@ def np_encoder_layer(x, p, cfg):
 
     def ffn(h):
         f = p["ffn"]
-        return (
-            np.maximum(h @ f["wi"]["kernel"] + f["wi"]["bias"], 0) @ f["wo"]["kernel"]
-            + f["wo"]["bias"]
-        )
+        act = (lambda z: np.maximum(z, 0)) if cfg.activation == "relu" else np_gelu
+        return act(h @ f["wi"]["kernel"] + f["wi"]["bias"]) @ f["wo"]["kernel"] + f["wo"]["bias"]
 
     ln1 = lambda h: np_layer_norm(h, p["self_attention_norm"], cfg.layer_norm_epsilon)  # noqa: E731
     ln2 = lambda h: np_layer_norm(h, p["ffn_norm"], cfg.layer_norm_epsilon)  # noqa: E731
@@ -111,9 +114,13 @@ def np_encoder_layer(x, p, cfg):
     return x + ffn(ln2(x))
 
 
-@pytest.mark.parametrize("normalization", ["post", "pre"])
-def test_encoder_layer_follows_post_ln_or_pre_ln_order(normalization):
-    cfg = model_config(normalization=normalization)
+@pytest.mark.parametrize(
+    "normalization, activation", [("post", "relu"), ("pre", "relu"), ("post", "gelu")]
+)
+def test_encoder_layer_follows_post_ln_or_pre_ln_order_and_its_activation(
+    normalization, activation
+):
+    cfg = model_config(normalization=normalization, activation=activation)
     layer = Layer(cfg, cross_attention=False)  # An encoder layer.
     x = jax.random.normal(jax.random.key(1), (1, 5, cfg.d_model)) * 3 + 1
     mask = AttentionMask(jnp.ones((1, 1, 5, 5), bool))
@@ -146,7 +153,8 @@ def test_embedding_sharing_switches():
 
 
 class Embedded(nn.Module):
-    """The input of the first layer: embedding x sqrt(d_model) + positions."""
+    """The input of the first layer: embedding x sqrt(d_model) + positions (sinusoidal or
+    learned)."""
 
     config: object
 
@@ -157,27 +165,31 @@ class Embedded(nn.Module):
         )
 
 
-def test_embeddings_are_scaled_by_sqrt_d_model_and_tied_to_the_output():
-    cfg = model_config(num_encoder_layers=1, num_decoder_layers=1)
-    positions = jnp.broadcast_to(jnp.arange(SRC.shape[1]), SRC.shape)
+@pytest.mark.parametrize("positional_encoding", ["sinusoidal", "learned"])
+def test_embeddings_are_scaled_by_sqrt_d_model_and_added_to_the_positions(positional_encoding):
+    cfg = model_config(positional_encoding=positional_encoding)
+    positions = jnp.array([[0, 1, 2, 3, 4, 5], [3, 2, 1, 0, 7, 31]])  # Any positions < max_len.
     variables = init(Embedded(cfg), SRC, positions)
     table = variables["params"]["Embed_0"]["embedding"]
+    if positional_encoding == "learned":
+        position_table = variables["params"]["positions"]["embedding"]
+        assert position_table.shape == (cfg.max_len, cfg.d_model)
+    else:
+        assert "positions" not in variables["params"]
+        position_table = sinusoidal_table(cfg.max_len, cfg.d_model)
     embedded = Embedded(cfg).apply(variables, SRC, positions)
-    expected = table[SRC] * np.sqrt(cfg.d_model) + sinusoidal_table(cfg.max_len, 16)[positions]
+    expected = np.asarray(table)[SRC] * np.sqrt(cfg.d_model) + np.asarray(position_table)[positions]
     np.testing.assert_allclose(embedded, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_pre_softmax_projection_is_the_shared_embedding_transposed():
+    cfg = model_config(num_encoder_layers=1, num_decoder_layers=1)
     model = Transformer(cfg)
     variables = init(model, SRC, TGT)
     table = variables["params"]["embed"]["embedding"]
     x = jnp.ones((1, 1, cfg.d_model))
     logits = model.apply(variables, x, method=lambda m, h: tied_logits(h, m.embed))
     np.testing.assert_allclose(logits[0, 0], table.sum(-1), rtol=1e-5)
-
-
-def test_learned_positions_and_gelu_build_and_run():
-    cfg = model_config(positional_encoding="learned", activation="gelu")
-    variables = init(Transformer(cfg), SRC, TGT)
-    assert variables["params"]["encoder"]["positions"]["embedding"].shape == (32, 16)
-    assert np.all(np.isfinite(Transformer(cfg).apply(variables, SRC, TGT)))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_logits():
@@ -196,6 +208,10 @@ def test_dropout_is_active_only_when_not_deterministic():
     variables = init(model, SRC, TGT)
     a = model.apply(variables, SRC, TGT, deterministic=False, rngs={"dropout": jax.random.key(1)})
     b = model.apply(variables, SRC, TGT, deterministic=False, rngs={"dropout": jax.random.key(2)})
-    c = model.apply(variables, SRC, TGT)
     assert not np.allclose(a, b)
-    np.testing.assert_allclose(c, model.apply(variables, SRC, TGT))
+    # Deterministic: exactly the model without dropout, whatever its rates.
+    no_dropout = build_model(model_config(dropout_rate=0.0, attention_dropout_rate=0.0))
+    np.testing.assert_array_equal(
+        model.apply(variables, SRC, TGT), no_dropout.apply(variables, SRC, TGT)
+    )
+    assert not np.allclose(a, no_dropout.apply(variables, SRC, TGT))
