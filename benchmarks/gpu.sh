@@ -97,8 +97,8 @@ else
     echo "=== gpu_tests: pytest is missing, so the GPU paths go unchecked"
 fi
 
-bf16=(--set model.dtype=bfloat16 --set "model.attention=$attention"
-      --set model.attention_dropout_rate=0.0)
+bf16=(--config.model.dtype=bfloat16 "--config.model.attention=$attention"
+      --config.model.attention_dropout_rate=0.0)
 run big 160 --config configs/big.py "${bf16[@]}" --peak_flops "$peak" --steps 10
 # The dropout PRNG was chosen on CPU (threefry); on a GPU its hash costs tensor-core-free
 # integer work, so base is also timed with rbg, in turn with threefry.

@@ -1,14 +1,17 @@
-"""What a benchmark ran on, printed with its figures."""
+"""What a benchmark ran on and how busy the machine was, printed with its figures.
+
+Imports no JAX at the top: a compared library's worker process (benchmarks/compare/) reads
+its CPU time and peak memory through this module without loading JAX.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
-
-import jax
 
 from transformer.allocator import current_allocator
 
@@ -16,6 +19,8 @@ from transformer.allocator import current_allocator
 def describe_machine() -> str:
     """The JAX device, the host CPU model and core count, the JAX version and the malloc
     (on CPU it changes step times by up to 2x: transformer/allocator.py)."""
+    import jax
+
     device = jax.devices()[0]
     cpu = "?"
     if os.path.exists("/proc/cpuinfo"):
@@ -28,6 +33,56 @@ def describe_machine() -> str:
     )
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def process_cpu_seconds() -> float:
+    """This process's CPU time so far (user + system, all threads), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def jax_started() -> bool:
+    """Whether this process has started a JAX backend. Asking for jax.devices() would start
+    one, and on a GPU host claim GPU memory in a worker that never used JAX."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge  # No public API answers this without starting one.
+
+    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
+
+
+def peak_memory() -> tuple[str, int]:
+    """(what, bytes) of this process: its JAX device's peak where that is not the CPU and
+    JAX has run here, else the process's peak RSS."""
+    if jax_started():
+        import jax
+
+        device = jax.devices()[0]
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        if stats and "peak_bytes_in_use" in stats:
+            return "device peak_bytes_in_use", int(stats["peak_bytes_in_use"])
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return "process peak RSS", int(rss_kib) * 1024
+
+
+def fastest_flops(run: Callable[[], object], flops: float, repeats: int) -> float:
+    """flops / the fastest of `repeats` timed calls of `run`, after one untimed call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return flops / min(times)
+
+
+# ------------------------------------------------------------------ other load
 @dataclasses.dataclass(frozen=True)
 class CpuSample:
     """CPU seconds so far, summed over cores: the machine's busy and stolen time
@@ -40,7 +95,6 @@ class CpuSample:
 
 
 def sample_cpu(stat_path: str = "/proc/stat") -> CpuSample:
-    own = resource.getrusage(resource.RUSAGE_SELF)
     busy = steal = None
     try:
         with open(stat_path, encoding="ascii") as f:
@@ -53,7 +107,7 @@ def sample_cpu(stat_path: str = "/proc/stat") -> CpuSample:
         tick = os.sysconf("SC_CLK_TCK")
         busy = (user + nice + system + irq + softirq) / tick
         steal = stolen / tick
-    return CpuSample(time.perf_counter(), busy, steal, own.ru_utime + own.ru_stime)
+    return CpuSample(time.perf_counter(), busy, steal, process_cpu_seconds())
 
 
 def other_load(
@@ -78,14 +132,3 @@ def other_load(
         f"{stolen:.1f} core-s ({100 * stolen / capacity:.1f}%)"
     )
     return line, (others + stolen) > 0.05 * capacity
-
-
-def fastest_flops(run: Callable[[], object], flops: float, repeats: int) -> float:
-    """flops / the fastest of `repeats` timed calls of `run`, after one untimed call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return flops / min(times)

@@ -2,13 +2,14 @@
 
   python benchmarks/scaling_sweep.py [--workload ref-small] [--out /tmp/scaling]
       [--lengths 32,64,128,256,512] [--tokens 4096] [--batches 16,32,64,128] [--length 64]
-      [--steps 9] [--lead_in 1] [--set KEY=VALUE ...]
+      [--steps 9] [--lead_in 1] [--config.KEY=VALUE ...]
 
-Each point is `benchmarks/train_step.py`'s measurement (the library's compiled train step on
-one device, random tokens without padding, median of `--steps` steps after one warm-up step);
-all points are compiled first, then timed round robin, one timed step of each per round, right
-after `--lead_in` untimed ones of the same point (as `benchmarks/train_step.py` does, so that
-a step follows one of its own as in training):
+Each point is the train step that `benchmarks/train_step.py` times (benchmarks/steps.py: the
+library's compiled step on one device, random tokens without padding; `--config.KEY=VALUE`
+overrides the workload's config for every point), the median of `--steps` timed steps after
+one warm-up step. All points are compiled first, then timed round robin, one timed step of
+each per round, right after `--lead_in` untimed ones of the same point (so that a step
+follows one of its own, as in training):
   - the length sweep holds the tokens per side of a batch at `--tokens` (rows = tokens /
     length), so the dense FLOPs per token stay fixed and only attention's, which grow with
     the length L (scores and weights x values: 4 x L x d_model per token per attention
@@ -17,7 +18,7 @@ a step follows one of its own as in training):
 Writes `scaling.csv` (one row per point: sweep, rows, length, tokens, seconds per step, target
 tokens/s, model GFLOP per step, of which attention, achieved GFLOP/s) and `scaling.png` (tokens/s
 against length with the analytic attention share of the FLOPs, and tokens/s against batch) to
-`--out`. The default grid takes a few minutes on a 2-core CPU.
+`--out`, and prints each point as a line. The default grid takes a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -36,17 +37,10 @@ import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.machine import describe_machine, other_load, sample_cpu
-from benchmarks.train_step import (
-    WORKLOADS,
-    build_our_step,
-    load_average,
-    model_flops,
-    random_batch,
-    time_alternating,
-    workload_config,
-)
-from transformer.config import ConfigError
+from benchmarks.machine import describe_machine, load_average, other_load, sample_cpu
+from benchmarks.steps import build_step, time_alternating
+from benchmarks.workloads import WORKLOADS, model_flops, random_batch, workload_config
+from transformer.config import ConfigError, split_overrides
 
 FIELDS = (
     "sweep",
@@ -66,7 +60,7 @@ def build_points(workload: str, overrides: list[str], grid: list[tuple[str, int,
     built = []
     for sweep, rows, length in grid:
         config = workload_config(workload, overrides, rows=rows, length=length)
-        step = build_our_step(config, random_batch(config))
+        step = build_step(config, random_batch(config))
         built.append((sweep, rows, length, step, model_flops(config, step.params, rows, length)))
     return built
 
@@ -122,7 +116,9 @@ def plot(points: list[dict], title: str, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str], list]:
+    """(the flags, the --config.KEY=VALUE overrides, the grid of (sweep, rows, length)); a
+    bad grid or override is a usage error before anything is written or built."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="ref-small")
     parser.add_argument("--out", default="/tmp/scaling", help="Folder for the CSV and PNG.")
@@ -131,20 +127,30 @@ def main() -> None:
     parser.add_argument("--batches", default="16,32,64,128")
     parser.add_argument("--length", type=int, default=64, help="Length of the batch sweep.")
     parser.add_argument("--steps", type=int, default=9)
-    parser.add_argument(
-        "--lead_in", type=int, default=1, help="Untimed steps before each timed one of a point."
-    )
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
-    overrides = args.set
+    lead_help = "Untimed steps before each timed one of a point."
+    parser.add_argument("--lead_in", type=int, default=1, help=lead_help)
+    rest, overrides = split_overrides(argv)
+    args = parser.parse_args(rest)
     grid = [("length", args.tokens // int(v), int(v)) for v in args.lengths.split(",")]
     grid += [("batch", int(v), args.length) for v in args.batches.split(",")]
     if any(rows < 1 for _, rows, _ in grid):
         parser.error("--tokens must be at least the longest of --lengths.")
-    try:  # A bad --set is refused before anything is written or built.
+    try:
         workload_config(args.workload, overrides)
     except ConfigError as e:
         parser.error(str(e))
+    return args, overrides, grid
+
+
+def write_csv(points: list[dict], path: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(points)
+
+
+def main() -> None:
+    args, overrides, grid = parse_args(sys.argv[1:])
     os.makedirs(args.out, exist_ok=True)
     print(describe_machine())
     shown = ", ".join(overrides) or "none"
@@ -167,11 +173,8 @@ def main() -> None:
             flush=True,
         )
     csv_path = os.path.join(args.out, "scaling.csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(points)
     png_path = os.path.join(args.out, "scaling.png")
+    write_csv(points, csv_path)
     plot(points, f"{args.workload} train step, {describe_machine()}", png_path)
     print(other_load(cpu_start, sample_cpu(), os.cpu_count() or 1)[0])
     print(f"Load average at end {load_average()}. Wrote {csv_path} and {png_path}.")

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.train_step import file_config, random_batch
+from benchmarks.workloads import file_config, random_batch
 from transformer import sharding, trainer
 from transformer.config import MeshConfig
 from transformer.layers import (
@@ -245,7 +245,7 @@ def test_base_bfloat16_train_step_calls_cudnn_in_every_attention_sublayer(
 
 @needs_gpu
 def test_peak_memory_is_the_devices_own_count():
-    from benchmarks.worker import peak_memory
+    from benchmarks.machine import peak_memory
 
     x = jax.jit(lambda a: a @ a)(jnp.ones((2048, 2048), jnp.float32)).block_until_ready()
     what, peak = peak_memory()

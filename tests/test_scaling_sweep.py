@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
-    *("--set", "model.d_model=32", "--set", "model.num_heads=2", "--set", "model.d_ff=64"),
-    *("--set", "model.num_encoder_layers=1", "--set", "model.num_decoder_layers=1"),
+    *("--config.model.d_model=32", "--config.model.num_heads=2", "--config.model.d_ff=64"),
+    *("--config.model.num_encoder_layers=1", "--config.model.num_decoder_layers=1"),
 ]
 
 
@@ -64,8 +64,8 @@ def test_a_length_longer_than_the_token_budget_is_refused(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_bad_set_is_refused_before_anything_is_written(tmp_path):
-    done = run_sweep("--set", "model.layers=2", "--out", str(tmp_path / "out"))
+def test_a_bad_override_is_refused_before_anything_is_written(tmp_path):
+    done = run_sweep("--config.model.layers=2", "--out", str(tmp_path / "out"))
     assert done.returncode == 2
     assert "unknown config key 'model.layers'" in done.stderr.splitlines()[-1]
     assert "Traceback" not in done.stderr

@@ -1,6 +1,5 @@
 """The switches a user chooses for their hardware compute the plain path's math: the
-attention implementation, rematerialisation and the dropout PRNG (plus the benchmark's FLOP
-and parameter accounting)."""
+attention implementation, rematerialisation and the dropout PRNG."""
 
 import dataclasses
 import functools
@@ -244,54 +243,3 @@ def test_train_steps_with_remat_and_dot_product_attention_match_the_plain_ones(t
     scale = np.concatenate([np.abs(b).ravel() for b in jax.tree.leaves(plain_params)])
     assert np.mean(diffs <= 5e-5 + 1e-4 * scale) >= 0.999
     assert diffs.max() <= 0.05 * reach
-
-
-# ---------------------------------------------------------------- benchmark accounting
-def test_ref_small_model_flops_are_the_issues_194_gflop_per_step():
-    from benchmarks.train_step import model_flops, workload_config
-
-    config = workload_config("ref-small")
-    model = Transformer(config.model)
-    params = jax.eval_shape(
-        lambda: init(model, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
-    )
-    flops = model_flops(config, params, 64, 64)
-    assert flops["total"] / 1e9 == pytest.approx(194.5, abs=0.1)
-    assert flops["non_embedding_params"] == 5_520_384
-
-
-def test_torch_reference_has_our_parameter_count():
-    pytest.importorskip("torch")
-    from benchmarks.torch_step import build_torch_step
-    from benchmarks.train_step import random_batch, workload_config
-
-    config = workload_config("ref-small", rows=2, length=8)
-    run, info = build_torch_step(config, random_batch(config))
-    run()  # One step runs.
-    model = Transformer(config.model)
-    params = jax.eval_shape(
-        lambda: init(model, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))
-    )
-    assert info["parameters"] == sum(x.size for x in jax.tree.leaves(params)) == 7_617_536
-
-
-def test_torch_matmul_peak_is_measured_as_flops_per_second():
-    pytest.importorskip("torch")
-    from benchmarks.torch_step import measured_torch_peak_flops
-
-    peak = measured_torch_peak_flops(n=256, repeats=3)
-    # 2 n^3 FLOPs in a positive time: finite, and above a rate no CPU of this century misses.
-    assert 1e8 < peak < float("inf")
-
-
-def test_matmul_benchmark_times_the_same_products_in_both_libraries():
-    pytest.importorskip("torch")
-    from benchmarks.matmul import products
-
-    pairs = products(rows=48, d_in=16, d_out=24)
-    assert set(pairs) == {"forward x @ w", "input grad dy @ w^T", "weight grad x^T @ dy"}
-    shapes = {"forward x @ w": (48, 24), "input grad dy @ w^T": (48, 16)}
-    for name, (ours, theirs) in pairs.items():
-        expected = np.asarray(theirs().numpy())
-        assert expected.shape == shapes.get(name, (16, 24))
-        np.testing.assert_allclose(np.asarray(ours()), expected, rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def spinning_step(seconds: float):
@@ -22,14 +23,29 @@ def exiting_step(code: int):
     return (lambda: os._exit(code)), {"parameters": 0, "description": "an exiting step"}
 
 
-def napping_step(seconds: float):
-    """A step that sleeps `seconds` and returns its argument doubled with its pid."""
+def doubling_step():
+    """A step that returns its argument doubled, with its pid."""
 
     def run(x: int) -> tuple[int, int]:
-        time.sleep(seconds)
         return 2 * x, os.getpid()
 
-    return run, {"parameters": 0, "description": "a napping step"}
+    return run, {"parameters": 0, "description": "a doubling step"}
+
+
+def meeting_step(folder: str, me: str, other: str):
+    """A step that leaves a file named `me` in `folder`, then waits (up to a minute) for one
+    named `other`; it returns whether that came: whether the two steps ran at once."""
+
+    def run() -> bool:
+        Path(folder, me).touch()
+        deadline = time.monotonic() + 60
+        while not Path(folder, other).exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    return run, {"parameters": 0, "description": "a meeting step"}
 
 
 def jax_step(use_jax: bool):

@@ -1,6 +1,11 @@
 """The Hugging Face side of `benchmarks/decode.py --compare hf`: `generate` on a MarianMTModel
-of our model's sizes, built in worker processes of its own (benchmarks/worker.py). Needs
-`pip install -e '.[bench]'`; imports no JAX, so a worker holds only PyTorch's threads.
+of our model's sizes, in worker processes of its own (benchmarks/compare/worker.py). Needs
+`pip install -e '.[bench]'`; the builder imports no JAX, so a worker holds only PyTorch's
+threads and heap.
+
+The model: post-LN, sinusoidal positions, tied shared embeddings, random weights (seed 0); it
+has attention biases, ours has none. `generate` with its KV cache, greedy and beam search with
+our length penalty, min_new_tokens = max_new_tokens = the benchmark's length.
 """
 
 from __future__ import annotations
@@ -11,24 +16,22 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.compare.worker import StepWorker
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
-
-BEAM = 4
-ALPHA = 0.6  # Section 6.1's length penalty, as evaluate.py uses it.
 
 # (ignored params, inputs [batch, src_len] with PAD_ID padding) -> numpy [batch, length]
 Decoder = Callable[[Any, Any], np.ndarray]
 
 
 def hf_decoders(
-    config: Any, length: int, threads: int | None = None
+    config: Any, length: int, beam: int, alpha: float, threads: int | None = None
 ) -> tuple[dict[str, Decoder], int]:
-    """({"greedy", "beam 4"} -> decoder, parameter count) of Hugging Face `generate` on a
+    """({"greedy", "beam N"} -> decoder, parameter count) of Hugging Face `generate` on a
     MarianMTModel shaped like `config` (a ModelConfig), producing exactly `length` tokens, in
     `threads` PyTorch threads (default: all cores).
 
     The decoders take (ignored params, inputs [batch, src_len] with PAD_ID padding) and return
-    numpy [batch, length], as ours do, so time_decoders alternates them with ours."""
+    numpy [batch, length], as ours do, so the benchmark times them in turns with ours."""
     import torch
     from transformers import MarianConfig, MarianMTModel
 
@@ -68,7 +71,7 @@ def hf_decoders(
                     attention_mask=ids != PAD_ID,
                     num_beams=beams,
                     do_sample=False,
-                    **({"length_penalty": ALPHA} if beams > 1 else {}),
+                    **({"length_penalty": alpha} if beams > 1 else {}),
                     min_new_tokens=length,
                     max_new_tokens=length,
                 )
@@ -76,18 +79,18 @@ def hf_decoders(
 
         return decode
 
-    return {"greedy": make(1), f"beam {BEAM}": make(BEAM)}, n_params
+    return {"greedy": make(1), f"beam {beam}": make(beam)}, n_params
 
 
 def build_hf_decoder(
-    config: Any, length: int, threads: int
+    config: Any, length: int, beam: int, alpha: float, threads: int
 ) -> tuple[Callable[[str, np.ndarray], np.ndarray], dict[str, Any]]:
     """A worker's builder: (decode(name, inputs) with the decoder `name` of `hf_decoders`,
     {"parameters", "description"})."""
     import torch
     import transformers
 
-    decoders, n_params = hf_decoders(config, length, threads)
+    decoders, n_params = hf_decoders(config, length, beam, alpha, threads)
     description = (
         f"Hugging Face transformers {transformers.__version__} MarianMTModel, PyTorch "
         f"{torch.__version__} eager"
@@ -97,3 +100,40 @@ def build_hf_decoder(
         return decoders[name](None, inputs)
 
     return decode, {"parameters": n_params, "description": description}
+
+
+def threads_per_process(processes: int) -> int:
+    """The cores each of `processes` PyTorch processes gets (at least one)."""
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
+def hf_process_decoders(
+    config: Any, length: int, beam: int, alpha: float, processes: int
+) -> tuple[dict[str, Decoder], dict[str, Any], list[StepWorker]]:
+    """(decoders, the workers' info, the workers) of `hf_decoders` run by `processes` worker
+    processes of cores / processes threads each, the same weights in each (seed 0): every
+    batch is split into that many equal parts, one per process, decoded at once, and joined
+    again, as ours splits it over its devices. Even one process keeps PyTorch's threads and
+    heap out of ours. Close the workers when done."""
+    threads = threads_per_process(processes)
+    builder = "benchmarks.compare.hf_generate:build_hf_decoder"
+    workers: list[StepWorker] = []
+    try:
+        for i in range(processes):
+            args = (config, length, beam, alpha, threads)
+            workers.append(StepWorker(f"Hugging Face {i}", builder, *args))
+    except BaseException:
+        for worker in workers:
+            worker.close()
+        raise
+
+    def make(name: str) -> Decoder:
+        def decode(_params: Any, inputs: Any) -> np.ndarray:
+            for worker, part in zip(workers, np.split(np.asarray(inputs), processes), strict=True):
+                worker.submit(name, part)
+            return np.concatenate([worker.result() for worker in workers])
+
+        return decode
+
+    decoders = {"greedy": make("greedy"), f"beam {beam}": make(f"beam {beam}")}
+    return decoders, {**workers[0].info, "threads": threads}, workers

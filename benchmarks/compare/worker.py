@@ -16,46 +16,17 @@ import contextlib
 import importlib
 import multiprocessing
 import os
-import resource
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-
-def process_cpu_seconds() -> float:
-    """This process's CPU time so far (user + system), in seconds."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from benchmarks.machine import peak_memory, process_cpu_seconds
 
 
 def _resolve(name: str) -> Callable[..., Any]:
     """ "package.module:function" -> the function."""
     module, _, function = name.partition(":")
     return getattr(importlib.import_module(module), function)
-
-
-def _jax_started() -> bool:
-    """Whether this process has started a JAX backend. Asking for jax.devices() would start
-    one, and on a GPU host claim GPU memory in a worker that never used JAX."""
-    if "jax" not in sys.modules:
-        return False
-    from jax._src import xla_bridge  # No public API answers this without starting one.
-
-    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
-
-
-def peak_memory() -> tuple[str, int]:
-    """(what, bytes) of this process: its JAX device's peak where that is not the CPU and
-    JAX has run here, else the process's peak RSS."""
-    if _jax_started():
-        import jax
-
-        device = jax.devices()[0]
-        stats = device.memory_stats() if device.platform != "cpu" else None
-        if stats and "peak_bytes_in_use" in stats:
-            return "device peak_bytes_in_use", int(stats["peak_bytes_in_use"])
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return "process peak RSS", int(rss_kib) * 1024
 
 
 def _describe(error: BaseException) -> str:
@@ -112,7 +83,7 @@ def _main_script_left_behind() -> Iterator[None]:
 class StepWorker:
     """A step built by `builder(*args)` in a fresh (spawned) process.
 
-    `builder` names a function ("benchmarks.torch_step:build_torch_step") that returns
+    `builder` names a function ("benchmarks.compare.torch_step:build_torch_step") that returns
     (one blocking step, a dict of facts about it); `info` holds those facts and the pid. The
     step's arguments and result travel by pipe (pickled), so they should be small or numpy.
     `env` is set in the worker before it builds (e.g. so a second JAX process does not claim

@@ -69,7 +69,7 @@ def load_example(directory: str | Path) -> tuple[ModuleType, ModuleType]:
     if missing:
         raise SystemExit(
             f"--flax_wmt {directory}: no {' or '.join(missing)} there; pass the examples/wmt "
-            "folder of a Flax source tree (see benchmarks/flax_wmt.py)."
+            "folder of a Flax source tree (see benchmarks/compare/flax_wmt.py)."
         )
     spec = importlib.util.spec_from_file_location("flax_wmt_models", directory / "models.py")
     models = importlib.util.module_from_spec(spec)

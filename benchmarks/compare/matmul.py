@@ -1,6 +1,6 @@
 """XLA's and PyTorch's float32 matmuls on the shapes of a train step, side by side.
 
-  python benchmarks/matmul.py [--workload ref-base] [--repeats 7]
+  python benchmarks/compare/matmul.py [--workload ref-base] [--repeats 7]
 
 For each dense layer of the workload (x [rows, d_in] times w [d_in, d_out], rows = batch x
 length) it times, jitted in JAX and eagerly in PyTorch (`pip install -e '.[bench]'`), the
@@ -23,10 +23,10 @@ import jax
 import numpy as np
 from jax import lax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.machine import describe_machine, fastest_flops
-from benchmarks.train_step import WORKLOADS, batch_shape, workload_config
+from benchmarks.workloads import WORKLOADS, batch_shape, workload_config
 
 
 def products(rows: int, d_in: int, d_out: int) -> dict[str, tuple[Callable, Callable]]:

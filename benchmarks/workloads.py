@@ -1,0 +1,146 @@
+"""The train-step benchmarks' workloads, batches and model FLOPs.
+
+Workloads (fp32, one device, label smoothing 0.1, Adam, dropout 0.1 on residuals and
+embeddings and 0.1 on attention weights, a shared 8,192-token vocabulary tied to the output
+projection, 64 sentences x 64 source and 64 target tokens, post-LN):
+  ref-small  d_model 256, 4 heads, d_ff 1,024, 3 encoder + 3 decoder layers
+  ref-base   d_model 512, 8 heads, d_ff 2,048, 6 encoder + 6 decoder layers
+The rest comes from configs/base.py. Any config file can be benchmarked instead
+(`file_config`): its batch is batch_size x data.max_length tokens per side (with token
+batching, batch_size // max_length rows).
+
+Model FLOPs per step (analytic, multiply-add = 2 FLOPs; the full L x L attention matrix is
+counted also where it is causal), with N_src, N_tgt the source and target tokens of the batch:
+  forward = 2 * (P_enc * N_src + P_dec * N_tgt)      non-embedding parameters x tokens
+          + 2 * d_model * vocab * N_tgt              the (tied) output projection
+          + sum over attention sublayers of 2 * batch * L_q * L_kv * heads * (d_k + d_v)
+                                                      scores Q K^T and weights x V
+  step    = 3 * forward                              backward = 2 x forward
+P_enc: encoder parameters; P_dec: decoder parameters, with the cross-attention key/value
+projections (which act on the source) counted with N_src. Embeddings and positions cost no
+FLOPs. ref-small: 194.5 GFLOP per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from configs import base
+from transformer.config import Config, from_config_dict, load_file, with_overrides
+from transformer.special_tokens import NUM_SPECIAL
+
+WORKLOADS = {
+    "ref-small": dict(d_model=256, num_heads=4, d_ff=1024, num_encoder_layers=3),
+    "ref-base": dict(d_model=512, num_heads=8, d_ff=2048, num_encoder_layers=6),
+}
+REF_ROWS, REF_LENGTH, REF_VOCAB = 64, 64, 8192
+ONE_DEVICE = dict(data=1, fsdp=1, tensor=1)
+
+
+def workload_config(
+    name: str, overrides: Sequence[str] = (), rows: int = REF_ROWS, length: int = REF_LENGTH
+) -> Config:
+    """A reference workload as a validated Config on one device (vocab_size set), with the
+    "KEY=VALUE" `overrides` applied last. ConfigError names a bad override."""
+    config = base.get_config()
+    sizes = WORKLOADS[name]
+    config.model.update(sizes)
+    config.model.num_decoder_layers = sizes["num_encoder_layers"]
+    config.model.dropout_rate = 0.1
+    config.model.attention_dropout_rate = 0.1  # As flax/examples/wmt and PyTorch run it.
+    config.model.dtype = "float32"
+    config.label_smoothing = 0.1
+    config.batch_size = rows
+    config.grad_accum_steps = 1
+    config.data.max_length = length
+    config.data.batching = "sentences"
+    config.mesh = ConfigDict(ONE_DEVICE)
+    return from_config_dict(with_overrides(config, overrides)).with_vocab_size(REF_VOCAB)
+
+
+def file_config(spec: str, overrides: Sequence[str] = ()) -> Config:
+    """The config of "configs/X.py[:ARG]" on one device, vocabulary = data.vocab_size, with
+    the "KEY=VALUE" `overrides` applied. ConfigError names a missing file or a bad override."""
+    config = load_file(spec)
+    config.mesh = ConfigDict(ONE_DEVICE)
+    config.grad_accum_steps = 1
+    parsed = from_config_dict(with_overrides(config, overrides))
+    return parsed.with_vocab_size(parsed.data.vocab_size)
+
+
+def batch_shape(config: Config) -> tuple[int, int]:
+    """(rows, length) of the benchmark batch for `config`."""
+    length = config.data.max_length
+    rows = config.batch_size // length if config.data.batching == "tokens" else config.batch_size
+    return rows, length
+
+
+def with_rows(config: Config, rows: int) -> Config:
+    """`config` with a benchmark batch of `rows` rows (batch_shape's inverse)."""
+    tokens = config.data.batching == "tokens"
+    return dataclasses.replace(config, batch_size=rows * config.data.max_length if tokens else rows)
+
+
+def random_batch(config: Config, seed: int = 0) -> dict[str, np.ndarray]:
+    """inputs, targets: [rows, length] int32 tokens in [NUM_SPECIAL, vocab): no padding."""
+    rows, length = batch_shape(config)
+    rng = np.random.default_rng(seed)
+    draw = lambda: rng.integers(NUM_SPECIAL, config.model.vocab_size, (rows, length), np.int32)  # noqa: E731
+    return {"inputs": draw(), "targets": draw()}
+
+
+def describe_model(config: Config) -> str:
+    m = config.model
+    return (
+        f"{m.kind}, {m.num_encoder_layers} + {m.num_decoder_layers} layers, d_model {m.d_model}, "
+        f"{m.num_heads} heads, d_ff {m.d_ff}, vocab {m.vocab_size:,}"
+    )
+
+
+def describe_switches(config: Config) -> str:
+    """The config keys that change how the same step is computed."""
+    m = config.model
+    return (
+        f"attention={m.attention}, remat={m.remat}, dtype={m.dtype}; "
+        f"dropout_rng={config.dropout_rng}"
+    )
+
+
+def model_flops(config: Config, params: Any, rows: int, length: int) -> dict[str, float]:
+    """Analytic FLOPs of one train step (see the module docstring), by term and in total.
+    `params`: the parameter tree, arrays or their shapes."""
+    m = config.model
+    n_src = n_tgt = rows * length
+    p_enc = p_dec = p_cross_kv = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = [str(getattr(k, "key", k)) for k in path if not hasattr(k, "name")]
+        size = math.prod(leaf.shape)
+        if "positions" in names or names[-1] == "embedding" or "logits" in names[:-1]:
+            continue  # Embeddings, positions and an untied output projection (counted below).
+        if names[0] == "encoder":
+            p_enc += size
+        elif "cross_attention" in names and names[-1] in ("key", "value", "key_value"):
+            p_cross_kv += size
+        elif names[0] == "decoder":
+            p_dec += size
+    dense = 2 * (p_enc * n_src + p_dec * n_tgt + p_cross_kv * n_src)
+    output = 2 * m.d_model * m.vocab_size * n_tgt
+    per_pair = 2 * rows * m.num_heads * (m.head_dim_k + m.head_dim_v)
+    attention = per_pair * length * length * m.num_decoder_layers  # decoder self-attention
+    if m.kind == "encoder_decoder":
+        attention += per_pair * length * length * (m.num_encoder_layers + m.num_decoder_layers)
+    forward = dense + output + attention
+    return {
+        "dense": 3 * dense,
+        "output": 3 * output,
+        "attention": 3 * attention,
+        "total": 3 * forward,
+        "non_embedding_params": p_enc + p_dec + p_cross_kv,
+    }
