@@ -7,6 +7,8 @@ coordinator address, process count and this process's id are given explicitly.
 
 from __future__ import annotations
 
+import re
+
 import jax
 
 from transformer.errors import UserError
@@ -23,9 +25,24 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int) ->
     coordinator_address "auto": cluster auto-detection; "" (with num_processes 1): a single
     process, nothing to join; "host:port": explicit, with num_processes and process_id.
     """
+    if num_processes < 1:
+        raise LaunchError(f"--num_processes={num_processes} must be at least 1.")
     if coordinator_address == "auto":
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # JAX found no cluster to take the missing settings from.
+            raise LaunchError(
+                f"--coordinator_address=auto found no cluster to join (JAX: {e}) It detects "
+                "SLURM, Cloud TPU VMs, GKE/Kubernetes and Open MPI; elsewhere give host:port "
+                "of process 0 with --num_processes and --process_id, or leave it empty for "
+                "one process."
+            ) from None
     elif coordinator_address:
+        if not re.fullmatch(r".+:\d+", coordinator_address):
+            raise LaunchError(
+                f"--coordinator_address={coordinator_address} must be host:port of process 0 "
+                "(or 'auto' to detect the cluster)."
+            )
         if not 0 <= process_id < num_processes:
             raise LaunchError(
                 f"--process_id={process_id} must be in [0, --num_processes={num_processes})."
