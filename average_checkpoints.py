@@ -4,7 +4,8 @@
   python evaluate.py --workdir DIR --checkpoint_dir DIR/averaged
 
 The averaged checkpoint keeps the step and optimizer state of the newest one it averages, so
-it can be evaluated, translated with, or trained from. Existing checkpoints are only read.
+it can be evaluated, translated with, or trained from. Existing checkpoints are only read,
+those of the workdir and any already in the output directory alike.
 """
 
 import os
@@ -28,7 +29,8 @@ def average() -> None:
     config, placed, steps = restored.config, restored.placed, restored.steps
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "averaged")
     source = checkpoint.Checkpointer(os.path.join(_WORKDIR.value, "checkpoints"), read_only=True)
-    target = checkpoint.Checkpointer(output)
+    # keep=None: the checkpoints already in --output_dir stay (the default keeps only one).
+    target = checkpoint.Checkpointer(output, keep=None)
     try:
         if steps[-1] in target.all_steps():
             raise inference.CheckpointNotFoundError(
