@@ -1,6 +1,7 @@
 """Translating a split in length-sorted batches, and the two BLEU variants it reports."""
 
 import dataclasses
+import math
 import re
 
 import jax
@@ -61,6 +62,23 @@ def test_tokenized_bleu_ignores_case_and_punctuation_spacing_as_the_moses_files_
     assert tokenized_bleu(hypotheses[:1], references[:1], "de") == pytest.approx(100.0)
     cased = sacrebleu.corpus_bleu(hypotheses, [references]).score
     assert cased < by_hand < 100.0
+
+
+def test_tokenized_bleu_of_hand_made_hypotheses_is_the_brevity_penalised_geometric_mean():
+    """Known answers counted by hand on the Moses-prepared words (BLEU-4, one reference)."""
+    reference = "der Hund läuft über eine grüne Wiese."  # 8 tokens: ... wiese .
+    # "Der" and "Wiese ." match once lowercased and tokenized: n-grams 7/8, 5/7, 3/6, 1/5.
+    same_length = "Der Hund läuft über die grüne Wiese ."
+    assert tokenized_bleu([same_length], [reference], "de") == pytest.approx(50.0)
+    # 6 tokens against 8: n-grams 6/6, 4/5, 3/4, 2/3, brevity penalty exp(1 - 8/6).
+    short = "der Hund läuft über eine Wiese"
+    expected = 100 * math.exp(1 - 8 / 6) * (1 * 4 / 5 * 3 / 4 * 2 / 3) ** 0.25
+    assert tokenized_bleu([short], [reference], "de") == pytest.approx(expected)
+    # A corpus pools the counts of its sentences before taking the mean.
+    pooled = 100 * math.exp(1 - 16 / 14) * (13 / 14 * 9 / 12 * 6 / 10 * 3 / 8) ** 0.25
+    assert tokenized_bleu([same_length, short], [reference] * 2, "de") == pytest.approx(pooled)
+    # sacreBLEU on the text as it is sees "Der" and "Wiese ." as other words.
+    assert sacrebleu.corpus_bleu([same_length], [[reference]]).score < 50.0
 
 
 def test_empty_hypotheses_score_zero():
