@@ -22,18 +22,16 @@ import pytest
 from benchmarks.workloads import file_config, random_batch
 from transformer import sharding, trainer
 from transformer.config import MeshConfig
-from transformer.layers import (
+from transformer.layers import dot_product_attention, fused_attention
+from transformer.loss import loss_and_metrics
+from transformer.masks import (
     AttentionMask,
     attention_mask,
     causal_mask,
-    dense_mask,
-    dot_product_attention,
-    fused_attention,
     padding_mask,
     row_lengths,
     segment_mask,
 )
-from transformer.loss import loss_and_metrics
 from transformer.model import Transformer
 
 from .model_configs import small_model_config
@@ -61,11 +59,17 @@ def masks() -> dict[str, tuple[Array | AttentionMask, int, int]]:
     short, source = tokens([24, 9, 0, 17], 24), tokens([33, 12, 5, 0], 40)
     segments = np.array([[1] * 30 + [2] * 20 + [0] * 14] * 4)
     return {
-        "encoder padding": (padding_mask(src, src), 64, 64),
-        "decoder causal and padding": (padding_mask(tgt, tgt) & causal_mask(64), 64, 64),
-        "cross attention, other lengths": (padding_mask(short, source), 24, 40),
+        "encoder padding": (AttentionMask(padding_mask(src, src)), 64, 64),
+        "decoder causal and padding": (
+            AttentionMask(padding_mask(tgt, tgt) & causal_mask(64)),
+            64,
+            64,
+        ),
+        "cross attention, other lengths": (AttentionMask(padding_mask(short, source)), 24, 40),
         "packed segments": (
-            padding_mask(src, src) & segment_mask(segments, segments) & causal_mask(64),
+            AttentionMask(
+                padding_mask(src, src) & segment_mask(segments, segments) & causal_mask(64)
+            ),
             64,
             64,
         ),
@@ -112,7 +116,7 @@ def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(na
     def reference(q, k, v):  # float32 throughout (no TF32 on a GPU either).
         f32 = [x.astype(jnp.float32) for x in (q, k, v)]
         with jax.default_matmul_precision("highest"):
-            return dot_product_attention(*f32, dense_mask(mask))[0]
+            return dot_product_attention(*f32, mask.dense)[0]
 
     def plain(q, k, v):
         return jnp.sum(reference(q, k, v) * cotangent)
@@ -121,7 +125,7 @@ def test_fused_bfloat16_attention_matches_float32_attention_and_its_gradients(na
     assert out.dtype == jnp.bfloat16
     assert max_error(out, jax.jit(reference)(q, k, v)) < 0.02
     # A query row with no key to attend to (a PAD query) gives zeros, as the plain path does.
-    dead = ~np.asarray(dense_mask(mask)).any(-1)[:, 0]  # [batch, q_len]
+    dead = ~np.asarray(mask.dense).any(-1)[:, 0]  # [batch, q_len]
     assert dead.any()
     assert np.all(np.asarray(out, np.float32)[dead] == 0)
 
