@@ -1,20 +1,32 @@
-"""TFDS translation datasets, read through a real TFDS builder prepared on local disk."""
+"""TFDS translation datasets, read through a real TFDS builder prepared on local disk (no
+download), and a model trained on one through `trainer.run`."""
 
-import dataclasses
+import math
+import os
 
 import pytest
+from ml_collections import ConfigDict
 
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("tensorflow")
 
-from configs import tiny  # noqa: E402
-from transformer.config import TfdsConfig, from_config_dict  # noqa: E402
+from transformer import trainer  # noqa: E402
+from transformer.config import from_config_dict  # noqa: E402
 from transformer.data import generated  # noqa: E402
 from transformer.data.tasks import load_task  # noqa: E402
 from transformer.data.text_files import CorpusError  # noqa: E402
 from transformer.data.tfds_source import read_tfds  # noqa: E402
 
+from .model_configs import tiny_config  # noqa: E402
+
+# A word of the training split only, with a letter no other sentence has: a vocabulary
+# trained on any other text (all characters covered, no byte fallback) cannot spell it.
+TRAIN_ONLY_WORD = "Fjøl"
 CORPUS = generated.generate_splits(seed=7, num_train=300, num_validation=20, num_test=30)
+CORPUS["train"] = [
+    (f"{en} {TRAIN_ONLY_WORD}", f"{de} {TRAIN_ONLY_WORD}") if i % 10 == 5 else (en, de)
+    for i, (en, de) in enumerate(CORPUS["train"])
+]
 
 
 class TinyParallelCorpus(tfds.core.GeneratorBasedBuilder):
@@ -54,7 +66,7 @@ def test_host_shards_of_a_tfds_split_are_disjoint_and_cover_it(tmp_path):
         read_tfds("tiny_parallel_corpus", "en", "de", "train", str(tmp_path), None, False, i, 3)
         for i in range(3)
     ]
-    assert all(90 <= len(s) <= 110 for s in shards)
+    assert sorted(len(s) for s in shards) == [99, 100, 100]  # The empty pair is left out.
     assert sorted(p for s in shards for p in s) == sorted(whole)
 
 
@@ -70,18 +82,42 @@ def test_a_missing_split_is_named(tmp_path):
         read_tfds("tiny_parallel_corpus", "en", "de", "dev", str(tmp_path), None, True)
 
 
-def test_a_tfds_task_trains_a_shared_sentencepiece_vocabulary(tmp_path):
-    data = from_config_dict(tiny.get_config()).data
-    source = TfdsConfig(
-        name="tiny_parallel_corpus", source_lang="en", target_lang="de",
-        data_dir=str(tmp_path / "tfds"), manual_dir="", download=True,
-        train_split="train", validation_split="validation", test_split="test",
+def tfds_source_config(data_dir):
+    """The data.tfds section for the tiny dataset, prepared under `data_dir` on first use."""
+    return dict(
+        name="tiny_parallel_corpus", source_lang="en", target_lang="de", data_dir=data_dir,
+        manual_dir="", download=True, train_split="train", validation_split="validation",
+        test_split="test",
     )  # fmt: skip
-    data = dataclasses.replace(
-        data, source="tfds", generated=None, tfds=source, tokenizer="bpe", vocab_size=200
+
+
+def test_training_on_a_tfds_dataset_uses_its_splits_and_checkpoints(tmp_path, capsys):
+    config = tiny_config(
+        **{
+            "num_train_steps": 4,
+            "checkpoint_every_steps": 2,
+            "eval_every_steps": 0,
+            "bleu_every_steps": 0,
+            "num_samples_to_print": 0,
+            "data.source": "tfds",
+            "data.tokenizer": "bpe",
+            "data.vocab_size": 200,
+            "data.max_length": 32,
+        }
     )
-    (tmp_path / "work").mkdir()
-    task = load_task(data, str(tmp_path / "work"))
-    assert (tmp_path / "work" / "spm.model").exists() and task.tokenizer.vocab_size == 200
-    assert len(task.splits["test"]) == 29  # one pair has an empty side
+    del config.data["generated"]
+    config.data.tfds = ConfigDict(tfds_source_config(str(tmp_path / "tfds")))
+    workdir = tmp_path / "work"
+    results = trainer.run(config, str(workdir))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+    assert math.isfinite(results["loss"]) and results["perplexity"] > 1.0
+    # The test results are of the dataset's test split: its 30 pairs less the one with an
+    # empty side (the generated task tiny.py names has 64).
+    assert "on 29 sentences." in capsys.readouterr().out
+    # The vocabulary: SentencePiece, stored in the workdir, trained on the dataset's training
+    # split; the splits are the dataset's.
+    task = load_task(from_config_dict(config).data, str(workdir))
+    assert (workdir / "spm.model").exists() and task.tokenizer.vocab_size == 200
+    assert len(task.splits["test"]) == 29
     assert set(task.splits["test"].sources) < {en for en, _ in CORPUS["test"]}
+    assert task.tokenizer.decode(task.tokenizer.encode(TRAIN_ONLY_WORD)) == TRAIN_ONLY_WORD
