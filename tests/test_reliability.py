@@ -57,11 +57,22 @@ def cli_env(tmp_path_factory):
     }
 
 
-def start_training(workdir, env) -> subprocess.Popen:
+# Runs a command with SIGINT at its default, as in a terminal, even where pytest runs as a
+# shell's background job (whose children inherit SIGINT ignored, which StopSignals then leaves
+# alone): a Python that resets it, then becomes the command (no fork of this multithreaded
+# process with code to run in the child).
+SIGINT_AS_IN_A_TERMINAL = (
+    sys.executable, "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)  # fmt: skip
+
+
+def start_training(workdir, env, launcher=()) -> subprocess.Popen:
     flags = [f"--config.{k}={v}" for k, v in CLI_OVERRIDES.items()]
     return subprocess.Popen(
-        [sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(workdir),
-         *flags],
+        [*launcher, sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir",
+         str(workdir), *flags],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -147,16 +158,36 @@ def straight_run(tmp_path_factory, cli_env):
     return workdir
 
 
-@pytest.mark.slow
 def test_sigterm_saves_the_current_step_exits_0_and_the_same_command_resumes(
+    killed_during_a_save,
+):
+    k = killed_during_a_save
+    step, workdir = k["sigterm_step"], k["workdir"]
+    assert k["sigterm_returncode"] == 0, k["sigterm_stderr"][-3000:]
+    assert step is not None, k["sigterm_output"][-3000:]
+    assert k["previous"] + CLI_OVERRIDES["checkpoint_every_steps"] <= step < STEPS
+    assert (
+        f"Stopped by SIGTERM after step {step}; saved {workdir}/checkpoints/{step}. "
+        in (k["sigterm_output"])
+    )
+    assert "Test BLEU" not in k["sigterm_output"]
+    assert str(step) in k["after_sigterm"]  # Saved synchronously: committed before exit 0.
+    assert k["logged_after_sigterm"] == step  # The stopped step's loss is logged too.
+    assert f"resuming from {workdir}/checkpoints/{step}." in k["final_output"]
+    assert "Test BLEU" in k["final_output"]
+    # That the losses and the final state equal the uninterrupted run's is checked below.
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_current_step_exits_0_and_the_same_command_resumes(
     straight_run, cli_env, tmp_path
 ):
-    proc = start_training(tmp_path, cli_env)
+    proc = start_training(tmp_path, cli_env, launcher=SIGINT_AS_IN_A_TERMINAL)
     wait_for(lambda: len(train_records(tmp_path)) >= 8, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    stopped = re.search(r"Stopped by SIGTERM after step (\d+); saved (\S+)\. Run the same", out)
+    stopped = re.search(r"Stopped by SIGINT after step (\d+); saved (\S+)\. Run the same", out)
     assert stopped, out
     step = int(stopped[1])
     assert 8 <= step < STEPS and "Test BLEU" not in out
@@ -232,9 +263,15 @@ def file_digests(directory):
     }
 
 
+def committed(checkpoints):
+    names = os.listdir(checkpoints) if checkpoints.exists() else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
 @pytest.fixture(scope="module")
 def killed_during_a_save(tmp_path_factory, cli_env):
-    """A run killed with SIGKILL while an async save was in flight, then run again."""
+    """A run killed with SIGKILL while an async save was in flight; run again and stopped
+    by SIGTERM once it has committed a checkpoint of its own; run again to the end."""
     workdir = tmp_path_factory.mktemp("killed")
     checkpoints = workdir / "checkpoints"
     proc = start_training(workdir, cli_env)
@@ -243,19 +280,31 @@ def killed_during_a_save(tmp_path_factory, cli_env):
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     after_kill = sorted(os.listdir(checkpoints))
-    committed = sorted(int(n) for n in after_kill if n.isdigit())
-    previous = committed[-1]
-    digests = file_digests(checkpoints / str(previous))
+    previous = committed(checkpoints)[-1]
     restored, _, _ = restore_state(workdir, previous)
-    out = train_to_the_end(workdir, cli_env)
+
+    proc = start_training(workdir, cli_env)
+    wait_for(lambda: committed(checkpoints)[-1] > previous, proc)
+    proc.send_signal(signal.SIGTERM)
+    sigterm_output, sigterm_stderr = proc.communicate(timeout=300)
+    stopped = re.search(r"Stopped by SIGTERM after step (\d+);", sigterm_output)
+    after_sigterm = sorted(os.listdir(checkpoints))
+    logged_after_sigterm = max(losses_by_step(workdir))
+
+    final_output = train_to_the_end(workdir, cli_env)
     return dict(
         workdir=workdir,
         partial=partial,
         after_kill=after_kill,
         previous=previous,
-        previous_digests=digests,
         restored_step=int(restored.step),
-        rerun_output=out,
+        sigterm_returncode=proc.returncode,
+        sigterm_stderr=sigterm_stderr,
+        sigterm_step=int(stopped[1]) if stopped else None,
+        sigterm_output=sigterm_output,
+        after_sigterm=after_sigterm,
+        logged_after_sigterm=logged_after_sigterm,
+        final_output=final_output,
     )
 
 
@@ -267,18 +316,19 @@ def test_kill_9_during_an_async_save_keeps_the_previous_checkpoint_and_drops_the
     assert f"{partial}{TMP_SUFFIX}" in k["after_kill"] and str(partial) not in k["after_kill"]
     assert previous == partial - CLI_OVERRIDES["checkpoint_every_steps"]
     assert k["restored_step"] == previous  # The newest committed checkpoint reads back whole.
-    assert f"resuming from {k['workdir']}/checkpoints/{previous}." in k["rerun_output"]
+    assert f"resuming from {k['workdir']}/checkpoints/{previous}." in k["sigterm_output"]
     names = os.listdir(k["workdir"] / "checkpoints")
     assert not [n for n in names if n.endswith(TMP_SUFFIX)]  # Cleaned by the next save.
     kept = sorted(int(n) for n in names)
     assert kept == [50, 55, 60]
 
 
-def test_a_run_killed_and_restarted_matches_the_uninterrupted_run_bit_for_bit(
+def test_a_run_killed_stopped_and_restarted_matches_the_uninterrupted_run_bit_for_bit(
     killed_during_a_save, straight_run
 ):
     workdir = killed_during_a_save["workdir"]
     # Steps after the last commit were trained twice, before and after the kill: equal too.
+    # Those after the SIGTERM stop, once: its checkpoint holds the very step it stopped at.
     twice = [s for s, losses in losses_by_step(workdir).items() if len(losses) == 2]
     assert twice and min(twice) == killed_during_a_save["previous"] + 1
     assert_same_run(workdir, straight_run)
@@ -411,12 +461,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sigint_as_in_a_terminal() -> None:
-    """For a child: SIGINT not ignored, even where pytest runs as a shell's background job
-    (whose children inherit SIGINT ignored, which StopSignals then leaves alone)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def start_two_hosts(workdir, env, num_train_steps):
     """train.py as processes 0 and 1 of one job, 4 CPU devices each."""
     env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -424,13 +468,13 @@ def start_two_hosts(workdir, env, num_train_steps):
     flags = [f"--config.{k}={v}" for k, v in CLI_OVERRIDES.items()]
     flags += [f"--config.num_train_steps={num_train_steps}", "--num_processes=2",
               f"--coordinator_address=127.0.0.1:{port}"]  # fmt: skip
-    command = [sys.executable, "train.py", "--config", "configs/tiny.py", "--workdir", str(workdir)]
+    command = [*SIGINT_AS_IN_A_TERMINAL, sys.executable, "train.py", "--config", "configs/tiny.py",
+               "--workdir", str(workdir)]  # fmt: skip
     return [
         subprocess.Popen(
             [*command, *flags, f"--process_id={i}"],
             cwd=REPO,
             env=env,
-            preexec_fn=sigint_as_in_a_terminal,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
