@@ -184,15 +184,28 @@ def test_a_workdir_below_a_file_is_reported_by_the_cli(tmp_path):
     assert_user_error(out, f"Cannot write to --workdir {tmp_path}/file/workdir", "Not a directory")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions")
+def as_bound_by_permissions():
+    """A launcher under which the CLI is bound by file permissions: none where this process
+    is not root; as root (CI), setpriv drops the capabilities that let root write and read
+    through them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so that the bits decide as for any
+    user. Files root owns stay readable: the repository, the environment, pytest's tmp."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "As root this test needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE."
+    caps = "-dac_override,-dac_read_search"
+    return (setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "--")
+
+
 def test_a_workdir_without_write_permission_is_reported(trained_copy):
     workdir, before = trained_copy
     workdir.chmod(0o555)
     try:
-        with pytest.raises(WorkdirError, match=r"Cannot write to --workdir .*Permission denied"):
-            trainer.run(tiny_config(num_train_steps=30), str(workdir))
+        flags = cli_flags(workdir, {**SMALL_RUN, "num_train_steps": 30})
+        out = run_cli("train.py", *flags, launcher=as_bound_by_permissions())
     finally:
         workdir.chmod(0o755)
+    assert_user_error(out, f"Cannot write to --workdir {workdir}: Permission denied")
     assert digests(workdir / "checkpoints") == before
 
 
@@ -207,9 +220,9 @@ FULL_DISK = (
 )  # fmt: skip
 
 
-@pytest.mark.slow
-def test_a_disk_that_fills_during_a_save_is_reported_and_earlier_checkpoints_survive(trained_copy):
-    workdir, before = trained_copy
+def fill_the_disk_during_a_save(workdir, before):
+    """Runs the trained copy on to step 30 under the 100 kB limit: the save of step 30 fails,
+    and is reported; checkpoints 10 and 20 are as they were. Returns the command's flags."""
     flags = cli_flags(workdir, {**SMALL_RUN, "num_train_steps": 30})
     out = run_cli("train.py", *flags, launcher=FULL_DISK)
     assert_user_error(
@@ -224,7 +237,17 @@ def test_a_disk_that_fills_during_a_save_is_reported_and_earlier_checkpoints_sur
     assert digests(workdir / "checkpoints" / "10") == before_of(before, "10")
     assert digests(workdir / "checkpoints" / "20") == before_of(before, "20")
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30.orbax-checkpoint-tmp"]
+    return flags
 
+
+def test_a_disk_that_fills_during_a_save_is_reported_and_earlier_checkpoints_survive(trained_copy):
+    fill_the_disk_during_a_save(*trained_copy)
+
+
+@pytest.mark.slow
+def test_after_a_full_disk_the_same_command_resumes_from_the_last_checkpoint(trained_copy):
+    workdir, before = trained_copy
+    flags = fill_the_disk_during_a_save(workdir, before)
     out = run_cli("train.py", *flags)  # Space again: the same command resumes.
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resuming from {workdir}/checkpoints/20." in out.stdout
