@@ -76,22 +76,34 @@ def dot_product_attention(
     mask: Array,
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
+    cache_layout: bool = False,
 ) -> tuple[Array, Array]:
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V (section 3.2.1), softmax in float32.
 
-    query, key: [batch, q_len | kv_len, heads, d_k]; value: [batch, kv_len, heads, d_v]; mask:
-    bool, broadcastable to [batch, heads, q_len, kv_len]; dropout on the weights where
-    `dropout_rng` is given. Returns ([batch, q_len, heads, d_v], weights [batch, heads, q_len,
-    kv_len] float32); a query with no key gets zero weights, not NaN or a uniform mix."""
+    query, key: [batch, q_len | kv_len, heads, d_k]; value: [batch, kv_len, heads, d_v] (with
+    `cache_layout`, the KV cache's key [batch, heads, d_k, kv_len] and value [batch, heads,
+    kv_len, d_v]); mask: bool, broadcastable to [batch, heads, q_len, kv_len]; dropout on the
+    weights where `dropout_rng` is given. Returns ([batch, q_len, heads, d_v], weights [batch,
+    heads, q_len, kv_len] float32); a query with no key gets zero weights, not NaN."""
+    scores, mix = ATTENTION_SPECS[cache_layout]
     # Scaling q before the product is the paper's 1/sqrt(d_k) at lower cost (l x d, not l x l).
     query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = jnp.einsum(scores, query, key, preferred_element_type=jnp.float32)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jnp.where(mask, jax.nn.softmax(logits, axis=-1), 0.0)
     probs = weights.astype(value.dtype)
     if dropout_rng is not None:
         probs = dropout(probs, dropout_rate, dropout_rng)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, value), weights
+    return jnp.einsum(mix, probs, value), weights
+
+
+# The two products of attention, for keys and values [batch, length, heads, d] or in the KV
+# cache's layouts, which are the ones the products read: stored as [batch, length, heads, d],
+# every decode step would copy the whole cache into them (a third of a CPU decode step).
+ATTENTION_SPECS = {
+    False: ("bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"),
+    True: ("bqhd,bhdk->bhqk", "bhqk,bhkd->bqhd"),
+}
 
 
 def fused_attention(query: Array, key: Array, value: Array, mask: AttentionMask) -> Array:
@@ -124,8 +136,8 @@ class MultiHeadAttention(nn.Module):
     K W_i^K, V W_i^V) (section 3.2.2), with separate d_k and d_v and no biases, as the paper.
     `cross`: encoder-decoder attention, keys and values from the encoder output.
 
-    `decode=True` attends over a "cache" collection of keys and values [batch, max_length,
-    heads, d]. The first such call creates it; each later call brings one query position.
+    `decode=True` attends over a "cache" collection of keys and values (in ATTENTION_SPECS'
+    cache layout). The first such call creates it; each later call brings one query position.
     Self-attention writes its key and value into the cache and attends over the positions so
     far; cross-attention projects the encoder output on the first call only.
     """
@@ -161,7 +173,7 @@ class MultiHeadAttention(nn.Module):
         else:
             rng = self.make_rng("dropout") if attend_dropout else None
             out, weights = dot_product_attention(
-                query, key, value, mask.dense, cfg.attention_dropout_rate, rng
+                query, key, value, mask.dense, cfg.attention_dropout_rate, rng, decode
             )
             # For attention maps: `apply(..., mutable=["intermediates"])` returns them.
             self.sow("intermediates", "attention_weights", weights)
@@ -185,15 +197,18 @@ class MultiHeadAttention(nn.Module):
     def _cached_keys_values(
         self, context: Array, mask: AttentionMask
     ) -> tuple[Array, Array, AttentionMask]:
-        """Keys [batch, kv_len, heads, d_k], values and the mask of a decode step (above)."""
+        """A decode step's keys [batch, heads, d_k, kv_len], values [batch, heads, kv_len,
+        d_v] (ATTENTION_SPECS' cache layout) and mask."""
         cfg = self.config
         h, d_k, d_v = cfg.num_heads, cfg.head_dim_k, cfg.head_dim_v
         created = self.has_variable("cache", "cached_key")
         if self.cross and created:
             keys = self.get_variable("cache", "cached_key")
             return keys, self.get_variable("cache", "cached_value"), mask
-        key = self._project("key", context, (h, d_k))
-        value = self._project("value", context, (h, d_v))
+        key = jnp.transpose(self._project("key", context, (h, d_k)), (0, 2, 3, 1))
+        key = constrain(key, (BATCH, HEADS, None, LENGTH))
+        value = jnp.transpose(self._project("value", context, (h, d_v)), (0, 2, 1, 3))
+        value = constrain(value, (BATCH, HEADS, LENGTH, None))
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
         if self.cross:
@@ -202,14 +217,14 @@ class MultiHeadAttention(nn.Module):
         index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if not created:  # Only sizes the cache: this call's output is not used.
             return key, value, mask
-        if key.shape[1] != 1:
-            raise ValueError(f"Decode steps take one position at a time, got {key.shape[1]}.")
+        if key.shape[3] != 1:
+            raise ValueError(f"Decode steps take one position at a time, got {key.shape[3]}.")
         i = index.value
-        cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, i, axis=1)
-        cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value, i, 1)
+        cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, i, axis=3)
+        cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value, i, 2)
         index.value = i + 1
         # Slots past the index hold no key yet: the new query must not see them.
-        visible = jnp.arange(cached_key.value.shape[1]) <= i
+        visible = jnp.arange(cached_key.value.shape[3]) <= i
         return cached_key.value, cached_value.value, AttentionMask(mask.dense & visible)
 
 
