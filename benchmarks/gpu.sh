@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of the README's Performance section in one call, for a lent H100/H200:
+# The GPU figures of docs/performance.md in one call, on an H100/H200:
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]        (logs: OUT_DIR, else $OUT, else /tmp/gpu)
 #   bash benchmarks/gpu.sh --check [OUT_DIR]  (any machine: builds each run's configs and
@@ -14,10 +14,9 @@
 # 2. the same for base, and base with the rbg dropout PRNG beside it;
 # 3. base's largest batch in bfloat16, without remat and with remat=block (--max_batch).
 # Each run has its own time limit (then 10 s to end after SIGTERM), so the whole script ends
-# within about 9.5 minutes however a run goes (a GPU lease is 15 minutes, the machine's start
-# included). It refuses to run without a GPU, or where a Python package the runs need is
-# missing (the tests' pytest is optional): a machine that cannot reach
-# a package index gets them as wheels (for Python 3.12 here:
+# within about 9.5 minutes however a run goes: a 15-minute GPU slot with the machine's start
+# included. It refuses to run without a GPU, or where a Python package the runs need is
+# missing (the tests' pytest is optional): a machine that cannot reach a package index gets them as wheels (for Python 3.12 here:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       ml_collections sacremoses tensorboardX
 # then pip install --no-index --no-deps --target /tmp/site .whl/*.whl and

@@ -29,7 +29,7 @@ the median process CPU time of a step; then ours / each of the others in tokens/
 take turns, step by step, each timed step right after `--lead_in` untimed ones of its own
 (steps.time_alternating says why), so machine noise hits all alike; each timed step ends with
 `jax.block_until_ready`. On CPU the malloc changes step times by up to 2x (the first line
-names it; the README's Performance section says how to preload tcmalloc), and a line says how
+names it; README's Training section says how to preload tcmalloc), and a line says how
 much CPU time other processes took meanwhile.
 
 MFU = model FLOPs per second (benchmarks/workloads.py) / peak; the peak is `--peak_flops` or,
@@ -320,7 +320,7 @@ def print_flops(flops: dict[str, float]) -> None:
 def check_mode(config: Config, label: str, variants: list[Variant]) -> None:
     """Prints the model, batch, switches and analytic FLOPs per step of config and each
     variant from abstract shapes: nothing is compiled or run, so a command line can be tried
-    before a GPU lease."""
+    before GPU time is spent on it."""
     refuse_batch_changes(config, variants)
     mesh = sharding.make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
     named = [(label, Variant(label, config))]

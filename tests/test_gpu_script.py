@@ -1,5 +1,5 @@
-"""benchmarks/gpu.sh (the GPU figures of the Performance section in one call) refuses, with a
-reason, a machine it cannot measure, before it spends any of a GPU lease; `--check` builds
+"""benchmarks/gpu.sh (the GPU figures of docs/performance.md in one call) refuses, with a
+reason, a machine it cannot measure, before it spends any GPU time; `--check` builds
 every run's configs on any machine."""
 
 import os

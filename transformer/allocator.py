@@ -5,7 +5,7 @@ XLA on CPU allocates a step's temporaries (gigabytes for the paper's base model)
 and frees them when the step ends. glibc's malloc hands allocations that large to mmap and
 back to the kernel on free, so every step faults in and zeroes its buffers anew: on a 2-core
 EPYC that was a quarter of the ref-base step's CPU time and half its wall time. tcmalloc
-keeps freed memory for the next step (README, Performance). An allocator can only be chosen
+keeps freed memory for the next step (README, Training). An allocator can only be chosen
 before the process starts (LD_PRELOAD), so this module only reports it and says where one is.
 """
 
@@ -61,5 +61,5 @@ def cpu_allocator_hint(platform: str) -> str | None:
     )
     return (
         "Note: training on CPU with glibc malloc, which faults in every step's buffers afresh; "
-        f"start the run with {how} to reuse them (README, Performance)."
+        f"start the run with {how} to reuse them (README, Training)."
     )
