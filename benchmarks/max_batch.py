@@ -1,7 +1,7 @@
 """`benchmarks/train_step.py --max_batch`: the largest batch whose train step fits.
 
 A multiple of 8 rows, searched with `model.remat` "none" and "block": on an accelerator by
-running a step until it runs out of memory; on CPU, which has no device memory limit, by
+running a step until it runs out of memory; on CPU, whose memory sets no limit of its own, by
 XLA's account of the compiled step (arguments + outputs + temporaries - donated) against a
 cap.
 """
@@ -102,7 +102,7 @@ def max_batch_mode(config: Config, memory_cap_gb: float | None) -> None:
     cap = None
     if platform == "cpu":
         if not memory_cap_gb:
-            raise SystemExit("On CPU --max_batch needs --memory_cap_gb (there is no device limit).")
+            raise SystemExit("On CPU --max_batch needs --memory_cap_gb (the CPU sets no limit).")
         cap = budget = int(memory_cap_gb * 2**30)
         print(f"CPU: a batch fits if XLA's account of the step is <= {gib(cap)}.")
     else:

@@ -1,10 +1,10 @@
 """Faster forms of a few operations for XLA's CPU backend.
 
 Each computes what the plain function it stands in for computes, and each was measured worth
-more than 5% of a train step's time or memory there (docs/performance.md, "CPU forms"). A plain function opts
-in with one decorator, `@cpu.faster(form)`: on the CPU backend its calls go to `form`,
-elsewhere the plain code runs. `plain()` turns forms off, so that the benchmarks and tests can
-compare each with the code it replaces.
+more than 5% of a train step's time or memory there (docs/performance.md, "CPU forms"). A
+plain function opts in with one decorator, `@cpu.faster(form)`: on the CPU backend its calls
+go to `form`, elsewhere the plain code runs. `plain()` turns forms off, so that the
+benchmarks and tests can compare each with the code it replaces.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class StopSignals:
     def should_stop(self, step: int) -> bool:
         """True once training should end after `step` (the same step on every host).
 
-        Called after every step; on one process it only reads a flag (no device sync).
+        Called after every step; on one process it only reads a flag (no wait for the device).
         """
         if self._use_service:
             return self.reached_preemption(step)

@@ -97,7 +97,7 @@ def map_rows(fn: Callable[[Any, jax.Array], jax.Array], rows: NamedSharding) -> 
 
     `rows` shards the batch's first dimension (the other dimensions stay whole); `params`
     must be replicated. Each device runs `fn` alone under `jax.shard_map` with no logical
-    axis rules (its arrays are its own), so nothing crosses devices: for decoding, no device
+    axis rules (its arrays are its own), so nothing crosses devices: for decoding, a device never
     waits for another inside the loop, and each stops when its own rows are done. On a CPU
     split into one device per core it also runs the small ops of several batches at once."""
 
