@@ -332,8 +332,8 @@ def change_a_stored_value(checkpoint):
     "damage, cause",
     [
         (change_a_stored_value, "its arrays do not match the checksum saved with them"),
-        (flip_bytes, ""),  # Whatever TensorStore reports: the node checks catch these.
-        pytest.param(truncate, "", marks=pytest.mark.slow),
+        pytest.param(flip_bytes, "", marks=pytest.mark.slow),  # Whatever TensorStore reports.
+        (truncate, ""),
         pytest.param(garble_metadata, "JSONDecodeError", marks=pytest.mark.slow),
     ],
     ids=["changed-value", "flipped-bytes", "truncated-data", "cut-metadata"],

@@ -93,6 +93,7 @@ def test_cached_greedy_decoding_matches_full_model_argmax(normalization):
     assert len(np.unique(got)) > 3  # Not a degenerate model that repeats one token.
 
 
+@pytest.mark.slow
 def test_min_length_keeps_eos_out_of_the_first_tokens_of_greedy_and_beam_search():
     model = Transformer(model_config())
     src = random_sources(8, SRC_LENGTHS)
@@ -403,6 +404,7 @@ def test_score_is_the_length_penalised_log_probability_of_the_tokens(normalizati
     np.testing.assert_allclose(length_penalty(length, alpha), ((5 + length) / 6) ** alpha, 1e-6)
 
 
+@pytest.mark.slow
 def test_a_larger_length_penalty_favours_longer_outputs():
     # Exact search makes this a theorem, not a tendency: maximising logp / lp(|Y|)**alpha,
     # i.e. minimising log(-logp) - alpha * log(lp(|Y|)), the optimal |Y| grows with alpha.
@@ -464,7 +466,8 @@ def test_beam_search_on_a_sharded_mesh_matches_a_single_device():
     np.testing.assert_allclose(scores, single_scores, rtol=1e-5)
 
 
-@pytest.mark.parametrize("beam_size", [pytest.param(1, marks=pytest.mark.slow), 4])
+@pytest.mark.slow
+@pytest.mark.parametrize("beam_size", [1, 4])
 def test_each_sentence_stops_at_its_input_length_plus_extra(beam_size):
     model = Transformer(model_config())
     src = random_sources(8, SRC_LENGTHS)

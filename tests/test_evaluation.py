@@ -85,7 +85,8 @@ def test_empty_hypotheses_score_zero():
     assert tokenized_bleu(["", ""], ["Ein Hund läuft im Park.", "Eine Katze schläft."], "de") == 0.0
 
 
-@pytest.mark.parametrize("beam_size", [1, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("beam_size", [1, 3])
 def test_every_device_decoding_its_own_rows_gives_one_devices_translations(untrained, beam_size):
     """8 devices with replicated parameters (inference: each decodes its rows under
     shard_map) and with FSDP-sharded ones (training's validation BLEU: one jit over the mesh)

@@ -159,13 +159,18 @@ def digest(directory):
     }
 
 
+def evaluation(path, hypotheses_file, *flags):
+    """evaluate.py on the workdir `path` with `flags`: (stdout, the lines of the hypotheses
+    file it writes, translations/`hypotheses_file`)."""
+    out = run("evaluate.py", "--workdir", str(path), *flags)
+    assert out.returncode == 0, out.stderr
+    return out.stdout, lines_of(path / "translations" / hypotheses_file)
+
+
 @pytest.fixture(scope="module")
 def greedy_evaluation(trained):
-    """evaluate.py's greedy run of the test split: (stdout, its hypotheses file's lines)."""
-    path, _ = trained
-    out = run("evaluate.py", "--workdir", str(path), "--beam_size", "1")
-    assert out.returncode == 0, out.stderr
-    return out.stdout, lines_of(path / "translations" / "test-step200-beam1.txt")
+    """evaluate.py's greedy run of the test split."""
+    return evaluation(trained[0], "test-step200-beam1.txt", "--beam_size", "1")
 
 
 def overlong_sentence(task):
@@ -211,10 +216,7 @@ def test_greedy_evaluation_prints_the_scores_of_the_hypotheses_it_writes(
 @pytest.fixture(scope="module")
 def beam_validation(trained):
     """evaluate.py on the validation split with the paper's beam 4 and alpha 0.6."""
-    path, _ = trained
-    out = run("evaluate.py", "--workdir", str(path), "--split", "validation")
-    assert out.returncode == 0, out.stderr
-    return out.stdout, lines_of(path / "translations" / "validation-step200-beam4-alpha0.6.txt")
+    return evaluation(trained[0], "validation-step200-beam4-alpha0.6.txt", "--split", "validation")
 
 
 def test_evaluating_the_validation_split_writes_and_scores_that_split(task, beam_validation):

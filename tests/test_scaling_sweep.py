@@ -28,6 +28,7 @@ def run_sweep(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_the_sweep_writes_a_csv_row_per_point_and_a_plot(tmp_path):
     grid = ["--lengths", "64,128,256", "--tokens", "512", "--batches", "2,4", "--length", "8"]
     done = run_sweep(*TINY, *grid, "--steps", "2", "--out", str(tmp_path))

@@ -17,7 +17,6 @@ from transformer.decode import greedy_decode
 from transformer.layers import dropout
 from transformer.loss import loss_and_metrics
 from transformer.model import DecoderOnlyLM, Transformer
-from transformer.optim import make_optimizer
 
 from .model_configs import small_model_config, tiny_config
 
@@ -64,7 +63,6 @@ def test_dot_product_attention_gives_the_plain_logits_and_gradients_with_padding
     assert_trees_close(dpa_grads, grads)
 
 
-@pytest.mark.slow
 def test_dot_product_attention_keeps_packed_segments_apart():
     packed = dict(
         inputs_positions=jnp.array([[0, 1, 2, 0, 1, 0, 0, 0]]),
@@ -137,6 +135,7 @@ def test_remat_gives_the_plain_loss_and_gradients_with_dropout(remat):
     assert_trees_close(got, want)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_plain_gradients_of_a_language_model_with_dropout():
     cfg = dict(dropout_rate=0.1, attention_dropout_rate=0.1)
     plain = DecoderOnlyLM(model_config(**cfg))
@@ -148,6 +147,7 @@ def test_remat_gives_the_plain_gradients_of_a_language_model_with_dropout():
     assert_trees_close(got, want)
 
 
+@pytest.mark.slow
 def test_remat_block_cuts_the_compiled_gradients_memory():
     """What XLA allocates for the backward pass, not only what JAX saves for it: the
     recomputed layers must not all be live at once (XLA's CPU compiler drops the barrier
@@ -233,13 +233,5 @@ def test_train_steps_with_remat_and_dot_product_attention_match_the_plain_ones(t
         **{"model.remat": "dots", "model.attention": "dot_product_attention"},
     )
     np.testing.assert_allclose(losses, plain_losses, rtol=1e-5)
-    # Adam divides by sqrt(v), so rounding in a near-zero gradient can move its parameter by
-    # a fraction of a whole update: nearly every element agrees closely, none by more than 5%
-    # of the distance the three updates can move a parameter.
-    schedule = make_optimizer(from_config_dict(tiny_config()))[1]
-    reach = sum(float(schedule(count)) for count in range(3))
-    pairs = zip(jax.tree.leaves(params), jax.tree.leaves(plain_params), strict=True)
-    diffs = np.concatenate([np.abs(a - b).ravel() for a, b in pairs])
-    scale = np.concatenate([np.abs(b).ravel() for b in jax.tree.leaves(plain_params)])
-    assert np.mean(diffs <= 5e-5 + 1e-4 * scale) >= 0.999
-    assert diffs.max() <= 0.05 * reach
+    # Every element, as the sharded steps are held to one device's (test_train.py).
+    assert_trees_close(params, plain_params, rtol=1e-4, atol=1e-6)

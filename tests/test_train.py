@@ -178,6 +178,7 @@ def test_the_bleu_and_chrf_logged_are_sacrebleus_of_the_greedy_translations(stra
     assert logged["chrf"] == sacrebleu.corpus_chrf(translations, [references]).score
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_at_the_saved_step_and_matches_a_straight_run(straight_run, tmp_path):
     straight_dir, _, _ = straight_run
     trainer.run(tiny_config(num_train_steps=20), str(tmp_path))
@@ -200,6 +201,7 @@ def test_resumed_run_continues_at_the_saved_step_and_matches_a_straight_run(stra
     )
 
 
+@pytest.mark.slow
 def test_checkpoint_roundtrip_restores_identical_state(task_and_config, tmp_path):
     task, config = task_and_config
     _, _, state = run_steps(config, task, MeshConfig(2, 4, 1), jax.devices(), num_steps=2)

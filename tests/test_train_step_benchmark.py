@@ -153,6 +153,7 @@ def test_a_variant_that_changes_the_batch_is_refused():
 
 
 # --------------------------------------------------------------------------- peaks
+@pytest.mark.slow
 def test_on_an_accelerator_a_given_peak_is_checked_against_a_measured_matmul(monkeypatch, capsys):
     """The GPU branch, taken on CPU: with a datasheet peak given, the matmul ceiling is
     still measured (before the step is built) and MFU printed against both."""
@@ -171,6 +172,7 @@ def test_on_an_accelerator_a_given_peak_is_checked_against_a_measured_matmul(mon
     assert re.search(r"^  ours .* MFU +\d+\.\d% \(\d+\.\d% of the ceiling\)", out, re.M), out
 
 
+@pytest.mark.slow
 def test_on_cpu_a_given_peak_is_not_measured(capsys):
     result = benchmark(small_workload(), "small", BENCH_ARGS)
     assert result["measured_matmul_flops"] is None
@@ -241,6 +243,7 @@ def test_a_batch_at_the_searchs_limit_is_not_called_the_largest():
     assert at_limit.endswith("(the search's limit: larger batches were not tried)")
 
 
+@pytest.mark.slow
 def test_no_batch_fits_when_8_rows_do_not():
     assert largest_batch(small_workload(), cap_bytes=1024, budget=1024) == 0
 
