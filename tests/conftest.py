@@ -6,11 +6,13 @@ import shutil
 import sys
 import tempfile
 
-# The tests compile many small programs and run each briefly: without LLVM's optimisation
-# passes compiling takes a fifth less time (the same HLO, so the same computation).
+# configs/ is imported by path in tests, as train.py does.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.xla_flags import FAST_COMPILE
+
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8 {FAST_COMPILE}"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -23,6 +25,3 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-
-# configs/ is imported by path in tests, as train.py does.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -20,6 +20,7 @@ from transformer.workdir import WorkdirError
 
 from . import model_configs
 from .model_configs import with_overrides
+from .xla_flags import one_device_env
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMALL_RUN = {
@@ -49,7 +50,7 @@ def digests(directory):
 def run_cli(script, *args, launcher=()):
     return subprocess.run(
         [*launcher, sys.executable, script, *args], cwd=REPO, capture_output=True, text=True,
-        timeout=600, env={**os.environ, "XLA_FLAGS": ""},
+        timeout=600, env=one_device_env(),
     )  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from transformer.evaluation import continue_prompts, translate_ids
 from transformer.model import Transformer
 
 from .model_configs import small_model_config
+from .xla_flags import one_device_env
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = [100, 150, 200]  # The checkpoints both trained workdirs keep.
@@ -70,7 +71,7 @@ def task(trained):
 def run(script, *args, stdin=None):
     return subprocess.run(
         [sys.executable, script, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
-        input=stdin, env={**os.environ, "XLA_FLAGS": ""},
+        input=stdin, env=one_device_env(),
     )  # fmt: skip
 
 

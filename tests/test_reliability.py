@@ -29,6 +29,7 @@ from transformer.preemption import StopSignals
 from transformer.workdir import checkpoint_meta
 
 from .model_configs import tiny_config
+from .xla_flags import FAST_COMPILE
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 60
@@ -50,7 +51,7 @@ def cli_env(tmp_path_factory):
     then seconds, not tens of seconds; the executables are the same)."""
     return {
         **os.environ,
-        "XLA_FLAGS": "",
+        "XLA_FLAGS": FAST_COMPILE,
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",

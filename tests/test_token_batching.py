@@ -19,6 +19,7 @@ from transformer.data.pipeline import bucket_lengths
 from transformer.data.tasks import load_task
 
 from .model_configs import with_overrides
+from .xla_flags import FAST_COMPILE
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 24
@@ -81,7 +82,7 @@ def runs(tmp_path_factory):
     one CPU device; the three share a compilation cache (the executables are the same)."""
     env = {
         **os.environ,
-        "XLA_FLAGS": "",
+        "XLA_FLAGS": FAST_COMPILE,
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",

@@ -24,6 +24,7 @@ from transformer.evaluation import translate_split
 from transformer.workdir import checkpoint_meta
 
 from .model_configs import tiny_config
+from .xla_flags import one_device_env
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -231,7 +232,7 @@ def run_cli(*args):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "XLA_FLAGS": ""},
+        env=one_device_env(),
     )
 
 
