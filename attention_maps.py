@@ -43,15 +43,14 @@ def draw() -> None:
     config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
     if config.model.kind != "encoder_decoder":
         raise inference.CheckpointNotFoundError("Attention maps need a translation model.")
-    limit = config.data.max_length
-    source = cut(tokenizer.encode(_SOURCE.value.strip()), limit, "source")
+    source = cut(tokenizer.encode(_SOURCE.value.strip()), config.data.source_length, "source")
     target_text = _TARGET.value
     with trainer.mesh_context(placed.mesh, config):
         if target_text is None:
             (target_text,) = translate_ids(
                 config, placed.model, restored.params, tokenizer, [source], placed.batch_sharding
             )
-    target = cut(tokenizer.encode(target_text), limit, "target")
+    target = cut(tokenizer.encode(target_text), config.data.max_length, "target")
     output_dir = _OUTPUT.value or os.path.join(_WORKDIR.value, "attention")
     paths = write_attention_maps(
         placed.model, restored.params, source, target, tokenizer.pieces, output_dir

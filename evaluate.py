@@ -1,11 +1,13 @@
-"""Translates a split with a trained model and reports sacreBLEU (with its signature), chrF,
-and the tokenized lowercased BLEU that Multi30k papers quote.
+"""Translates (or summarises) a split with a trained model and reports sacreBLEU (with its
+signature), chrF and the tokenized lowercased BLEU that Multi30k papers quote, or for a
+summariser (data.metric = "rouge") ROUGE-1/2/L/Lsum with rouge-score's settings.
 
   python evaluate.py --workdir DIR [--split test] [--step N] [--average_last 5]
       [--beam_size 4 --alpha 0.6] [--checkpoint_dir DIR/averaged]
 
 Restores the newest checkpoint (or --step), optionally averaged with the ones before it, onto
-whatever devices this machine has, and writes the hypotheses to DIR/translations/.
+whatever devices this machine has, and writes the hypotheses to DIR/translations/ (or
+DIR/summaries/).
 """
 
 import os
@@ -15,7 +17,7 @@ from absl import app, flags
 from transformer import inference, trainer
 from transformer.data.tasks import load_task
 from transformer.errors import cli_main
-from transformer.evaluation import evaluate_translation
+from transformer.evaluation import describe, evaluate_split
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to translate.")
@@ -40,7 +42,7 @@ def evaluate() -> None:
         )
     task = load_task(config.data, _WORKDIR.value)
     with trainer.mesh_context(placed.mesh, config):
-        scores, hypotheses, signature = evaluate_translation(
+        scores, hypotheses, signature = evaluate_split(
             config, placed.model, restored.params, task, _SPLIT.value, placed.batch_sharding,
             _BEAM.value, _ALPHA.value,
         )  # fmt: skip
@@ -49,7 +51,9 @@ def evaluate() -> None:
     if _CHECKPOINT_DIR.value:  # e.g. WORKDIR/averaged: not the training run's own step N.
         name += "-" + os.path.basename(os.path.normpath(_CHECKPOINT_DIR.value))
     name += f"-beam{_BEAM.value}" + (f"-alpha{_ALPHA.value:g}" if _BEAM.value > 1 else "")
-    out_dir = os.path.join(_WORKDIR.value, "translations")
+    out_dir = os.path.join(
+        _WORKDIR.value, "translations" if config.data.metric == "bleu" else "summaries"
+    )
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.txt")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -60,12 +64,15 @@ def evaluate() -> None:
     )
     print(f"{_SPLIT.value}: {len(hypotheses)} sentences, {source}, beam {_BEAM.value}, "
           f"alpha {_ALPHA.value}")  # fmt: skip
-    print(f"BLEU {scores['bleu']:.2f}  ({signature})")
-    print(f"chrF {scores['chrf']:.2f}")
-    print(
-        f"Tokenized lowercased BLEU {scores['tok_bleu']:.2f}  (Moses normalize + tokenize "
-        f"-l {config.data.target_lang}, as multi-bleu.perl on *.lc.norm.tok files; not sacreBLEU)"
-    )
+    if config.data.metric == "rouge":
+        print(f"{describe(scores)}  ({signature})")
+    else:
+        print(f"BLEU {scores['bleu']:.2f}  ({signature})")
+        print(f"chrF {scores['chrf']:.2f}")
+        print(
+            f"Tokenized lowercased BLEU {scores['tok_bleu']:.2f}  (Moses normalize + tokenize -l "
+            f"{config.data.target_lang}, as multi-bleu.perl on *.lc.norm.tok files; not sacreBLEU)"
+        )
     print(f"Hypotheses: {path}")
 
 

@@ -16,7 +16,6 @@ from absl import app, flags
 from transformer import inference, trainer
 from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
-from transformer.special_tokens import EOS_ID
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _INPUT = flags.DEFINE_string("input", "-", "Input file, one sentence per line; - for stdin.")
@@ -39,15 +38,11 @@ def translate() -> None:
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; translate.py needs a translator."
         )
-    limit = config.data.max_length
-    ids = tokenizer.encode_batch([line.strip() for line in lines])
-    for number, (line, seq) in enumerate(zip(lines, ids, strict=True), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             print(f"warning: line {number} is empty; its translation is empty.", file=sys.stderr)
-        elif len(seq) > limit:
-            print(f"warning: line {number} has {len(seq)} tokens; the model takes {limit}, so "
-                  "it is cut.", file=sys.stderr)  # fmt: skip
-            ids[number - 1] = [*seq[: limit - 1], EOS_ID]
+    texts = [line.strip() for line in lines]
+    ids = inference.fit_sources(tokenizer, texts, config.data.source_length, "line")
     keep = [i for i, line in enumerate(lines) if line.strip()]
     with trainer.mesh_context(placed.mesh, config):
         outputs = translate_ids(

@@ -75,6 +75,7 @@ from benchmarks.steps import Step, build_step, measured_peak_flops, time_alterna
 from benchmarks.workloads import (
     WORKLOADS,
     batch_shape,
+    describe_batch,
     describe_model,
     describe_switches,
     file_config,
@@ -171,12 +172,12 @@ class Ceiling:
 
 
 def print_header(config: Config, label: str) -> None:
-    rows, length = batch_shape(config)
     m = config.model
     print(describe_machine())
     print(f"Load average at start: {load_average()}")
     print(
-        f"{label}: {describe_model(config)}; batch {rows} x {length} source and target tokens; "
+        f"{label}: {describe_model(config)}; batch {describe_batch(config)} source and target "
+        "tokens; "
         f"dropout {m.dropout_rate} / attention {m.attention_dropout_rate}, label smoothing "
         f"{config.label_smoothing}"
     )
@@ -333,7 +334,7 @@ def check_mode(config: Config, label: str, variants: list[Variant]) -> None:
         forms = f"; CPU forms off: {', '.join(variant.plain)}" if variant.plain else ""
         print(
             f"{name}: {describe_model(each)}, {count_parameters(params):,} parameters; batch "
-            f"{rows} x {length}; {describe_switches(each)}{forms}; "
+            f"{describe_batch(each)}; {describe_switches(each)}{forms}; "
             f"{flops['total'] / 1e12:.2f} TFLOP per step"
         )
 

@@ -7,7 +7,8 @@ projection, 64 sentences x 64 source and 64 target tokens, post-LN):
   ref-base   d_model 512, 8 heads, d_ff 2,048, 6 encoder + 6 decoder layers
 The rest comes from configs/base.py. Any config file can be benchmarked instead
 (`file_config`): its batch is batch_size x data.max_length tokens per side (with token
-batching, batch_size // max_length rows).
+batching, batch_size // the longer side's limit rows; sources of data.max_source_length
+tokens where a config sets it, as a summariser's).
 
 Model FLOPs per step (analytic, multiply-add = 2 FLOPs; the full L x L attention matrix is
 counted also where it is causal), with N_src, N_tgt the source and target tokens of the batch:
@@ -76,24 +77,37 @@ def file_config(spec: str, overrides: Sequence[str] = ()) -> Config:
 
 
 def batch_shape(config: Config) -> tuple[int, int]:
-    """(rows, length) of the benchmark batch for `config`."""
-    length = config.data.max_length
-    rows = config.batch_size // length if config.data.batching == "tokens" else config.batch_size
-    return rows, length
+    """(rows, target length) of the benchmark batch for `config`; sources are
+    config.data.source_length long."""
+    longest = max(config.data.max_length, config.data.source_length)
+    rows = config.batch_size // longest if config.data.batching == "tokens" else config.batch_size
+    return rows, config.data.max_length
+
+
+def describe_batch(config: Config) -> str:
+    """ "rows x length" tokens per side, or "rows x (source, target)" where they differ."""
+    rows, length = batch_shape(config)
+    source = config.data.source_length
+    return f"{rows} x {length}" if source == length else f"{rows} x ({source}, {length})"
 
 
 def with_rows(config: Config, rows: int) -> Config:
     """`config` with a benchmark batch of `rows` rows (batch_shape's inverse)."""
+    longest = max(config.data.max_length, config.data.source_length)
     tokens = config.data.batching == "tokens"
-    return dataclasses.replace(config, batch_size=rows * config.data.max_length if tokens else rows)
+    return dataclasses.replace(config, batch_size=rows * longest if tokens else rows)
 
 
 def random_batch(config: Config, seed: int = 0) -> dict[str, np.ndarray]:
-    """inputs, targets: [rows, length] int32 tokens in [NUM_SPECIAL, vocab): no padding."""
+    """inputs [rows, source_length], targets [rows, length]: int32 tokens in
+    [NUM_SPECIAL, vocab), no padding."""
     rows, length = batch_shape(config)
     rng = np.random.default_rng(seed)
-    draw = lambda: rng.integers(NUM_SPECIAL, config.model.vocab_size, (rows, length), np.int32)  # noqa: E731
-    return {"inputs": draw(), "targets": draw()}
+    vocab = config.model.vocab_size
+    return {
+        "inputs": rng.integers(NUM_SPECIAL, vocab, (rows, config.data.source_length), np.int32),
+        "targets": rng.integers(NUM_SPECIAL, vocab, (rows, length), np.int32),
+    }
 
 
 def describe_model(config: Config) -> str:
@@ -117,7 +131,8 @@ def model_flops(config: Config, params: Any, rows: int, length: int) -> dict[str
     """Analytic FLOPs of one train step (see the module docstring), by term and in total.
     `params`: the parameter tree, arrays or their shapes."""
     m = config.model
-    n_src = n_tgt = rows * length
+    source = length if config.data.max_source_length is None else config.data.source_length
+    n_src, n_tgt = rows * source, rows * length
     p_enc = p_dec = p_cross_kv = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         names = [str(getattr(k, "key", k)) for k in path if not hasattr(k, "name")]
@@ -134,8 +149,10 @@ def model_flops(config: Config, params: Any, rows: int, length: int) -> dict[str
     output = 2 * m.d_model * m.vocab_size * n_tgt
     per_pair = 2 * rows * m.num_heads * (m.head_dim_k + m.head_dim_v)
     attention = per_pair * length * length * m.num_decoder_layers  # decoder self-attention
-    if m.kind == "encoder_decoder":
-        attention += per_pair * length * length * (m.num_encoder_layers + m.num_decoder_layers)
+    if m.kind == "encoder_decoder":  # Encoder self-attention, cross-attention.
+        attention += (
+            per_pair * source * (source * m.num_encoder_layers + length * m.num_decoder_layers)
+        )
     forward = dense + output + attention
     return {
         "dense": 3 * dense,

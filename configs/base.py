@@ -89,8 +89,10 @@ def get_config() -> ConfigDict:
     data.tokenizer = "word"  # The paper: byte-pair encoding ("bpe") on WMT.
     data.vocab_size = 37_000  # Section 5.1: a shared source-target vocabulary of ~37K.
     data.max_length = 64
+    data.max_source_length = config_dict.placeholder(int)  # None: max_length for both sides.
     data.overlong = "drop"
     data.batching = "sentences"
+    data.metric = "bleu"  # "rouge" for summaries.
     data.generated = ConfigDict(
         dict(corpus_seed=0, num_train=200_000, num_validation=1_000, num_test=1_000)
     )

@@ -127,10 +127,12 @@ def test_a_workdir_config_of_an_earlier_version_reads_without_its_removed_switch
     saved["model"].update(fused_qkv=False, max_len=256)
     saved["data"]["source"] = "embedded"
     saved["data"]["embedded"] = saved["data"].pop("generated")
+    del saved["data"]["max_source_length"], saved["data"]["metric"]  # Added with summaries.
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = from_config_dict(read_config(str(tmp_path)))
     assert config.data.source == "generated" and config.data.generated.num_train == 200_000
     assert config.model.max_len == config.data.max_length + 50
+    assert (config.data.source_length, config.data.metric) == (config.data.max_length, "bleu")
 
 
 def test_the_generated_task_is_named_so_and_its_old_name_is_refused_naming_the_new():
@@ -151,6 +153,46 @@ def test_the_longest_position_is_derived_from_the_longest_sentence():
     with_max_len.model.max_len = 256
     with pytest.raises(ConfigError, match=r"Unknown config key 'model\.max_len'"):
         from_config_dict(with_max_len)
+
+
+def test_a_summariser_has_a_source_limit_of_its_own_that_sets_the_positions():
+    samsum = importlib.import_module("configs.samsum")
+    config = from_config_dict(samsum.get_config())
+    assert (config.data.source_length, config.data.max_length) == (512, 128)
+    assert config.model.max_len == 512 + 50 and config.data.metric == "rouge"
+    gpu = from_config_dict(samsum.get_config("gpu"))
+    m = gpu.model
+    assert (m.d_model, m.num_encoder_layers, m.dtype) == (512, 6, "bfloat16")
+    assert gpu.batch_size > config.batch_size and gpu.data == config.data
+    with pytest.raises(ConfigError, match=r"samsum.py:tpu: the sizes are 'cpu' and 'gpu'"):
+        samsum.get_config("tpu")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"data.max_source_length": 1}, r"max_source_length=1: must be at least 2"),
+        ({"data.max_source_length": 256, "data.batching": "packed"}, r"packed pairs have one"),
+        ({"data.max_source_length": 256, "batch_size": 100, "data.batching": "tokens"},
+         r"batch_size=100: .* one sequence of the longest, 256 tokens"),
+        ({"data.metric": "meteor"}, r"data\.metric='meteor' must be one of \['bleu', 'rouge'\]"),
+    ],
+)  # fmt: skip
+def test_bad_summarisation_settings_are_named(changes, message):
+    config = base.get_config()
+    for path, value in changes.items():
+        *parents, leaf = path.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        with node.ignore_type():
+            node[leaf] = value
+    with pytest.raises(ConfigError, match=message):
+        from_config_dict(config)
+    samsum = importlib.import_module("configs.samsum").get_config()
+    del samsum.data["json_files"]
+    with pytest.raises(ConfigError, match=r"data\.json_files=None: must be set when"):
+        from_config_dict(samsum)
 
 
 def test_overrides_parse_python_literals_and_name_unknown_keys():

@@ -8,12 +8,16 @@ import pytest
 from configs import tiny
 from transformer.config import from_config_dict
 from transformer.data.pipeline import (
+    EncodedSplit,
     EpochBatches,
+    Ragged,
     TokenBatches,
     bucket_length,
+    bucket_shapes,
     count_buckets,
     encode_split,
     eval_batches,
+    merge_sparse_buckets,
     pack_rows,
     train_batches,
 )
@@ -163,7 +167,8 @@ def test_a_host_lacking_a_buckets_pairs_fills_it_with_shorter_ones_or_refuses():
     other_hosts_hold_12_token_pairs = np.array([0, 100, 0, 0])
     batches = train_batches(short, 96, 0, "tokens", 24, 2, 1, 2, other_hosts_hold_12_token_pairs)
     plan = batches.plan(0)
-    assert plan.length == 12 and len(plan.rows) == 96 // 12 // 2  # this host's half of the rows
+    assert (plan.source_length, plan.target_length) == (12, 12)
+    assert len(plan.rows) == 96 // 12 // 2  # this host's half of the rows
     long = encode_split(PAIRS[1:2], tok, 24)  # 12 tokens: nothing fits the 8-token bucket
     with pytest.raises(ValueError, match="Host 1 holds no training pair of at most 8 tokens"):
         train_batches(long, 96, 0, "tokens", 24, 2, 1, 2, np.array([100, 0, 0, 0]))
@@ -222,10 +227,91 @@ def test_token_batches_fill_a_budget_with_pairs_of_similar_length(task):
     assert len(set(seen.tolist())) > 0.9 * len(split)  # an epoch: nearly every pair once
     for plan in plans:
         rows = np.concatenate(plan.rows)
-        assert len(rows) % 4 == 0 and len(rows) * plan.length <= 256
-        assert all(bucket_length(int(lengths[i]), 24) == plan.length for i in rows)
-    assert len({p.length for p in plans}) <= 5  # one compiled shape per bucket
-    budget = sum(p.length * len(p.rows) for p in plans)
+        assert plan.source_length == plan.target_length  # One limit: one length.
+        assert len(rows) % 4 == 0 and len(rows) * plan.target_length <= 256
+        # Its own bucket, or a larger one its sparse bucket merged into.
+        assert all(bucket_length(int(lengths[i]), 24) <= plan.target_length for i in rows)
+    assert len({p.target_length for p in plans}) <= 5  # one compiled shape per bucket
+    budget = sum(p.target_length * len(p.rows) for p in plans)
     assert (split.inputs.lengths[seen].sum() + split.targets.lengths[seen].sum()) / (
         2 * budget
     ) > 0.6
+
+
+def long_source_split(num_pairs=600, seed=0):
+    """Pairs whose sources are ~6x longer than their targets, as a dialogue and its summary."""
+    rng = np.random.default_rng(seed)
+    source_lengths = rng.integers(10, 200, num_pairs)
+    target_lengths = np.maximum(2, source_lengths // 6 + rng.integers(-2, 8, num_pairs))
+    inputs = [[5] * (n - 1) + [EOS_ID] for n in source_lengths]
+    targets = [[6] * (n - 1) + [EOS_ID] for n in target_lengths]
+    return EncodedSplit(Ragged.from_lists(inputs), Ragged.from_lists(targets),
+                        ("",) * num_pairs, ("",) * num_pairs, 0, 0)  # fmt: skip
+
+
+def padding(split, batches):
+    """(padded / real tokens over an epoch, number of batch shapes)."""
+    real = padded = 0
+    shapes = set()
+    for step in range(batches.steps_per_epoch):
+        batch = batches(step)
+        shapes.add((batch["inputs"].shape, batch["targets"].shape))
+        real += np.sum(batch["inputs"] != PAD_ID) + np.sum(batch["targets"] != PAD_ID)
+        padded += batch["inputs"].size + batch["targets"].size
+    return padded / real, len(shapes)
+
+
+def test_a_source_limit_of_its_own_buckets_each_side_by_its_length_and_pads_less():
+    split = long_source_split()
+    own = train_batches(split, 2048, 0, "tokens", max_length=48, max_source_length=256)
+    shared = train_batches(split, 2048, 0, "tokens", max_length=256)
+    for step in range(own.steps_per_epoch):
+        plan, batch = own.plan(step), own(step)
+        rows = np.concatenate(plan.rows)
+        assert batch["inputs"].shape == (len(rows), plan.source_length)
+        assert batch["targets"].shape == (len(rows), plan.target_length)
+        assert plan.source_length <= 256 and plan.target_length <= 48
+        assert np.all(split.inputs.lengths[rows] <= plan.source_length)
+        assert np.all(split.targets.lengths[rows] <= plan.target_length)
+        assert len(rows) * max(plan.source_length, plan.target_length) <= 2048
+    own_padding, _ = padding(split, own)
+    shared_padding, _ = padding(split, shared)
+    assert own_padding < 1.3 < shared_padding  # Targets are not padded to source lengths.
+
+
+def test_sparse_buckets_join_the_smallest_bucket_that_holds_them():
+    shapes = bucket_shapes(16, 24)  # (source, target): 8, 12, 16, 24 x 8, 12, 16
+    assert shapes[:4] == [(8, 8), (8, 12), (8, 16), (12, 8)] and len(shapes) == 12
+    counts = np.zeros(12, np.int64)
+    counts[shapes.index((8, 8))] = 3  # Fewer than a batch: to (8, 12), then on to (8, 16).
+    counts[shapes.index((8, 12))] = 2
+    counts[shapes.index((8, 16))] = 6  # 11 with the two above: a batch.
+    counts[shapes.index((12, 12))] = 50
+    counts[shapes.index((24, 16))] = 1  # The largest keeps its own.
+    merged = merge_sparse_buckets(shapes, counts, rows=np.full(12, 10))
+    assert shapes[merged[shapes.index((8, 8))]] == (8, 16)
+    assert shapes[merged[shapes.index((8, 12))]] == (8, 16)
+    assert shapes[merged[shapes.index((12, 12))]] == (12, 12)
+    assert shapes[merged[shapes.index((24, 16))]] == (24, 16)
+    # With one length for both sides, the next larger length takes them.
+    one = bucket_shapes(24)
+    merged = merge_sparse_buckets(one, np.array([5, 40, 0, 0]), rows=np.full(4, 10))
+    assert [one[b] for b in merged[:2]] == [(12, 12), (12, 12)]
+
+
+def test_every_pair_of_a_sparse_bucket_is_trained_on():
+    split = long_source_split(num_pairs=200, seed=1)
+    batches = train_batches(split, 2048, 0, "tokens", max_length=48, max_source_length=256)
+    seen = set()
+    for step in range(3 * batches.steps_per_epoch):
+        seen.update(np.concatenate(batches.plan(step).rows).tolist())
+    assert seen == set(range(len(split)))
+
+
+def test_a_source_limit_of_its_own_cuts_each_side_to_its_limit():
+    tok = WordTokenizer.build((s for pair in PAIRS for s in pair), max_vocab_size=1000)
+    split = encode_split(PAIRS, tok, max_length=6, overlong="truncate", max_source_length=12)
+    assert split.inputs.lengths.max() == 12 and split.targets.lengths.max() == 6
+    assert split.num_truncated == 4  # Targets over 6 tokens; one source over 12.
+    batch = eval_batches(split, 4, 6, source_length=12)[0]
+    assert batch["inputs"].shape == (4, 12) and batch["targets"].shape == (4, 6)

@@ -113,6 +113,19 @@ class TfdsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class JsonFilesConfig:
+    """Records in `{directory}/{split}.json` or `.jsonl` (transformer.data.json_files): the
+    source and target are fields of each record, e.g. SAMSum's "dialogue" and "summary"."""
+
+    directory: str
+    source_field: str
+    target_field: str
+    train_split: str  # The file name without .json / .jsonl: "train", "val", ...
+    validation_split: str
+    test_split: str
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where sentences come from, how they are tokenized, cut and batched.
 
@@ -120,18 +133,30 @@ class DataConfig:
     names.
     """
 
-    source: Literal["generated", "text_files", "tfds"]
+    source: Literal["generated", "text_files", "tfds", "json_files"]
     tokenizer: Literal["word", "bpe", "unigram"]  # Whole words, or a SentencePiece model.
     vocab_size: int  # Shared source/target vocabulary (an upper bound for "word").
     max_length: int  # Tokens per sentence including EOS (per row when packed).
+    # Tokens per source including EOS where sources are much longer than targets (a
+    # dialogue and its summary); None: max_length for both sides.
+    max_source_length: int | None
     overlong: Literal["drop", "truncate"]  # Pairs with a side over max_length.
     # "sentences": batch_size pairs per step; "packed": batch_size rows of max_length tokens,
     # several pairs each; "tokens": about batch_size tokens per side, pairs of similar length
     # bucketed together.
     batching: Literal["sentences", "packed", "tokens"]
+    # What validation and test outputs are scored with: sacreBLEU and chrF (translation), or
+    # ROUGE (summarisation, transformer.rouge).
+    metric: Literal["bleu", "rouge"]
     generated: GeneratedTaskConfig | None = None
     text_files: TextFilesConfig | None = None
     tfds: TfdsConfig | None = None
+    json_files: JsonFilesConfig | None = None
+
+    @property
+    def source_length(self) -> int:
+        """The longest source, in tokens including EOS."""
+        return self.max_length if self.max_source_length is None else self.max_source_length
 
     @property
     def target_lang(self) -> str:
@@ -170,7 +195,8 @@ class Config:
     dropout_rng: Literal["threefry", "rbg"]
     log_every_steps: int
     eval_every_steps: int  # Validation loss; 0 disables it.
-    bleu_every_steps: int  # Validation BLEU (greedy); 0 disables it (and must, for an LM).
+    bleu_every_steps: int  # Validation BLEU or ROUGE (data.metric), greedy; 0 disables it
+    # (and must, for a language model).
     eval_batch_size: int
     checkpoint_every_steps: int
     keep_checkpoints: int
@@ -199,13 +225,19 @@ def from_config_dict(config: ConfigDict) -> Config:
     cfg = _build(Config, config, prefix="")
     cfg = dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, max_len=cfg.data.max_length + EXTRA_OUTPUT_TOKENS),
+        model=dataclasses.replace(cfg.model, max_len=max_positions(cfg.data)),
     )
     _check_model(cfg.model)
     _check_data(cfg)
     _check_training(cfg)
     _check_mesh(cfg)
     return cfg
+
+
+def max_positions(data: DataConfig) -> int:
+    """The positional table's length: the longest sequence either side holds, plus the 50
+    tokens an output may run past its input (section 6.1)."""
+    return max(data.max_length, data.source_length) + EXTRA_OUTPUT_TOKENS
 
 
 def _refuse_renamed_keys(config: ConfigDict) -> None:
@@ -313,7 +345,9 @@ def _check_data(cfg: Config) -> None:
     d = cfg.data
     _require(d.vocab_size > 4, "data.vocab_size", d.vocab_size, "must exceed the 4 special tokens")
     _require(d.max_length > 1, "data.max_length", d.max_length, "must be at least 2")
-    for section in ("generated", "text_files", "tfds"):
+    _require(d.source_length > 1, "data.max_source_length", d.max_source_length,
+             "must be at least 2 (or None: data.max_length)")  # fmt: skip
+    for section in ("generated", "text_files", "tfds", "json_files"):
         present = getattr(d, section) is not None
         if section == d.source:
             why = f"must be set when data.source={section!r}"
@@ -330,10 +364,17 @@ def _check_data(cfg: Config) -> None:
              d.tokenizer, why)  # fmt: skip
     if d.batching == "tokens":
         why = (
-            f"with data.batching='tokens' it counts tokens and must hold one "
-            f"data.max_length={d.max_length} sentence"
+            f"with data.batching='tokens' it counts tokens and must hold one sequence of "
+            f"the longest, {max(d.max_length, d.source_length)} tokens"
         )
-        _require(cfg.batch_size >= d.max_length, "batch_size", cfg.batch_size, why)
+        longest = max(d.max_length, d.source_length)
+        _require(cfg.batch_size >= longest, "batch_size", cfg.batch_size, why)
+    if d.max_source_length is not None:
+        why = "a source length of its own is for encoder-decoder models"
+        _require(cfg.model.kind == "encoder_decoder", "data.max_source_length",
+                 d.max_source_length, why)  # fmt: skip
+        why = "rows of packed pairs have one length for both sides"
+        _require(d.batching != "packed", "data.max_source_length", d.max_source_length, why)
 
 
 def _check_training(cfg: Config) -> None:

@@ -1,4 +1,5 @@
-"""Translating sentences or a split (greedy or beam search) and scoring with sacreBLEU."""
+"""Decoding sources or a split (greedy or beam search) and scoring the outputs: sacreBLEU and
+chrF for translations, ROUGE for summaries (data.metric)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sacrebleu
 import sacremoses
 from jax.experimental import multihost_utils
 
-from transformer import sharding
+from transformer import rouge, sharding
 from transformer.config import EXTRA_OUTPUT_TOKENS, Config
 from transformer.data.pipeline import Ragged
 from transformer.data.tasks import Task
@@ -24,9 +25,10 @@ from transformer.special_tokens import EOS_ID, PAD_ID
 
 def decode_length(config: Config, source_length: int) -> int:
     """Output buffer for sources of at most `source_length` tokens: that plus 50 (section
-    6.1), within the positional table. Each sentence stops at its own input length + 50
-    inside it (`decode.output_limits`)."""
-    return min(config.model.max_len, source_length + EXTRA_OUTPUT_TOKENS)
+    6.1), and at most the longest target (data.max_length) plus 50, as a summary is much
+    shorter than its source. Each output stops at its own input length + 50 inside it
+    (`decode.output_limits`)."""
+    return min(config.data.max_length, source_length) + EXTRA_OUTPUT_TOKENS
 
 
 def translate_ids(
@@ -39,17 +41,17 @@ def translate_ids(
     beam_size: int = 1,
     alpha: float = 0.6,
 ) -> list[str]:
-    """Detokenized translations of EOS-terminated id sequences (at most data.max_length each),
+    """Detokenized outputs of EOS-terminated id sequences (at most data.source_length each),
     greedy for beam_size 1, else beam search with length penalty `alpha`; in order.
 
-    Sentences are decoded longest first in batches of similar length, each padded to a
-    multiple of a quarter of data.max_length, with an output buffer of that width + 50: less
+    Sources are decoded longest first in batches of similar length, each padded to a
+    multiple of a quarter of the longest source, with an output buffer `decode_length`: less
     padding for the encoder, the cross-attention and the cache than one size for all, and at
-    most four shapes to compile. Each sentence stops at EOS or its own length + 50."""
+    most four shapes to compile. Each output stops at EOS or its source's length + 50."""
     shards = sharding.num_shards(batch_sharding, dim=0)
     batch_size = -(-config.eval_batch_size // shards) * shards  # Rounded up to fill every shard.
     source = Ragged.from_lists(source_ids)
-    max_length = config.data.max_length
+    max_length = config.data.source_length
     quantum = max(1, -(-max_length // 4))
     order = np.argsort(-np.minimum(source.lengths, max_length), kind="stable")
     per_shard = shards > 1 and all(
@@ -116,7 +118,7 @@ def translate_split(
     )  # fmt: skip
 
 
-def evaluate_translation(
+def evaluate_split(
     config: Config,
     model: Transformer,
     params: Any,
@@ -126,21 +128,41 @@ def evaluate_translation(
     beam_size: int = 1,
     alpha: float = 0.6,
 ) -> tuple[dict[str, float], list[str], str]:
-    """({"bleu", "chrf", "tok_bleu"}, hypotheses, sacreBLEU signature) for `split`; bleu is
-    sacreBLEU's (detokenized, cased), tok_bleu `tokenized_bleu`'s."""
+    """(scores, hypotheses, signature) of the outputs for `split`, as data.metric says:
+    `bleu_scores` for translations, `rouge.rouge` for summaries."""
     hypotheses = translate_split(
         config, model, params, task, split, batch_sharding, beam_size, alpha
     )
     references = list(task.splits[split].references)
+    if config.data.metric == "rouge":
+        return rouge.rouge(hypotheses, references), hypotheses, rouge.signature(len(references))
+    scores, signature = bleu_scores(hypotheses, references, config.data.target_lang)
+    return scores, hypotheses, signature
+
+
+def describe(scores: dict[str, float]) -> str:
+    """One line of the scores `evaluate_split` gives, for logs."""
+    if "rouge1" in scores:
+        return "ROUGE-1/2/L/Lsum " + " / ".join(
+            f"{scores[k]:.2f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+        )
+    return f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}"
+
+
+def bleu_scores(
+    hypotheses: Sequence[str], references: Sequence[str], lang: str
+) -> tuple[dict[str, float], str]:
+    """({"bleu", "chrf", "tok_bleu"}, sacreBLEU signature); bleu is sacreBLEU's (detokenized,
+    cased), tok_bleu `tokenized_bleu`'s."""
     bleu = sacrebleu.metrics.BLEU()
     score = bleu.corpus_score(hypotheses, [references])
     chrf = sacrebleu.metrics.CHRF().corpus_score(hypotheses, [references])
     scores = {
         "bleu": score.score,
         "chrf": chrf.score,
-        "tok_bleu": tokenized_bleu(hypotheses, references, config.data.target_lang),
+        "tok_bleu": tokenized_bleu(hypotheses, references, lang),
     }
-    return scores, hypotheses, str(bleu.get_signature())
+    return scores, str(bleu.get_signature())
 
 
 def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], lang: str) -> float:

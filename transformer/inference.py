@@ -20,6 +20,7 @@ from transformer.config import Config, MeshConfig, from_config_dict
 from transformer.data.text_files import CorpusError
 from transformer.data.tokenizer import Tokenizer
 from transformer.errors import UserError
+from transformer.special_tokens import EOS_ID
 
 # Inference shards the batch over every device; parameters are replicated.
 DATA_PARALLEL = MeshConfig(data=-1, fsdp=1, tensor=1)
@@ -111,3 +112,15 @@ def read_lines(path: str) -> list[str]:
         except UnicodeDecodeError as e:
             raise CorpusError(f"{path}:{number}: invalid UTF-8 at byte {e.start}.") from None
     return text
+
+
+def fit_sources(tokenizer: Tokenizer, texts: list[str], limit: int, label: str) -> list[list[int]]:
+    """EOS-terminated ids of each text, a source over `limit` tokens cut to the limit with a
+    warning on stderr naming it (`label` and its number from 1)."""
+    ids = tokenizer.encode_batch(texts)
+    for number, seq in enumerate(ids, start=1):
+        if len(seq) > limit:
+            print(f"warning: {label} {number} has {len(seq)} tokens; the model takes {limit}, "
+                  "so it is cut.", file=sys.stderr)  # fmt: skip
+            ids[number - 1] = [*seq[: limit - 1], EOS_ID]
+    return ids

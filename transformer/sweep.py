@@ -25,7 +25,7 @@ from transformer import checkpoint, inference, trainer
 from transformer import workdir as workdir_files
 from transformer.config import ConfigError, from_config_dict
 from transformer.data.tasks import load_task
-from transformer.evaluation import evaluate_translation
+from transformer.evaluation import evaluate_split
 from transformer.model import count_parameters
 
 COLUMNS = (
@@ -112,10 +112,11 @@ def evaluate_workdir(directory: str) -> dict[str, str]:
         loss = trainer.evaluate_loss(placed, restored.params, task, "validation")
         bleu = ""
         if config.model.kind == "encoder_decoder":
-            scores, _, _ = evaluate_translation(
+            scores, _, _ = evaluate_split(
                 config, placed.model, restored.params, task, "validation", placed.batch_sharding
             )
-            bleu = repr(scores["bleu"])
+            # A summariser's sweep ranks by ROUGE-L in the same column.
+            bleu = repr(scores["bleu"] if "bleu" in scores else scores["rougeL"])
     return {
         "params": str(count_parameters(restored.params)),
         "steps": str(restored.steps[-1]),

@@ -25,7 +25,7 @@ from transformer import allocator, checkpoint, sharding, workdir
 from transformer.config import Config, from_config_dict
 from transformer.data.prefetch import ReadyBatch, prefetch
 from transformer.data.tasks import Task, load_task
-from transformer.evaluation import continue_prompts, evaluate_translation
+from transformer.evaluation import continue_prompts, describe, evaluate_split
 from transformer.metrics import MetricWriter, summarize
 from transformer.model import build_model, count_parameters
 from transformer.nonfinite import check_streak
@@ -226,8 +226,10 @@ class Loop:
             seconds = time.perf_counter() - started
             self.excluded_seconds += seconds
             rows, length = batch["targets"].shape
-            self.bar.write(f"Compiled the train step for batches of {rows} x {length} tokens "
-                           f"in {seconds:.1f} s.")  # fmt: skip
+            source = batch.get("inputs", batch["targets"]).shape[1]
+            tokens = f"{length}" if source == length else f"({source} source, {length} target)"
+            self.bar.write(f"Compiled the train step for batches of {rows} x {tokens} tokens "
+                           f"in {seconds:.1f} s{_memory(self.compiled[shapes])}.")  # fmt: skip
         state, metrics = self.compiled[shapes](state, batch)
         self.on_device.append(metrics)
         self.tokens[0] += ready.real_tokens
@@ -272,7 +274,7 @@ class Loop:
             )
 
     def evaluate(self, state: TrainState, done: int) -> None:
-        """Validation loss and greedy BLEU at their intervals (and after the last step)."""
+        """Validation loss and greedy BLEU or ROUGE at their intervals (and after the last step)."""
         config, final = self.config, done == self.config.num_train_steps
         started = time.perf_counter()
         if config.eval_every_steps and (done % config.eval_every_steps == 0 or final):
@@ -283,14 +285,21 @@ class Loop:
                 f"perplexity {valid['perplexity']:.2f}, accuracy {valid['accuracy']:.3f}"
             )
         if config.bleu_every_steps and (done % config.bleu_every_steps == 0 or final):
-            scores, _, _ = evaluate_translation(
+            scores, _, _ = evaluate_split(
                 config, self.placed.model, state.params, self.task, "validation",
                 self.placed.batch_sharding,
             )  # fmt: skip
             self.writer.write(done, "validation", scores)
-            self.bar.write(f"step {done}: validation BLEU {scores['bleu']:.2f} (greedy), "
-                           f"chrF {scores['chrf']:.2f}")  # fmt: skip
+            self.bar.write(f"step {done}: validation {describe(scores)} (greedy)")
         self.excluded_seconds += time.perf_counter() - started
+
+
+def _memory(compiled: Any) -> str:
+    """ ", X GiB of temporaries": XLA's own account of a compiled step's working memory per
+    device (beyond the state and batch), where the backend gives one."""
+    analysis = compiled.memory_analysis()
+    temp = getattr(analysis, "temp_size_in_bytes", None)
+    return f", {temp / 2**30:.2f} GiB of temporaries" if temp is not None else ""
 
 
 def train_summary(fetched: list[dict[str, np.ndarray]], seconds: float, steps: int):
@@ -320,7 +329,8 @@ def evaluate_loss(placed: ModelOnMesh, params: Any, task: Task, split: str) -> d
 
 
 def _final_evaluation(placed: ModelOnMesh, params: Any, task: Task) -> dict[str, float]:
-    """Test results: loss metrics always; greedy translations and BLEU for translation."""
+    """Test results: loss metrics always; greedy outputs and BLEU or ROUGE for a translator
+    or summariser."""
     config = placed.config
     results = evaluate_loss(placed, params, task, "test")
     shown = config.num_samples_to_print if jax.process_index() == 0 else 0  # Once per job.
@@ -332,7 +342,7 @@ def _final_evaluation(placed: ModelOnMesh, params: Any, task: Task) -> dict[str,
             print(f"\nprompt:     {prompt}\ngenerated:  {text}")
         print(f"\nTest perplexity {results['perplexity']:.3f} (target side, teacher-forced).")
         return results
-    scores, hypotheses, _ = evaluate_translation(
+    scores, hypotheses, _ = evaluate_split(
         config, placed.model, params, task, "test", placed.batch_sharding
     )
     results.update(scores)
@@ -342,8 +352,10 @@ def _final_evaluation(placed: ModelOnMesh, params: Any, task: Task) -> dict[str,
             f"\nsource:     {split.sources[i]}\nreference:  {split.references[i]}\n"
             f"hypothesis: {hypotheses[i]}"
         )
-    print(
-        f"\nTest BLEU {scores['bleu']:.2f} (sacreBLEU, greedy), chrF {scores['chrf']:.2f}, "
-        f"perplexity {results['perplexity']:.3f} on {len(split)} sentences."
-    )
+    if config.data.metric == "bleu":
+        line = f"BLEU {scores['bleu']:.2f} (sacreBLEU, greedy), chrF {scores['chrf']:.2f}"
+    else:
+        line = f"{describe(scores)} (rouge-score F1, stemmed, greedy)"
+    unit = "sentences" if config.data.metric == "bleu" else "summaries"
+    print(f"\nTest {line}, perplexity {results['perplexity']:.3f} on {len(split)} {unit}.")
     return results

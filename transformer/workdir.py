@@ -103,6 +103,9 @@ def read_config(workdir: str) -> ConfigDict:
         saved = json.load(f)
     if saved.get("data", {}).get("source") == "embedded":
         saved["data"]["source"] = "generated"
+    # Written before summaries: max_length was both sides' limit, BLEU the only metric.
+    saved.get("data", {}).setdefault("max_source_length", None)
+    saved.get("data", {}).setdefault("metric", "bleu")
     for section in (saved, saved.get("model", {}), saved.get("data", {})):
         for old, new in _RENAMED_KEYS.items():
             if old in section:

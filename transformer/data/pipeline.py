@@ -82,24 +82,32 @@ def encode_split(
     tokenizer: Tokenizer,
     max_length: int,
     overlong: str = "drop",
+    max_source_length: int | None = None,
 ) -> EncodedSplit:
-    """Tokenizes (source, target) pairs; a side longer than `max_length` tokens (EOS included)
-    drops the pair, or is cut to max_length - 1 tokens + EOS, as `overlong` says."""
+    """Tokenizes (source, target) pairs; a source longer than `max_source_length` tokens
+    (EOS included; None: max_length) or a target longer than `max_length` drops the pair, or
+    is cut to the limit - 1 tokens + EOS, as `overlong` says."""
+    src_limit = max_length if max_source_length is None else max_source_length
     src_ids = tokenizer.encode_batch([s for s, _ in pairs])
     tgt_ids = tokenizer.encode_batch([t for _, t in pairs])
     keep, inputs, targets, truncated = [], [], [], 0
     for i, (src, tgt) in enumerate(zip(src_ids, tgt_ids, strict=True)):
-        if len(src) > max_length or len(tgt) > max_length:
+        if len(src) > src_limit or len(tgt) > max_length:
             if overlong == "drop":
                 continue
             truncated += 1
-            src = [*src[: max_length - 1], EOS_ID] if len(src) > max_length else src
+            src = [*src[: src_limit - 1], EOS_ID] if len(src) > src_limit else src
             tgt = [*tgt[: max_length - 1], EOS_ID] if len(tgt) > max_length else tgt
         keep.append(i)
         inputs.append(src)
         targets.append(tgt)
     if not keep:
-        raise ValueError(f"No sentence pair fits in data.max_length={max_length} tokens.")
+        limits = (
+            f"data.max_length={max_length} tokens"
+            if max_source_length is None
+            else f"data.max_source_length={src_limit} and data.max_length={max_length} tokens"
+        )
+        raise ValueError(f"No sentence pair fits in {limits}.")
     return EncodedSplit(
         inputs=Ragged.from_lists(inputs),
         targets=Ragged.from_lists(targets),
@@ -140,40 +148,84 @@ def bucket_lengths(max_length: int) -> tuple[int, ...]:
     return (*(b for b in BUCKET_LENGTHS if b < max_length), max_length)
 
 
-def bucket_indices(split: EncodedSplit, max_length: int) -> np.ndarray:
-    """[len(split)]: the index into bucket_lengths(max_length) of each pair's bucket, the
-    first bucket that holds its longer side."""
-    longest = np.maximum(split.inputs.lengths, split.targets.lengths)
-    return np.searchsorted(np.asarray(bucket_lengths(max_length)), longest)
+def bucket_shapes(max_length: int, max_source_length: int | None = None) -> list[tuple[int, int]]:
+    """Every (source length, target length) a token batch can have. With one limit for both
+    sides the two are one, the bucket of the longer side; with a source limit of its own
+    (sources ~10x longer than targets) each side has its own bucket, so neither is padded to
+    the other's length."""
+    if max_source_length is None:
+        return [(n, n) for n in bucket_lengths(max_length)]
+    return [(s, t) for s in bucket_lengths(max_source_length) for t in bucket_lengths(max_length)]
 
 
-def count_buckets(split: EncodedSplit, max_length: int) -> np.ndarray:
-    """[len(bucket_lengths(max_length))] int64: how many pairs of `split` fall in each bucket."""
-    which = bucket_indices(split, max_length)
-    return np.bincount(which, minlength=len(bucket_lengths(max_length))).astype(np.int64)
+def bucket_indices(
+    split: EncodedSplit, max_length: int, max_source_length: int | None = None
+) -> np.ndarray:
+    """[len(split)]: the index into bucket_shapes(...) of each pair's bucket, the smallest
+    that holds it."""
+    src, tgt = split.inputs.lengths, split.targets.lengths
+    targets = np.asarray(bucket_lengths(max_length))
+    if max_source_length is None:
+        return np.searchsorted(targets, np.maximum(src, tgt))
+    sources = np.asarray(bucket_lengths(max_source_length))
+    return np.searchsorted(sources, src) * len(targets) + np.searchsorted(targets, tgt)
+
+
+def count_buckets(
+    split: EncodedSplit, max_length: int, max_source_length: int | None = None
+) -> np.ndarray:
+    """[len(bucket_shapes(...))] int64: how many pairs of `split` fall in each bucket."""
+    which = bucket_indices(split, max_length, max_source_length)
+    size = len(bucket_shapes(max_length, max_source_length))
+    return np.bincount(which, minlength=size).astype(np.int64)
+
+
+def merge_sparse_buckets(
+    shapes: list[tuple[int, int]], counts: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """[len(shapes)]: the bucket each bucket's pairs are batched in. A bucket with pairs but
+    fewer than one batch (`rows`) of them hands them to the smallest bucket that holds them
+    (the same source length and a longer target first), so that no pair is left out of every
+    epoch and no shape compiles for a handful of pairs; the largest keeps its own. Decided
+    from the global counts: the same on every host."""
+    merged = np.arange(len(shapes))
+    counts = np.array(counts, np.int64)
+    for b in sorted(range(len(shapes)), key=lambda b: sum(shapes[b])):
+        s, t = shapes[b]
+        bigger = [c for c, (s2, t2) in enumerate(shapes) if s2 >= s and t2 >= t and c != b]
+        if 0 < counts[b] < rows[b] and bigger:
+            to = min(bigger, key=lambda c: shapes[c])
+            counts[to] += counts[b]
+            counts[b] = 0
+            merged[merged == b] = to
+    return merged
 
 
 @dataclasses.dataclass(frozen=True)
 class PlannedBatch:
-    """This process's rows of one global batch: their padded length and the example
-    indices (into its shard) of each row."""
+    """This process's rows of one global batch: their padded source and target lengths and
+    the example indices (into its shard) of each row."""
 
-    length: int
+    source_length: int
+    target_length: int
     rows: list[np.ndarray]
 
 
 def batch_arrays(split: EncodedSplit, planned: PlannedBatch, packed: bool) -> dict[str, np.ndarray]:
-    """The arrays of a planned batch, each [len(planned.rows), planned.length]: inputs and
-    targets (one pair per row, padded), plus positions and segmentation when `packed`."""
+    """The arrays of a planned batch, [len(planned.rows), source_length] for the inputs and
+    [len(planned.rows), target_length] for the targets (one pair per row, padded), plus
+    positions and segmentation when `packed`."""
     if not packed:
         idx = np.concatenate(planned.rows)
         return {
-            "inputs": split.inputs.padded(idx, planned.length),
-            "targets": split.targets.padded(idx, planned.length),
+            "inputs": split.inputs.padded(idx, planned.source_length),
+            "targets": split.targets.padded(idx, planned.target_length),
         }
     batch = {}
-    for side, seqs in (("inputs", split.inputs), ("targets", split.targets)):
-        tokens, positions, segmentation = _pack_side(seqs, planned.rows, planned.length)
+    sides = (("inputs", split.inputs, planned.source_length),
+             ("targets", split.targets, planned.target_length))  # fmt: skip
+    for side, seqs, length in sides:
+        tokens, positions, segmentation = _pack_side(seqs, planned.rows, length)
         batch[side] = tokens
         batch[f"{side}_positions"] = positions
         batch[f"{side}_segmentation"] = segmentation
@@ -219,12 +271,15 @@ class StepBatches(abc.ABC):
         row_multiple: int,
         process_index: int,
         process_count: int,
+        max_source_length: int | None = None,
     ):
         self.split = split
         self.batch_size = batch_size
         self.seed = seed
         longest = max(split.inputs.lengths.max(), split.targets.lengths.max())
         self.max_length = max_length or int(longest)
+        self.max_source_length = max_source_length  # None: max_length.
+        self.source_length = self.max_length if max_source_length is None else max_source_length
         if row_multiple % process_count:
             raise ValueError(
                 f"{row_multiple} batch shards do not divide over {process_count} hosts."
@@ -258,10 +313,12 @@ class EpochBatches(StepBatches):
         row_multiple: int = 1,
         process_index: int = 0,
         process_count: int = 1,
+        max_source_length: int | None = None,
     ):
         super().__init__(
-            split, batch_size, seed, max_length, row_multiple, process_index, process_count
-        )
+            split, batch_size, seed, max_length, row_multiple, process_index, process_count,
+            max_source_length,
+        )  # fmt: skip
         self.packed = packed
         if batch_size % row_multiple:
             raise ValueError(
@@ -290,7 +347,7 @@ class EpochBatches(StepBatches):
             rows = [order[i : i + 1] for i in range(len(order))]
         size = self._local_rows
         batches = [
-            PlannedBatch(self.max_length, rows[start : start + size])
+            PlannedBatch(self.source_length, self.max_length, rows[start : start + size])
             for start in range(0, len(rows) - size + 1, size)
         ]
         self._epoch_cache = (epoch, batches)
@@ -312,12 +369,13 @@ class TokenBatches(StepBatches):
     """Batches of data.batching "tokens": about batch_size tokens per side, of pairs bucketed
     by length (one shape per bucket).
 
-    All processes must pad to the same bucket length at each step, so the sequence of bucket
-    lengths is planned from the seed and the global bucket counts alone (each global epoch
+    All processes must pad to the same bucket shape at each step, so the sequence of bucket
+    shapes is planned from the seed and the global bucket counts alone (each global epoch
     holds every bucket's share of batches, in shuffled order); each process fills its rows of
-    the step from an endless, shuffled stream of its pairs in that bucket.
-    `global_bucket_counts` ([len(bucket_lengths(max_length))], summed over every host's shard)
-    may be left out on a single host.
+    the step from an endless, shuffled stream of its pairs in that bucket. Buckets too
+    sparse for one batch join a larger one (`merge_sparse_buckets`).
+    `global_bucket_counts` ([len(bucket_shapes(...))], summed over every host's shard) may
+    be left out on a single host.
     """
 
     def __init__(
@@ -330,18 +388,24 @@ class TokenBatches(StepBatches):
         process_index: int = 0,
         process_count: int = 1,
         global_bucket_counts: np.ndarray | None = None,
+        max_source_length: int | None = None,
     ):
         super().__init__(
-            split, batch_size, seed, max_length, row_multiple, process_index, process_count
-        )
-        self._lengths = bucket_lengths(self.max_length)
+            split, batch_size, seed, max_length, row_multiple, process_index, process_count,
+            max_source_length,
+        )  # fmt: skip
+        self._shapes = bucket_shapes(self.max_length, max_source_length)
         if global_bucket_counts is None:
             if process_count > 1:
                 raise ValueError("Token batching over several hosts needs the global counts.")
-            global_bucket_counts = count_buckets(split, self.max_length)
-        rows = np.array([self._rows_per_batch(n) for n in self._lengths])
-        self._batches_per_epoch = np.asarray(global_bucket_counts) // rows
-        if not self.steps_per_epoch:
+            global_bucket_counts = count_buckets(split, self.max_length, max_source_length)
+        rows = np.array([self._rows_per_batch(max(shape)) for shape in self._shapes])
+        self._merged = merge_sparse_buckets(self._shapes, global_bucket_counts, rows)
+        counts = np.bincount(self._merged, global_bucket_counts, len(self._shapes))
+        counts = counts.astype(np.int64)
+        # A bucket still short of a batch (the largest) gets one, its pairs repeated.
+        self._batches_per_epoch = np.maximum(counts // rows, counts > 0)
+        if not np.any(counts >= rows):
             raise ValueError(
                 f"batch_size={batch_size} tokens is larger than one epoch of the "
                 f"training pairs of any length bucket."
@@ -363,18 +427,21 @@ class TokenBatches(StepBatches):
 
     def _bucket_pools(self) -> dict[int, np.ndarray]:
         """For each bucket the schedule uses, the indices of this host's pairs that fill it."""
-        which = bucket_indices(self.split, self.max_length)
+        which = self._merged[bucket_indices(self.split, self.max_length, self.max_source_length)]
         pools = {}
         for b in np.flatnonzero(self._batches_per_epoch):
             pool = np.flatnonzero(which == b)
             if not len(pool):
-                # This host has no pair of this length but others do: shorter pairs fit.
-                shorter = np.flatnonzero(which < b)
-                pool = shorter[which[shorter] == which[shorter].max()] if len(shorter) else pool
+                # This host has no pair of this shape but others do: smaller pairs fit.
+                fits = [c for c, (s, t) in enumerate(self._shapes) if s <= self._shapes[b][0]
+                        and t <= self._shapes[b][1] and np.any(which == c)]  # fmt: skip
+                pool = np.flatnonzero(which == max(fits)) if fits else pool
             if not len(pool):
+                source, target = self._shapes[b]
+                size = f"{target}" if source == target else f"{source} source and {target} target"
                 raise ValueError(
-                    f"Host {self.process_index} holds no training pair of at most "
-                    f"{self._lengths[b]} tokens; use fewer hosts or data.batching='sentences'."
+                    f"Host {self.process_index} holds no training pair of at most {size} "
+                    "tokens; use fewer hosts or data.batching='sentences'."
                 )
             pools[int(b)] = pool
         return pools
@@ -383,7 +450,7 @@ class TokenBatches(StepBatches):
         """(bucket, how many earlier batches of that bucket in the epoch), each
         [steps_per_epoch], for each step of a global epoch; the same on every host."""
         if self._schedule_cache is None or self._schedule_cache[0] != epoch:
-            buckets = np.repeat(np.arange(len(self._lengths)), self._batches_per_epoch)
+            buckets = np.repeat(np.arange(len(self._shapes)), self._batches_per_epoch)
             buckets = np.random.default_rng([self.seed, epoch]).permutation(buckets)
             earlier = np.zeros_like(buckets)
             for b in np.unique(buckets):
@@ -417,7 +484,7 @@ class TokenBatches(StepBatches):
         rows = int(self._local_rows_of[b])
         # Earlier epochs used this bucket's stream for _batches_per_epoch[b] batches each.
         start = (epoch * int(self._batches_per_epoch[b]) + int(earlier[index])) * rows
-        return PlannedBatch(self._lengths[b], list(self._stream(b, start, rows)[:, None]))
+        return PlannedBatch(*self._shapes[b], list(self._stream(b, start, rows)[:, None]))
 
 
 BATCHINGS = ("sentences", "packed", "tokens")
@@ -433,14 +500,17 @@ def train_batches(
     process_index: int = 0,
     process_count: int = 1,
     global_bucket_counts: np.ndarray | None = None,
+    max_source_length: int | None = None,
 ) -> StepBatches:
     """This process's step-indexed training batches of `split` as data.batching says:
     EpochBatches for "sentences" and "packed", TokenBatches for "tokens"."""
     hosts = (row_multiple, process_index, process_count)
     if batching == "tokens":
-        return TokenBatches(split, batch_size, seed, max_length, *hosts, global_bucket_counts)
+        return TokenBatches(split, batch_size, seed, max_length, *hosts, global_bucket_counts,
+                            max_source_length)  # fmt: skip
     if batching in ("sentences", "packed"):
-        return EpochBatches(split, batch_size, seed, batching == "packed", max_length, *hosts)
+        packed = batching == "packed"
+        return EpochBatches(split, batch_size, seed, packed, max_length, *hosts, max_source_length)
     raise ValueError(f"data.batching={batching!r} is none of {', '.join(BATCHINGS)}.")
 
 
@@ -450,17 +520,20 @@ def eval_batches(
     length: int,
     process_index: int = 0,
     process_count: int = 1,
+    source_length: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """The whole split in order, as batches of `batch_size` pairs padded to `length` (the last
-    batch padded with empty rows, which carry no tokens and so no weight). Each process holds
-    its rows of each batch."""
+    """The whole split in order, as batches of `batch_size` pairs, sources padded to
+    `source_length` (None: `length`) and targets to `length` (the last batch padded with
+    empty rows, which carry no tokens and so no weight). Each process holds its rows of each
+    batch."""
+    source_length = length if source_length is None else source_length
     local = batch_size // process_count
     batches = []
     for start in range(0, len(split), batch_size):
         idx = np.arange(start, min(start + batch_size, len(split)))
-        inputs = np.full((batch_size, length), PAD_ID, np.int32)
+        inputs = np.full((batch_size, source_length), PAD_ID, np.int32)
         targets = np.full((batch_size, length), PAD_ID, np.int32)
-        inputs[: len(idx)] = split.inputs.padded(idx, length)
+        inputs[: len(idx)] = split.inputs.padded(idx, source_length)
         targets[: len(idx)] = split.targets.padded(idx, length)
         rows = slice(process_index * local, (process_index + 1) * local)
         batches.append({"inputs": inputs[rows], "targets": targets[rows]})

@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 
 from transformer import workdir as workdir_files
 from transformer.config import DataConfig
-from transformer.data import generated, text_files, tfds_source
+from transformer.data import generated, json_files, text_files, tfds_source
 from transformer.data.pipeline import (
     EncodedSplit,
     StepBatches,
@@ -61,7 +61,9 @@ class Task:
             and global_bucket_counts is None
             and jax.process_count() == self.process_count > 1
         ):
-            local = count_buckets(self.splits["train"], self.config.max_length)
+            local = count_buckets(
+                self.splits["train"], self.config.max_length, self.config.max_source_length
+            )
             global_bucket_counts = multihost_utils.process_allgather(local).sum(0)
         return train_batches(
             self.splits["train"],
@@ -73,6 +75,7 @@ class Task:
             process_index=self.process_index,
             process_count=self.process_count,
             global_bucket_counts=global_bucket_counts,
+            max_source_length=self.config.max_source_length,
         )
 
     def eval_batches(self, split: str, batch_size: int) -> list[dict]:
@@ -83,6 +86,7 @@ class Task:
             self.config.max_length,
             self.process_index,
             self.process_count,
+            self.config.source_length,
         )
 
 
@@ -111,6 +115,15 @@ def read_pairs(
             )
             for split in SPLITS
         }  # fmt: skip
+    if config.source == "json_files":
+        j = config.json_files
+        names = dict(train=j.train_split, validation=j.validation_split, test=j.test_split)
+        return {
+            split: json_files.read_pairs(
+                j.directory, j.source_field, j.target_field, names[split], *shards[split]
+            )
+            for split in SPLITS
+        }
     t = config.text_files
     return {
         split: text_files.read_parallel(
@@ -156,15 +169,20 @@ def load_task(
     for name, split_pairs in pairs.items():
         # Evaluation sets stay whole: their over-long pairs are truncated, never dropped.
         overlong = config.overlong if name == "train" else "truncate"
-        split = encode_split(split_pairs, tokenizer, config.max_length, overlong)
+        split = encode_split(
+            split_pairs, tokenizer, config.max_length, overlong, config.max_source_length
+        )
         if split.num_dropped or split.num_truncated:
             logging.warning(
-                "%s: %s %d of %d pairs longer than data.max_length=%d tokens.",
+                "%s: %s %d of %d pairs %s.",
                 name,
                 "dropped" if split.num_dropped else "truncated",
                 split.num_dropped or split.num_truncated,
                 len(split_pairs),
-                config.max_length,
+                f"longer than data.max_length={config.max_length} tokens"
+                if config.max_source_length is None
+                else f"with a source over data.max_source_length={config.source_length} "
+                f"or a target over data.max_length={config.max_length} tokens",
             )
         splits[name] = split
     return Task(config, tokenizer, splits, index, count)
