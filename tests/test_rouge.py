@@ -64,3 +64,17 @@ def test_unequal_lists_are_refused_and_the_signature_says_the_settings():
     signature = rouge.signature(819)
     for setting in ("rouge-score 0.1.2", "F1 mean of 819", "stemmer: Porter", "Punkt"):
         assert setting in signature
+
+
+def test_the_extractive_baselines_pick_the_first_and_the_longest_utterances():
+    from benchmarks.summary_baselines import lead, longest
+
+    dialogue = (
+        "A: hi\nB: I will buy the bread today\nA: ok\nB: and the milk too, at 5\nA: thanks a lot!"
+    )
+    assert lead(dialogue, 3) == "A: hi\nB: I will buy the bread today\nA: ok"
+    # The three longest, in the order they were said.
+    assert (
+        longest(dialogue, 3)
+        == "B: I will buy the bread today\nB: and the milk too, at 5\nA: thanks a lot!"
+    )
