@@ -23,12 +23,14 @@ NAMES = ("Ann", "Bob", "Cat", "Dan", "Eve", "Fay")
 ITEMS = ("apples", "bread", "tickets", "flowers", "coffee", "a cake")
 TIMES = ("at 5", "tomorrow", "on Monday", "tonight")
 OVERRIDES = {
-    "num_train_steps": 60, "batch_size": 512, "warmup_steps": 20, "learning_rate_scale": 2.0,
+    "num_train_steps": 60, "batch_size": 32, "warmup_steps": 20, "learning_rate_scale": 2.0,
     "log_every_steps": 20, "eval_every_steps": 60, "bleu_every_steps": 60,
     "checkpoint_every_steps": 30, "num_samples_to_print": 1, "eval_batch_size": 16,
     "model.num_encoder_layers": 1, "model.num_decoder_layers": 1, "model.d_model": 32,
     "model.d_ff": 64, "model.num_heads": 2, "data.vocab_size": 120,
     "data.max_source_length": 48, "data.max_length": 16,
+    # One compiled shape; (source, target) token buckets are test_pipeline's.
+    "data.batching": "sentences",
 }  # fmt: skip
 
 

@@ -10,7 +10,9 @@ Three ways to batch (`data.batching`):
              ids and per-segment positions so pairs never attend to each other (one shape);
   tokens     about batch_size tokens per side: pairs are bucketed by length and each bucket
              length L gets batch_size // L rows (one shape per bucket), as the paper batched
-             "by approximate sequence length".
+             "by approximate sequence length". Where sources have a limit of their own
+             (max_source_length: a dialogue and its summary), a bucket is a (source, target)
+             length pair and gets batch_size // the longer of the two rows.
 
 `train_batches` picks the strategy: EpochBatches (sentences, packed) walks each host's
 shuffled epochs; TokenBatches (tokens) follows a bucket schedule shared by all hosts. Both
