@@ -295,8 +295,8 @@ class Loop:
 
 
 def _memory(compiled: Any) -> str:
-    """ ", X GiB of temporaries": XLA's own account of a compiled step's working memory per
-    device (beyond the state and batch), where the backend gives one."""
+    """The log's suffix for a compiled step: its temporaries per device by XLA's own account
+    (working memory beyond the state and batch), where the backend gives one; else ""."""
     analysis = compiled.memory_analysis()
     temp = getattr(analysis, "temp_size_in_bytes", None)
     return f", {temp / 2**30:.2f} GiB of temporaries" if temp is not None else ""
