@@ -22,7 +22,7 @@ import sacremoses
 
 from configs import tiny
 from transformer import inference, trainer, workdir
-from transformer.attention_maps import attention_weights
+from transformer.attention_readout import attention_weights
 from transformer.config import from_config_dict
 from transformer.data.tasks import load_task
 from transformer.decode import greedy_decode_lm

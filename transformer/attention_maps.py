@@ -1,8 +1,7 @@
 """Attention maps: which tokens each position attends to, per layer and head, as PNG heatmaps.
 
-The attention modules `sow` their weights into the "intermediates" collection; one
-teacher-forced pass over a (source, target) pair collects every layer's self- and
-cross-attention.
+One teacher-forced pass over a (source, target) pair collects every layer's self- and
+cross-attention (transformer.attention_readout).
 """
 
 from __future__ import annotations
@@ -16,28 +15,9 @@ import matplotlib
 matplotlib.use("Agg")  # Files only; no display needed.
 import matplotlib.pyplot as plt
 import numpy as np
-from flax import traverse_util
 
+from transformer.attention_readout import attention_weights
 from transformer.model import Transformer, shift_right
-
-
-def attention_weights(
-    model: Transformer, params: Any, inputs: np.ndarray, targets: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Attention weights of one pair: inputs [1, src_len], targets [1, tgt_len] (EOS-ended).
-
-    Returns {"encoder/layer_0/self_attention": [heads, src_len, src_len],
-    "decoder/layer_0/self_attention": [heads, tgt_len, tgt_len],
-    "decoder/layer_0/cross_attention": [heads, tgt_len, src_len], ...}; row i of a decoder
-    map is the step that predicts target token i.
-    """
-    _, state = model.apply({"params": params}, inputs, targets, mutable=["intermediates"])
-    flat = traverse_util.flatten_dict(state["intermediates"])
-    return {
-        "/".join(key[:-1]): np.asarray(value[0])[0]  # sow keeps a tuple; drop the batch axis
-        for key, value in flat.items()
-        if key[-1] == "attention_weights"
-    }
 
 
 def plot_heads(

@@ -175,8 +175,12 @@ class MultiHeadAttention(nn.Module):
             out, weights = dot_product_attention(
                 query, key, value, mask.dense, cfg.attention_dropout_rate, rng, decode
             )
-            # For attention maps: `apply(..., mutable=["intermediates"])` returns them.
+            # For attention maps and the explorer: `apply(..., mutable=["intermediates"])`
+            # returns the weights, and outside decoding each head's queries, keys and values.
             self.sow("intermediates", "attention_weights", weights)
+            if not decode:
+                for name, vectors in (("queries", query), ("keys", key), ("values", value)):
+                    self.sow("intermediates", name, vectors)
         w_o = self._kernel("out", (h, d_v, cfg.d_model), ("heads", "kv", "embed"), contract=2)
         return constrain(matmul(out, w_o, contract=2), (BATCH, LENGTH, EMBED))
 

@@ -1,0 +1,58 @@
+"""Tiny trained workdirs for the explorer's tests: a translation model with a SentencePiece
+vocabulary (so that words split into pieces) on generated English -> German-like pairs
+written here as JSON Lines, and a language model on the same German side."""
+
+import json
+import pathlib
+
+from ml_collections import ConfigDict
+
+from configs import tiny
+from transformer import trainer
+from transformer.data.generated import generate_splits
+
+SPLITS = {"train": 1_500, "val": 32, "test": 32}
+
+
+def write_corpus(directory: pathlib.Path) -> None:
+    """train/val/test.jsonl of {"en", "de"} records."""
+    splits = generate_splits(0, SPLITS["train"], SPLITS["val"], SPLITS["test"])
+    for name, key in (("train", "train"), ("val", "validation"), ("test", "test")):
+        lines = [json.dumps({"en": en, "de": de}) + "\n" for en, de in splits[key]]
+        (directory / f"{name}.jsonl").write_text("".join(lines), encoding="utf-8")
+
+
+def explorer_config(corpus: pathlib.Path, kind: str = "encoder_decoder") -> ConfigDict:
+    """configs/tiny.py on the JSON Lines corpus with 200 BPE pieces, 2 + 2 layers of 2 heads,
+    trained for 300 steps (seconds), one checkpoint."""
+    config = tiny.get_config()
+    config.num_train_steps = 300
+    config.checkpoint_every_steps = 300
+    config.learning_rate_scale = 0.4
+    config.eval_every_steps = 0
+    config.bleu_every_steps = 0
+    config.num_samples_to_print = 0
+    config.model.num_encoder_layers = 0 if kind == "decoder_only" else 2
+    config.model.num_decoder_layers = 2
+    config.model.kind = kind
+    config.data.source = "json_files"
+    del config.data["generated"]
+    config.data.json_files = ConfigDict(dict(
+        directory=str(corpus), source_field="en", target_field="de",
+        train_split="train", validation_split="val", test_split="test",
+    ))  # fmt: skip
+    config.data.tokenizer = "bpe"
+    config.data.vocab_size = 200
+    config.data.max_length = 40
+    return config
+
+
+def train_workdirs(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """{"translation": workdir, "language_model": workdir}, both trained."""
+    corpus = tmp_path_factory.mktemp("pairs")
+    write_corpus(corpus)
+    workdirs = {}
+    for name, kind in (("translation", "encoder_decoder"), ("language_model", "decoder_only")):
+        workdirs[name] = tmp_path_factory.mktemp(name)
+        trainer.run(explorer_config(corpus, kind), str(workdirs[name]))
+    return workdirs
