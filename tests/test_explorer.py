@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 
+import jax
 import numpy as np
 import pytest
 
@@ -63,6 +64,10 @@ def until_eos(row):
     return row[: row.index(1) + 1] if 1 in row else row
 
 
+jit_greedy = jax.jit(greedy_decode, static_argnums=(0, 3))
+jit_beam = jax.jit(beam_search, static_argnums=(0, 3, 4, 5))
+
+
 def model_attention(restored, sentence, beam_size=1):
     """The model's output ids for `sentence` and its attention weights by module, computed
     without the explorer: the library's decoder, then one unpadded, unjitted pass."""
@@ -70,9 +75,9 @@ def model_attention(restored, sentence, beam_size=1):
     source = restored.tokenizer.encode(sentence)
     length = decode_length(restored.config, len(source))
     if beam_size == 1:
-        row = greedy_decode(model, params, np.asarray([source]), length)
+        row = jit_greedy(model, params, np.asarray([source]), length)
     else:
-        row = beam_search(model, params, np.asarray([source]), length, beam_size, 0.6)[0]
+        row = jit_beam(model, params, np.asarray([source]), length, beam_size, 0.6)[0]
     output = until_eos(np.asarray(row)[0])
     weights = attention_weights(model, params, np.asarray([source]), np.asarray([output]))
     return source, output, weights
@@ -282,11 +287,17 @@ def embedded_data(page):
     return json.loads(match.group(1))
 
 
-def test_export_writes_one_self_contained_page(workdirs, translation, tmp_path):
-    out = tmp_path / "page.html"
+@pytest.fixture(scope="module")
+def exported(workdirs, tmp_path_factory):
+    """The page explore.py --export wrote for SENTENCES."""
+    out = tmp_path_factory.mktemp("export") / "page.html"
     result = export(workdirs["translation"], out, *SENTENCES)
     assert result.returncode == 0, result.stderr[-2000:]
-    page = out.read_text(encoding="utf-8")
+    return out
+
+
+def test_export_writes_one_self_contained_page(exported, translation):
+    page = exported.read_text(encoding="utf-8")
     assert not re.search(r'(src|href)="(?!data:)', page)  # Nothing to fetch: opens offline.
     data = embedded_data(page)
     assert [e["input"] for e in data["examples"]] == SENTENCES
@@ -461,7 +472,7 @@ def test_page_draws_the_model_weights_in_a_real_browser(browser, server, transla
     check_page(browser, translation, SENTENCES[0], screenshot_dir())
     # A bad input gets its message on the page, and the next good one is explained.
     box.clear()
-    box.send_keys("the dog " * 30)
+    box.send_keys("the dog " * 100)
     click(browser, "#explain")
     with pytest.raises(AssertionError, match="tokens; this model takes at most"):
         wait_until_ready(browser, timeout=60)
@@ -472,11 +483,8 @@ def test_page_draws_the_model_weights_in_a_real_browser(browser, server, transla
     assert not browser.find_element("id", "message").is_displayed()
 
 
-def test_exported_page_opens_from_disk_with_the_same_weights(browser, workdirs, translation,
-                                                             tmp_path):  # fmt: skip
-    out = tmp_path / "page.html"
-    assert export(workdirs["translation"], out, *SENTENCES).returncode == 0
-    browser.get(out.as_uri())
+def test_exported_page_opens_from_disk_with_the_same_weights(browser, exported, translation):
+    browser.get(exported.as_uri())
     wait_until_ready(browser)
     picker = browser.find_element("id", "example")
     assert [o.text for o in picker.find_elements("tag name", "option")] == SENTENCES

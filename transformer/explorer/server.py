@@ -110,13 +110,18 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         sys.stderr.write(f"[{self.log_date_time_string()}] {format % args}\n")
 
 
+class ExplorerServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # http.server's default of 5 pending connections resets a burst of requests from one page
+    # or script; the lock, not the queue, bounds the work.
+    request_queue_size = 128
+
+
 def make_server(explainer: Explainer, host: str = "127.0.0.1", port: int = 8000):
     """A ThreadingHTTPServer for `explainer` on host:port (port 0: a free one), not started."""
     files = {path: static_file(name) for path, (name, _) in STATIC.items()}
     handler = type("Handler", (ExplorerHandler,), {"explainer": explainer, "files": files})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return ExplorerServer((host, port), handler)
 
 
 def serve_in_background(server: ThreadingHTTPServer) -> threading.Thread:
