@@ -3,19 +3,19 @@ summaries), read in place from its JSON files and scored with ROUGE.
 
   python train.py --config configs/samsum.py --workdir /tmp/samsum \
       [--config.data.json_files.directory=/path/to/samsum]
-  python evaluate.py --workdir /tmp/samsum --average_last 5 --beam_size 4 --alpha 1.0
-  python summarize.py --workdir /tmp/samsum --input dialogues.json
+  python evaluate.py --workdir /tmp/samsum --split validation --beam_size 1
+  python summarize.py --workdir /tmp/samsum --input dialogues.json --beam_size 1
 
 The same encoder-decoder as translation, fed long sources and short targets: dialogues of up
-to 512 pieces (longer ones, about 1 in 300, are cut and counted), summaries of up to 128;
+to 256 pieces (longer ones, about 1 in 7, keep their first 255), summaries of up to 128;
 token batches bucket each side by its own length. A newline is whitespace to SentencePiece,
 so turns stay marked by their "Name:" prefixes.
 
-Sized for about an hour of training on a 2-core CPU (`get_config()`: 2,000 steps took 64
+Sized for about an hour of training on a 2-core CPU (`get_config()`: 2,000 steps took 63
 minutes); `get_config("gpu")` is the same recipe at the paper's base size and a larger batch
-for one accelerator. As measured, the CPU recipe does not learn the task yet: its decoder
-ignores the dialogue (test ROUGE-1 8.9, below the LONGEST-3 baseline's 31.9;
-docs/summarisation.md).
+for one accelerator. As measured, the CPU recipe summarises (test ROUGE-1/2/L 22.6 / 4.9 /
+19.5, greedy) but stays below the LONGEST-3 baseline (31.9 / 10.2 / 24.2):
+docs/summarisation.md.
 """
 
 from ml_collections import ConfigDict
@@ -28,12 +28,14 @@ def get_config(size: str = "cpu") -> ConfigDict:
     config = base.get_config()
     config.num_train_steps = 2_000
     config.batch_size = 6_144  # Source tokens per step (padded), in (source, target) buckets.
-    config.learning_rate_scale = 0.5
+    # Chosen on validation: at 0.5 the decoder learned a language model of summaries and
+    # ignored the dialogues; at 0.25 it reads them.
+    config.learning_rate_scale = 0.25
     config.warmup_steps = 500
     config.label_smoothing = 0.1
     config.log_every_steps = 100
     config.eval_every_steps = 400
-    config.bleu_every_steps = 1_200  # Validation ROUGE (greedy) of 818 dialogues.
+    config.bleu_every_steps = 1_000  # Validation ROUGE (greedy) of 818 dialogues.
     config.eval_batch_size = 128
     config.checkpoint_every_steps = 200
     config.keep_checkpoints = 5
@@ -60,15 +62,17 @@ def get_config(size: str = "cpu") -> ConfigDict:
     )
     config.data.tokenizer = "bpe"
     config.data.vocab_size = 8_000  # English only; names, slang and emoji among the pieces.
-    config.data.max_source_length = 512
+    # Half the compute of 512 per dialogue: twice the steps in the hour, for 14% cut short.
+    config.data.max_source_length = 256
     config.data.max_length = 128  # The longest summary has about 90 pieces.
-    config.data.overlong = "truncate"  # A long dialogue keeps its first 511 pieces.
+    config.data.overlong = "truncate"  # A long dialogue keeps its first 255 pieces.
     config.data.batching = "tokens"
     config.data.metric = "rouge"
     if size == "gpu":
         config.num_train_steps = 20_000
         config.batch_size = 32_768
         config.learning_rate_scale = 1.0
+        config.data.max_source_length = 512  # 1 dialogue in 300 is longer.
         config.warmup_steps = 4_000  # Section 5.3.
         config.eval_batch_size = 512
         config.bleu_every_steps = 2_000

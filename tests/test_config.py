@@ -1,5 +1,6 @@
 """Experiment configs: the paper's sizes, and clear errors for bad keys and values."""
 
+import dataclasses
 import importlib
 import pathlib
 
@@ -158,12 +159,13 @@ def test_the_longest_position_is_derived_from_the_longest_sentence():
 def test_a_summariser_has_a_source_limit_of_its_own_that_sets_the_positions():
     samsum = importlib.import_module("configs.samsum")
     config = from_config_dict(samsum.get_config())
-    assert (config.data.source_length, config.data.max_length) == (512, 128)
-    assert config.model.max_len == 512 + 50 and config.data.metric == "rouge"
+    assert (config.data.source_length, config.data.max_length) == (256, 128)
+    assert config.model.max_len == 256 + 50 and config.data.metric == "rouge"
     gpu = from_config_dict(samsum.get_config("gpu"))
     m = gpu.model
-    assert (m.d_model, m.num_encoder_layers, m.dtype) == (512, 6, "bfloat16")
-    assert gpu.batch_size > config.batch_size and gpu.data == config.data
+    assert (m.d_model, m.num_encoder_layers, m.dtype, m.max_len) == (512, 6, "bfloat16", 562)
+    assert gpu.batch_size > config.batch_size
+    assert dataclasses.replace(gpu.data, max_source_length=256) == config.data
     with pytest.raises(ConfigError, match=r"samsum.py:tpu: the sizes are 'cpu' and 'gpu'"):
         samsum.get_config("tpu")
 

@@ -213,7 +213,8 @@ def test_server_explains_as_the_library_does(server, translation):
 BAD_REQUESTS = [
     ({"text": ""}, 400, "The input is empty"),
     ({"text": "  \n "}, 400, "The input is empty"),
-    ({"beam_size": 1}, 400, "The input is empty"),
+    ({"beam_size": 1}, 400, '"text" must be a string'),
+    ({"text": 5}, 400, '"text" must be a string'),
     ({"text": "a" * 4001}, 400, "4001 characters; at most 4000"),
     ({"text": "the dog " * 30}, 400, "tokens; this model takes at most"),
     (b'{"text": "the \xff dog"}', 400, "not UTF-8 text (byte 14)"),

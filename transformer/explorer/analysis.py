@@ -124,7 +124,9 @@ class Explainer:
 
     def _input_ids(self, text: Any) -> list[int]:
         """The input's ids (EOS-ended for a source, none for a prompt), or an InputError."""
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise InputError('The request\'s "text" must be a string.')
+        if not text.strip():
             raise InputError("The input is empty: type a sentence.")
         if len(text) > MAX_INPUT_CHARS:
             raise InputError(f"The input has {len(text)} characters; at most "
