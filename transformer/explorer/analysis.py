@@ -156,10 +156,8 @@ class Explainer:
 
     def _translate(self, ids: list[int], beam_size: int, alpha: float) -> list[int]:
         """The output ids up to and including EOS."""
-        width = -(-len(ids) // WIDTH_QUANTUM) * WIDTH_QUANTUM
-        row = np.full((1, width), PAD_ID, np.int32)
-        row[0, : len(ids)] = ids
-        length = decode_length(self.config, width)
+        row = _padded(ids)
+        length = decode_length(self.config, row.shape[1])
         decode = _compiled_decoder(self.restored.placed.model, length, beam_size, alpha)
         return _until_eos(np.asarray(decode(self.restored.params, row))[0])
 
@@ -174,11 +172,7 @@ class Explainer:
         or a language model's target), each padded to a multiple of WIDTH_QUANTUM for one
         compiled pass per padded size and cut back: padding is masked, so the real rows and
         columns are those of the unpadded pass."""
-        rows = []
-        for seq in sequences.values():
-            row = np.full((1, -(-len(seq) // WIDTH_QUANTUM) * WIDTH_QUANTUM), PAD_ID, np.int32)
-            row[0, : len(seq)] = seq
-            rows.append(row)
+        rows = [_padded(seq) for seq in sequences.values()]
         readout = _compiled_readout(self.restored.placed.model)(self.restored.params, *rows)
         lengths = {"source": len(sequences.get("source", ())), "target": len(sequences["target"])}
         lengths["target_input"] = lengths["target"]
@@ -228,6 +222,13 @@ def _modules(readout: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
 def _module_order(name: str) -> tuple[bool, bool, int]:
     stack, layer, kind = name.split("/")
     return (stack != "encoder", kind == "cross_attention", int(layer.removeprefix("layer_")))
+
+
+def _padded(ids: list[int]) -> np.ndarray:
+    """[1, len(ids) rounded up to a multiple of WIDTH_QUANTUM] int32, PAD after the ids."""
+    row = np.full((1, -(-len(ids) // WIDTH_QUANTUM) * WIDTH_QUANTUM), PAD_ID, np.int32)
+    row[0, : len(ids)] = ids
+    return row
 
 
 def _until_eos(row: np.ndarray) -> list[int]:
