@@ -41,7 +41,7 @@ def cut(ids: list[int], limit: int, side: str) -> list[int]:
 def draw() -> None:
     restored = inference.restore(_WORKDIR.value, _STEP.value)
     config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
-    if config.model.kind != "encoder_decoder":
+    if not config.model.has_encoder:
         raise inference.CheckpointNotFoundError("Attention maps need a translation model.")
     source = cut(tokenizer.encode(_SOURCE.value.strip()), config.data.source_length, "source")
     target_text = _TARGET.value

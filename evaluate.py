@@ -36,7 +36,7 @@ flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
 def evaluate() -> None:
     restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
     config, placed = restored.config, restored.placed
-    if config.model.kind != "encoder_decoder":
+    if not config.model.has_encoder:
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; evaluate.py translates."
         )

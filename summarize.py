@@ -64,7 +64,7 @@ def summarize() -> None:
     texts = read_texts(_INPUT.value, field)
     restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
     config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
-    if config.model.kind != "encoder_decoder":
+    if not config.model.has_encoder:
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; summarize.py needs an "
             "encoder-decoder."

@@ -34,7 +34,7 @@ def translate() -> None:
     lines = inference.read_lines(_INPUT.value)
     restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
     config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
-    if config.model.kind != "encoder_decoder":
+    if not config.model.has_encoder:
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; translate.py needs a translator."
         )

@@ -36,7 +36,9 @@ class ConfigError(UserError):
 class ModelConfig:
     """Architecture hyperparameters (Vaswani et al. 2017, Table 3 columns)."""
 
-    kind: Literal["encoder_decoder", "decoder_only"]
+    # The Transformer, its decoder alone, or the recurrent baseline (transformer.recurrent),
+    # which reads d_model, the layer counts, dropout and the embedding switches only.
+    kind: Literal["encoder_decoder", "decoder_only", "rnn"]
     num_encoder_layers: int  # N (encoder); unused by a decoder-only model, must then be 0.
     num_decoder_layers: int  # N (decoder).
     d_model: int
@@ -64,6 +66,11 @@ class ModelConfig:
     # longest position, data.max_length + EXTRA_OUTPUT_TOKENS (the longest output decoded).
     vocab_size: int = 0
     max_len: int = 0
+
+    @property
+    def has_encoder(self) -> bool:
+        """Whether the model reads a source (the Transformer's or the recurrent encoder)."""
+        return self.kind != "decoder_only"
 
     @property
     def head_dim_k(self) -> int:
@@ -312,7 +319,7 @@ def _check_model(m: ModelConfig) -> None:
     """Sizes positive, head sizes consistent, rates in range."""
     for key in ("d_model", "d_ff", "num_heads", "num_decoder_layers"):
         _require(getattr(m, key) > 0, f"model.{key}", getattr(m, key), "must be positive")
-    if m.kind == "encoder_decoder":
+    if m.has_encoder:
         why = "must be positive for an encoder-decoder model"
         _require(m.num_encoder_layers > 0, "model.num_encoder_layers", m.num_encoder_layers, why)
     else:
@@ -338,6 +345,9 @@ def _check_model(m: ModelConfig) -> None:
         _require(m.attention_dropout_rate == 0.0, "model.attention", m.attention, why)
     _require(m.layer_norm_epsilon > 0, "model.layer_norm_epsilon", m.layer_norm_epsilon,
              "must be positive")  # fmt: skip
+    if m.kind == "rnn":
+        why = "must be even: the bidirectional encoder's two directions have d_model / 2 each"
+        _require(m.d_model % 2 == 0, "model.d_model", m.d_model, why)
 
 
 def _check_data(cfg: Config) -> None:
@@ -371,10 +381,12 @@ def _check_data(cfg: Config) -> None:
         _require(cfg.batch_size >= longest, "batch_size", cfg.batch_size, why)
     if d.max_source_length is not None:
         why = "a source length of its own is for encoder-decoder models"
-        _require(cfg.model.kind == "encoder_decoder", "data.max_source_length",
-                 d.max_source_length, why)  # fmt: skip
+        _require(cfg.model.has_encoder, "data.max_source_length", d.max_source_length, why)
         why = "rows of packed pairs have one length for both sides"
         _require(d.batching != "packed", "data.max_source_length", d.max_source_length, why)
+    if cfg.model.kind == "rnn":
+        why = "the recurrent model reads one pair per row; use 'tokens' or 'sentences'"
+        _require(d.batching != "packed", "data.batching", d.batching, why)
 
 
 def _check_training(cfg: Config) -> None:

@@ -25,7 +25,7 @@ from jax import lax
 
 from transformer.config import EXTRA_OUTPUT_TOKENS
 from transformer.masks import row_lengths
-from transformer.model import DecoderOnlyLM, Transformer
+from transformer.model import DecoderOnlyLM, EncoderDecoder
 from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 Array = jax.Array
@@ -37,7 +37,7 @@ ChooseFn = Callable[[Array, Array], Array]
 
 
 def init_cache(
-    model: Transformer | DecoderOnlyLM,
+    model: EncoderDecoder | DecoderOnlyLM,
     params: Any,
     batch: int,
     max_length: int,
@@ -46,17 +46,18 @@ def init_cache(
 ) -> Cache:
     """An empty cache for `batch` rows of up to `max_length` decoded tokens.
 
-    For the Transformer it also holds the cross-attention keys and values of `encoded`
-    [batch, src_len, d_model], whose padding `inputs` [batch, src_len] gives; both are then
+    For an encoder-decoder it also holds what its decoder keeps of `encoded` [batch,
+    src_len, d_model], whose padding `inputs` [batch, src_len] gives (the Transformer's
+    cross-attention keys and values, the recurrent decoder's first states); both are then
     required. Under jit only those projections are computed: the pass that sizes the cache
     has no other output that is used.
     """
     dummy = jnp.full((batch, max_length), BOS_ID, jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(max_length), dummy.shape)
-    if isinstance(model, Transformer):
+    if isinstance(model, EncoderDecoder):
         if encoded is None or inputs is None:
-            raise ValueError("The Transformer's cache needs `encoded` and `inputs`.")
-        args, method = (encoded, inputs, dummy, positions), Transformer.decode
+            raise ValueError("An encoder-decoder's cache needs `encoded` and `inputs`.")
+        args, method = (encoded, inputs, dummy, positions), EncoderDecoder.decode
     else:
         args, method = (dummy, positions), DecoderOnlyLM.decode
     _, state = model.apply({"params": params}, *args, decode=True, method=method, mutable=["cache"])
@@ -75,7 +76,7 @@ def output_limits(inputs: Array, max_length: int, extra: int | None = EXTRA_OUTP
 
 
 def greedy_decode(
-    model: Transformer,
+    model: EncoderDecoder,
     params: Any,
     inputs: Array,
     max_length: int,
@@ -85,9 +86,9 @@ def greedy_decode(
     """inputs: [batch, src_len] -> output ids [batch, max_length] int32, PAD after EOS; each
     row stops at EOS or after its `output_limits(inputs, max_length, extra)` tokens, and
     produces at least `min_length` tokens before EOS."""
-    encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
+    encoded = model.apply({"params": params}, inputs, method=EncoderDecoder.encode)
     cache = init_cache(model, params, inputs.shape[0], max_length, encoded, inputs)
-    step = _transformer_step(model, params, encoded, inputs)
+    step = _encoder_decoder_step(model, params, encoded, inputs)
     forced = jnp.full((inputs.shape[0], max_length), PAD_ID, jnp.int32)
     limits = output_limits(inputs, max_length, extra)
 
@@ -106,10 +107,12 @@ def no_eos_before(min_length: int, scores: Array, step: Array) -> Array:
     return jnp.where(eos & (step < min_length), -jnp.inf, scores)
 
 
-def _transformer_step(model: Transformer, params: Any, encoded: Array, inputs: Array) -> StepFn:
+def _encoder_decoder_step(
+    model: EncoderDecoder, params: Any, encoded: Array, inputs: Array
+) -> StepFn:
     """One decoder step of `model` against `encoded` [rows, src_len, d_model], whose padding
     `inputs` [rows, src_len] gives, for a cache of the same rows."""
-    return _cached_step(model, params, Transformer.decode, encoded, inputs)
+    return _cached_step(model, params, EncoderDecoder.decode, encoded, inputs)
 
 
 def _cached_step(model: Any, params: Any, method: Callable, *context: Array) -> StepFn:
@@ -286,7 +289,7 @@ def length_penalty(length: Array | int, alpha: float) -> Array:
 
 
 def beam_search(
-    model: Transformer,
+    model: EncoderDecoder,
     params: Any,
     inputs: Array,
     max_length: int,
@@ -310,11 +313,11 @@ def beam_search(
     if not alpha >= 0:  # NaN too.
         raise ValueError(f"alpha must be >= 0 for the early-stopping bound, got {alpha}")
     batch = inputs.shape[0]
-    encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
+    encoded = model.apply({"params": params}, inputs, method=EncoderDecoder.encode)
     # All beams of a sentence start from its one cache, so it is built per sentence and tiled.
     cache = init_cache(model, params, batch, max_length, encoded, inputs)
     cache = jax.tree.map(lambda x: x if x.ndim == 0 else _tile_beams(x, beam_size), cache)
-    step = _transformer_step(
+    step = _encoder_decoder_step(
         model, params, _tile_beams(encoded, beam_size), _tile_beams(inputs, beam_size)
     )
     limits = output_limits(inputs, max_length, extra)

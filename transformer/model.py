@@ -1,6 +1,7 @@
 """The Transformer of "Attention Is All You Need": encoder-decoder and decoder-only models,
 built from the same layers (transformer.layers). They return next-token logits [batch,
-length, vocab] float32.
+length, vocab] float32. The recurrent baseline of the paper's comparison (transformer.recurrent)
+is an encoder-decoder of the same embedding, interface and decoding, with LSTM stacks.
 
 Padding (PAD_ID) ends a row, as every pipeline here makes rows. Packed rows carry
 `*_segmentation` ids (0 = padding), which keep attention inside a segment, and `*_positions`
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -32,6 +33,7 @@ from transformer.layers import (
     token_embedding,
 )
 from transformer.masks import AttentionMask, attention_mask, padding_mask
+from transformer.recurrent import RecurrentDecoder, RecurrentEncoder
 from transformer.sharding import BATCH, EMBED, LENGTH, VOCAB, constrain
 from transformer.special_tokens import BOS_ID, PAD_ID
 
@@ -217,10 +219,12 @@ class Decoder(nn.Module):
         return AttentionMask(padding_mask(decoder_input, tokens.value))
 
 
-class Transformer(nn.Module):
-    """The encoder-decoder: source tokens -> next-token logits of the target."""
+class EncoderDecoder(nn.Module):
+    """Source tokens -> next-token logits of the target: an encoder stack and a decoder stack
+    that share one embedding (section 3.4). Its subclasses name the two stacks."""
 
     config: ModelConfig
+    stacks: ClassVar[tuple[type[nn.Module], type[nn.Module]]]
 
     def setup(self) -> None:
         cfg = self.config
@@ -231,8 +235,9 @@ class Transformer(nn.Module):
             self.source_embed = token_embedding(cfg)
             self.target_embed = token_embedding(cfg)
             source, target = self.source_embed, self.target_embed
-        self.encoder = Encoder(cfg, source)
-        self.decoder = Decoder(cfg, target)
+        encoder, decoder = self.stacks
+        self.encoder = encoder(cfg, source)
+        self.decoder = decoder(cfg, target)
 
     def encode(
         self,
@@ -288,6 +293,19 @@ class Transformer(nn.Module):
         )  # fmt: skip
 
 
+class Transformer(EncoderDecoder):
+    """The Transformer: self-attention encoder and decoder layers (section 3.1)."""
+
+    stacks = (Encoder, Decoder)
+
+
+class RecurrentEncoderDecoder(EncoderDecoder):
+    """The recurrent baseline: bidirectional LSTM encoder, LSTM decoder with global
+    attention (transformer.recurrent), trained and decoded as the Transformer is."""
+
+    stacks = (RecurrentEncoder, RecurrentDecoder)
+
+
 class DecoderOnlyLM(nn.Module):
     """A GPT-style language model: the decoder stack without encoder-decoder attention."""
 
@@ -319,7 +337,7 @@ class DecoderOnlyLM(nn.Module):
         decode: bool = False,
     ) -> Array:
         """decoder_input: [batch, length], shifted right (BOS first) -> logits [batch,
-        length, vocab]. decode=True: incremental decoding as in `Transformer.decode`."""
+        length, vocab]. decode=True: incremental decoding as in `EncoderDecoder.decode`."""
         return self.decoder(
             decoder_input, targets_positions, targets_segmentation, None, None, deterministic,
             decode,
@@ -331,8 +349,15 @@ def count_parameters(params: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
-def build_model(config: ModelConfig) -> Transformer | DecoderOnlyLM:
+MODELS: dict[str, type[nn.Module]] = {
+    "encoder_decoder": Transformer,
+    "decoder_only": DecoderOnlyLM,
+    "rnn": RecurrentEncoderDecoder,
+}
+
+
+def build_model(config: ModelConfig) -> EncoderDecoder | DecoderOnlyLM:
     """The model that `config.kind` names."""
     if config.vocab_size <= 0:
         raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) first.")
-    return Transformer(config) if config.kind == "encoder_decoder" else DecoderOnlyLM(config)
+    return MODELS[config.kind](config)

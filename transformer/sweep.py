@@ -111,7 +111,7 @@ def evaluate_workdir(directory: str) -> dict[str, str]:
     with trainer.mesh_context(placed.mesh, config):
         loss = trainer.evaluate_loss(placed, restored.params, task, "validation")
         bleu = ""
-        if config.model.kind == "encoder_decoder":
+        if config.model.has_encoder:
             scores, _, _ = evaluate_split(
                 config, placed.model, restored.params, task, "validation", placed.batch_sharding
             )

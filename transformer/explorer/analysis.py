@@ -88,11 +88,11 @@ class Explainer:
         return {
             "kind": self.kind,
             "layers": {"encoder": model.num_encoder_layers, "decoder": model.num_decoder_layers},
-            "heads": model.num_heads,
+            "heads": 1 if self.kind == "rnn" else model.num_heads,  # Luong's single attention.
             "d_model": model.d_model,
             "max_input_tokens": self._input_limit(),
             "max_input_chars": MAX_INPUT_CHARS,
-            "max_beam_size": MAX_BEAM_SIZE if self.kind == "encoder_decoder" else 1,
+            "max_beam_size": MAX_BEAM_SIZE if self.config.model.has_encoder else 1,
             "steps": list(self.restored.steps),
         }
 
@@ -103,7 +103,7 @@ class Explainer:
         beam_size, alpha = self._check_decoding(beam_size, alpha)
         # Mesh and axis rules are per thread: each request's thread enters them.
         with self._lock, trainer.mesh_context(self.restored.placed.mesh, self.config):
-            if self.kind == "encoder_decoder":
+            if self.config.model.has_encoder:
                 output = self._translate(ids, beam_size, alpha)
                 readout = self._readout(source=ids, target=output)
             else:
@@ -120,7 +120,7 @@ class Explainer:
 
     def _input_limit(self) -> int:
         data = self.config.data
-        return data.source_length if self.kind == "encoder_decoder" else data.max_length - 1
+        return data.source_length if self.config.model.has_encoder else data.max_length - 1
 
     def _input_ids(self, text: Any) -> list[int]:
         """The input's ids (EOS-ended for a source, none for a prompt), or an InputError."""
@@ -148,7 +148,7 @@ class Explainer:
             raise InputError(f"The beam size must be a whole number from 1 to {MAX_BEAM_SIZE}.")
         if not 1 <= beam_size <= MAX_BEAM_SIZE:
             raise InputError(f"The beam size must be a whole number from 1 to {MAX_BEAM_SIZE}.")
-        if beam_size > 1 and self.kind != "encoder_decoder":
+        if beam_size > 1 and not self.config.model.has_encoder:
             raise InputError("A language model is continued greedily here; use beam size 1.")
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 2:
             raise InputError("The length penalty alpha must be a number from 0 to 2.")
@@ -194,7 +194,7 @@ class Explainer:
         which of them begin a word."""
         decoder_input = shift_right(np.asarray([output]), np.arange(len(output))[None])
         sequences = {"target": output, "target_input": [int(i) for i in decoder_input[0]]}
-        if self.kind == "encoder_decoder":
+        if self.config.model.has_encoder:
             sequences["source"] = ids
         tokenizer = self.restored.tokenizer
         return {

@@ -320,8 +320,10 @@ function renderTabs() {
   }
   for (const button of $("view-tabs").children) button.classList.toggle("active", button.dataset.view === state.view);
   const layers = clear($("layer"));
-  state.groups.get(state.module).forEach((_, layer) => layers.add(new Option(`${layer}`, layer)));
-  state.layer = Math.min(state.layer, layers.options.length - 1);
+  // The layers that have this kind of attention (a recurrent decoder attends from its top one).
+  const present = Object.keys(state.groups.get(state.module)).map(Number);
+  present.forEach((layer) => layers.add(new Option(`${layer}`, layer)));
+  if (!present.includes(state.layer)) state.layer = present.at(-1);
   layers.value = state.layer;
   const heads = clear($("heads"));
   for (let h = 0; h < state.info.heads; h++) {
@@ -374,7 +376,8 @@ function showInfo(info) {
   const lm = info.kind === "decoder_only";
   const layers = lm ? `${info.layers.decoder} decoder layers` :
     `${info.layers.encoder} encoder + ${info.layers.decoder} decoder layers`;
-  $("model-info").textContent = `${lm ? "Language model" : "Encoder-decoder"}: ${layers}, ` +
+  const name = { decoder_only: "Language model", rnn: "Recurrent encoder-decoder (LSTM)" }[info.kind];
+  $("model-info").textContent = `${name || "Encoder-decoder"}: ${layers}, ` +
     `${info.heads} heads, d_model ${info.d_model}; checkpoint step ${info.steps.join(", ")}.`;
   $("input-label").textContent = lm ? "Prompt (continued greedily)" : "Source sentence";
   $("decoding").disabled = lm;
