@@ -35,6 +35,8 @@ def explorer_config(corpus: pathlib.Path, kind: str = "encoder_decoder") -> Conf
     config.model.num_encoder_layers = 0 if kind == "decoder_only" else 2
     config.model.num_decoder_layers = 2
     config.model.kind = kind
+    if kind == "rnn":  # A recurrence reads one pair per row.
+        config.data.batching = "sentences"
     config.data.source = "json_files"
     del config.data["generated"]
     config.data.json_files = ConfigDict(dict(
@@ -48,11 +50,17 @@ def explorer_config(corpus: pathlib.Path, kind: str = "encoder_decoder") -> Conf
 
 
 def train_workdirs(tmp_path_factory) -> dict[str, pathlib.Path]:
-    """{"translation": workdir, "language_model": workdir}, both trained."""
+    """{"translation": workdir, "language_model": workdir, "recurrent": workdir} (the
+    recurrent baseline translating), all trained."""
     corpus = tmp_path_factory.mktemp("pairs")
     write_corpus(corpus)
     workdirs = {}
-    for name, kind in (("translation", "encoder_decoder"), ("language_model", "decoder_only")):
+    kinds = (
+        ("translation", "encoder_decoder"),
+        ("language_model", "decoder_only"),
+        ("recurrent", "rnn"),
+    )
+    for name, kind in kinds:
         workdirs[name] = tmp_path_factory.mktemp(name)
         config = explorer_config(corpus, kind)
         if kind == "decoder_only":  # Its one test needs a continuation, not a good one.

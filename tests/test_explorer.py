@@ -117,6 +117,24 @@ def test_queries_and_keys_give_the_weights_by_equation_1(translation):
         np.testing.assert_allclose(probs, array(module["attention_weights"]), atol=1e-5)
 
 
+def test_recurrent_model_is_explained_by_its_one_attention_head(workdirs):
+    recurrent = inference.restore(str(workdirs["recurrent"]))
+    explainer = Explainer(recurrent)
+    assert explainer.info()["kind"] == "rnn" and explainer.info()["heads"] == 1
+    explained = explainer.explain(SENTENCES[0], 4, 0.6)
+    _, output, weights = model_attention(recurrent, SENTENCES[0], beam_size=4)
+    assert list(weights) == ["decoder/layer_1/cross_attention"]  # Luong's, on the top layer.
+    assert explained["output"] == recurrent.tokenizer.decode(output)
+    (module,) = explained["modules"]
+    assert module["name"] == "decoder/layer_1/cross_attention" and module["layer"] == 1
+    w = array(module["attention_weights"])
+    np.testing.assert_allclose(w, weights[module["name"]], atol=1e-6)
+    q, k = array(module["queries"]), array(module["keys"])  # [1, len, d_model]
+    logits = np.einsum("hqd,hkd->hqk", q.astype(np.float64), k) / np.sqrt(q.shape[-1])
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(probs / probs.sum(-1, keepdims=True), w, atol=1e-5)
+
+
 def test_language_model_prompt_is_continued_greedily_with_causal_attention(workdirs):
     restored = inference.restore(str(workdirs["language_model"]))
     explained = Explainer(restored).explain("die Frau")
@@ -388,8 +406,8 @@ def drawn(driver, selector, *keys):
 
 def check_head_view(driver, weights, module):
     """Every line of the head view is the model's weight; a line for every weight > 0."""
-    for layer, name in enumerate(sorted(n for n in weights if re.fullmatch(module, n))):
-        select(driver, "layer", layer)
+    for name in sorted(n for n in weights if re.fullmatch(module, n)):
+        select(driver, "layer", int(name.split("/")[1].removeprefix("layer_")))
         lines = drawn(driver, "#head-lines line", "head", "query", "key")
         w = weights[name]
         assert set(lines) == {tuple(i) for i in np.argwhere(w > 0)}, name
@@ -482,6 +500,26 @@ def test_page_draws_the_model_weights_in_a_real_browser(browser, server, transla
     click(browser, "#explain")
     wait_until_ready(browser)
     assert not browser.find_element("id", "message").is_displayed()
+
+
+def test_page_draws_a_recurrent_models_attention_from_its_top_layer(browser, workdirs):
+    recurrent = inference.restore(str(workdirs["recurrent"]))
+    server = Server(workdirs["recurrent"])
+    try:
+        browser.get(server.url)
+        box = browser.find_element("id", "input-text")
+        box.clear()
+        box.send_keys(SENTENCES[1])
+        click(browser, "#explain")
+        wait_until_ready(browser)
+        assert "Recurrent" in browser.find_element("id", "model-info").text
+        options = browser.find_elements("css selector", "#layer option")
+        assert [o.get_attribute("value") for o in options] == ["1"]
+        _, _, weights = model_attention(recurrent, SENTENCES[1])
+        show(browser, "decoder/cross_attention", "head")
+        check_head_view(browser, weights, r"decoder/layer_\d+/cross_attention")
+    finally:
+        server.stop()
 
 
 def test_exported_page_opens_from_disk_with_the_same_weights(browser, exported, translation):

@@ -312,7 +312,7 @@ function renderTabs() {
   const tabs = clear($("module-tabs"));
   for (const [key, group] of state.groups) {
     const button = document.createElement("button");
-    button.textContent = group[0].title;
+    button.textContent = Object.values(group)[0].title;  // Its first layer with this attention.
     button.dataset.module = key;
     button.classList.toggle("active", key === state.module);
     button.addEventListener("click", () => { state.module = key; state.opened = null; render(); });
