@@ -6,6 +6,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import sacrebleu
 
 from benchmarks.gradient_paths import by_distance, embedding_gradient_norms
 from transformer.model import build_model
@@ -78,3 +79,49 @@ def test_bad_lengths_are_a_usage_error():
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert run.returncode == 2 and "--tokens must be at least" in run.stderr
+
+
+def test_bleu_by_length_scores_each_bucket_as_corpus_bleu(tmp_path):
+    from benchmarks.bleu_by_length import scores_by_bucket
+
+    words = "ein Hund läuft über die grüne Wiese nahe dem alten Haus am Fluss".split()  # noqa: SIM905
+    sources = [" ".join(["w"] * n) for n in range(1, 13)]  # 1 to 12 source words.
+    references = [" ".join(words[: n + 3]) for n in range(1, 13)]
+    perfect = list(references)
+    short_only = [
+        r if len(s.split()) <= 6 else "der Mann" for s, r in zip(sources, references, strict=True)
+    ]
+    rows = scores_by_bucket(sources, references, {"a": perfect, "b": short_only}, buckets=2)
+    assert [(r["system"], r["words"], r["sentences"]) for r in rows] == [
+        ("a", "1-6", 6), ("b", "1-6", 6), ("a", "7-12", 6), ("b", "7-12", 6),
+    ]  # fmt: skip
+    assert rows[0]["bleu"] == rows[1]["bleu"] == rows[2]["bleu"] == 100.0
+    want = sacrebleu.corpus_bleu(short_only[6:], [references[6:]]).score
+    assert rows[3]["bleu"] == round(want, 2) and want < 10
+
+
+def test_bleu_by_length_command_writes_its_table_and_refuses_unequal_files(tmp_path):
+    for name, lines in {
+        "src": ["a b", "a b c d"],
+        "ref": ["x y", "x y z"],
+        "hyp": ["x y", "x"],
+    }.items():
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    script = str(REPO / "benchmarks/bleu_by_length.py")
+    args = [sys.executable, script, "--sources", str(tmp_path / "src"), "--references",
+            str(tmp_path / "ref"), "--buckets", "2", "--out", str(tmp_path / "out")]  # fmt: skip
+    run = subprocess.run(
+        [*args, "--hypotheses", f"m={tmp_path / 'hyp'}"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "bleu_by_length.png").is_file()
+    assert (
+        (tmp_path / "out" / "bleu_by_length.csv")
+        .read_text()
+        .startswith("system,words,sentences,bleu")
+    )
+    (tmp_path / "short").write_text("x y\n", encoding="utf-8")
+    run = subprocess.run(
+        [*args, "--hypotheses", f"m={tmp_path / 'short'}"], capture_output=True, text=True
+    )
+    assert run.returncode == 1 and "they must match" in run.stderr
