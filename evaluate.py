@@ -18,6 +18,7 @@ from transformer import inference, trainer
 from transformer.data.tasks import load_task
 from transformer.errors import cli_main
 from transformer.evaluation import describe, evaluate_split
+from transformer.files import write_atomically
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to translate.")
@@ -56,9 +57,7 @@ def evaluate() -> None:
     )
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.txt")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(h + "\n" for h in hypotheses)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, "".join(h + "\n" for h in hypotheses))
     source = (
         "average of steps " + ", ".join(map(str, steps)) if len(steps) > 1 else f"step {steps[0]}"
     )

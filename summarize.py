@@ -13,7 +13,6 @@ without the field or with an empty text is an error naming it, and nothing is wr
 text longer than the model was trained on is cut to that length, with a warning.
 """
 
-import os
 import sys
 
 from absl import app, flags
@@ -23,6 +22,7 @@ from transformer.data import json_files
 from transformer.data.text_files import CorpusError
 from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
+from transformer.files import write_atomically
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained summariser's workdir.", required=True)
 _INPUT = flags.DEFINE_string("input", "-", ".json / .jsonl records, a text file, or - (stdin).")
@@ -79,9 +79,7 @@ def summarize() -> None:
     if _OUTPUT.value == "-":
         sys.stdout.writelines(lines)
         return
-    with open(_OUTPUT.value + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(_OUTPUT.value + ".tmp", _OUTPUT.value)  # Whole, or not at all.
+    write_atomically(_OUTPUT.value, "".join(lines))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from transformer import workdir as workdir_files
 from transformer.config import ConfigError, from_config_dict
 from transformer.data.tasks import load_task
 from transformer.evaluation import evaluate_split
+from transformer.files import write_atomically
 from transformer.model import count_parameters
 
 COLUMNS = (
@@ -163,22 +165,18 @@ def read_results(path: str) -> dict[str, dict[str, str]]:
 
 def write_results(workdir: str, title: str, rows: Sequence[Mapping[str, str]]) -> None:
     """results.csv, results.md and results.png in `workdir`, each replaced atomically."""
-    _write_atomic(os.path.join(workdir, "results.csv"), lambda f: _write_csv(f, rows))
-    _write_atomic(os.path.join(workdir, "results.md"), lambda f: f.write(markdown(title, rows)))
+    write_atomically(os.path.join(workdir, "results.csv"), _csv(rows))
+    write_atomically(os.path.join(workdir, "results.md"), markdown(title, rows))
     if rows:
         plot(rows, title, os.path.join(workdir, "results.png"))
 
 
-def _write_csv(f, rows: Sequence[Mapping[str, str]]) -> None:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+def _csv(rows: Sequence[Mapping[str, str]]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-
-
-def _write_atomic(path: str, write) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8", newline="") as f:
-        write(f)
-    os.replace(path + ".tmp", path)
+    return text.getvalue()
 
 
 def _fmt(text: str, spec: str) -> str:

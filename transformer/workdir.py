@@ -24,6 +24,7 @@ from transformer.config import COMPUTATION_KEYS, Config, DataConfig, differences
 from transformer.config import from_config_dict as parse_config
 from transformer.data.tokenizer import SentencePieceTokenizer, Tokenizer, WordTokenizer
 from transformer.errors import UserError
+from transformer.files import write_atomically
 
 CONFIG_FILE = "config.json"
 VOCABULARY_FILES = {"word": "vocab.txt", "bpe": "spm.model", "unigram": "spm.model"}
@@ -76,10 +77,8 @@ def write_config(config_dict: ConfigDict, config: Config, workdir: str) -> None:
                 f"({'; '.join(changed)}). {REMEDY}"
             )
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(json.loads(config_dict.to_json_best_effort()), f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        resolved = json.loads(config_dict.to_json_best_effort())
+        write_atomically(path, json.dumps(resolved, indent=2, sort_keys=True))
 
 
 # Keys of config files written before the current names, and what they became (None: gone).

@@ -18,6 +18,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from transformer.config import ConfigError
+from transformer.files import write_atomically
 from transformer.special_tokens import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, UNK_ID
 
 _SPECIAL_TOKENS = ("<pad>", "</s>", "<s>", "<unk>")
@@ -72,10 +73,7 @@ class WordTokenizer:
 
     def save(self, path: str) -> None:
         """Writes one word per line, atomically (a crash never leaves half a vocabulary)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(w + "\n" for w in self.words))
-        os.replace(tmp, path)
+        write_atomically(path, "".join(w + "\n" for w in self.words))
 
     @property
     def vocab_size(self) -> int:
@@ -134,10 +132,7 @@ class SentencePieceTokenizer:
 
     def save(self, path: str) -> None:
         """Writes the model atomically (a crash never leaves half a model)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(self.model_proto)
-        os.replace(tmp, path)
+        write_atomically(path, self.model_proto)
 
     @property
     def vocab_size(self) -> int:

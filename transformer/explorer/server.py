@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http
 import json
-import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from transformer.explorer.analysis import Explainer, InputError
+from transformer.files import write_atomically
 
 MAX_REQUEST_BYTES = 64 * 1024  # A request is an input of at most 4,000 characters and two numbers.
 STATIC = {
@@ -146,7 +146,4 @@ def export_page(info: dict[str, Any], examples: list[dict[str, Any]], path: str)
         f'<script id="explorer-data" type="application/json">{data}</script>\n'
         f"<script>\n{script}</script>",
     )
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    write_atomically(path, page)
