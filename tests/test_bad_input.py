@@ -132,6 +132,15 @@ def test_bad_config_keys_and_values_are_named_and_touch_nothing(
     assert out.returncode != 0 and not fresh.exists()  # Checked before anything is written.
 
 
+def test_a_mesh_larger_than_the_devices_stops_before_the_workdir_is_made(tmp_path):
+    # one_device_env: the CLI sees one CPU device, as a GPU host without JAX's CUDA build.
+    fresh = tmp_path / "fresh"
+    out = run_cli("train.py", *cli_flags(fresh), "--config.mesh.data=8")
+    assert_user_error(out, "needs 8 devices; 1 are available", "They are cpu devices",
+                      "pip install -e '.[gpu]'")  # fmt: skip
+    assert not fresh.exists()
+
+
 def test_changed_model_settings_on_resume_are_refused(trained_copy):
     workdir, before = trained_copy
     with pytest.raises(WorkdirError, match=r"was created with different model .*model\.d_model"):

@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from transformer.config import MeshConfig
+from transformer.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, Any]]
@@ -31,6 +32,10 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     return nn.with_logical_constraint(x, names)
 
 
+class MeshError(UserError):
+    """The configured mesh does not fit the devices this run sees."""
+
+
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
     """Axis sizes in MESH_AXES order, with a -1 axis taking the remaining devices."""
     sizes = dataclasses.asdict(config)
@@ -38,13 +43,13 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
     for axis, size in sizes.items():
         if size == -1:
             if num_devices % known:
-                raise ValueError(
+                raise MeshError(
                     f"mesh: {num_devices} devices do not divide by the fixed axes ({known})."
                 )
             sizes[axis] = num_devices // known
     shape = tuple(sizes[a] for a in MESH_AXES)
     if math.prod(shape) != num_devices:
-        raise ValueError(
+        raise MeshError(
             f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {math.prod(shape)} devices; "
             f"{num_devices} are available. Set one axis to -1 to fill the rest."
         )
@@ -52,9 +57,19 @@ def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all hosts)."""
+    """A (data, fsdp, tensor) mesh over `devices` (default: all devices of all hosts).
+    MeshError, naming the platform, where the mesh needs more devices than there are."""
     devices = jax.devices() if devices is None else list(devices)
-    shape = mesh_shape(config, len(devices))
+    try:
+        shape = mesh_shape(config, len(devices))
+    except MeshError as e:
+        platform = devices[0].platform
+        hint = (
+            " Without JAX's CUDA or TPU build an accelerator host runs on its CPU: "
+            "pip install -e '.[gpu]' or '.[tpu]' (README, 'On a GPU or TPU host')."
+        )
+        found = f" They are {platform} devices ({devices[0].device_kind})."
+        raise MeshError(f"{e}{found}{hint if platform == 'cpu' else ''}") from None
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 

@@ -112,11 +112,11 @@ def run(config_dict: ConfigDict, workdir_path: str) -> dict[str, float]:
     the same call resumes from it.
     """
     config = from_config_dict(config_dict)
-    workdir.prepare(workdir_path)
+    mesh = sharding.make_mesh(config.mesh)  # Before the workdir: a mesh that cannot be built
+    workdir.prepare(workdir_path)  # leaves nothing behind.
     workdir.write_config(config_dict, config, workdir_path)
     task = load_task(config.data, workdir_path)
     config = config.with_vocab_size(task.tokenizer.vocab_size)
-    mesh = sharding.make_mesh(config.mesh)
     placed = build(config, mesh)
     ckpt = checkpoint.Checkpointer(
         os.path.join(workdir_path, "checkpoints"),
@@ -153,9 +153,11 @@ def _initial_state(placed: ModelOnMesh, ckpt: checkpoint.Checkpointer) -> TrainS
     restored = ckpt.restore_newest(placed.abstract_state, meta, set_aside=True)
     state = placed.init(jax.random.key(config.seed)) if restored is None else restored[1]
     start = int(state.step)
+    device = placed.mesh.devices.flat[0]
     print(
         f"Model: {config.model.kind}, {count_parameters(state.params):,} parameters, "
-        f"vocabulary {config.model.vocab_size}; mesh {dict(placed.mesh.shape)}; "
+        f"vocabulary {config.model.vocab_size}; mesh {dict(placed.mesh.shape)} of "
+        f"{device.platform} devices ({device.device_kind}); "
         + (f"resuming from {ckpt.step_path(start)}." if start else "from scratch.")
     )
     hint = allocator.cpu_allocator_hint(jax.default_backend())
