@@ -4,6 +4,7 @@ stops after the current step with a checkpoint (exit 0); a second one stops at o
   python train.py --config configs/quickstart.py --workdir /tmp/quickstart \
       [--config.num_train_steps=2000 --config.model.dropout_rate=0.2 ...]
   python train.py --config configs/ablations.py:C_n2 --workdir /tmp/C_n2
+  python train.py --config configs/big.py --workdir /tmp/big --dry_run   # fits? writes nothing
 
 --config.KEY=VALUE overrides any key of the config (values as Python literals: 2000, 0.2,
 None, True; anything else is a string).
@@ -13,6 +14,7 @@ from absl import app, flags
 
 from transformer import distributed, trainer
 from transformer.config import load_file, split_overrides, with_overrides
+from transformer.dry_run import dry_run
 from transformer.errors import cli_main
 
 _CONFIG = flags.DEFINE_string("config", None, "Experiment config file: configs/NAME.py[:ARG].")
@@ -25,6 +27,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: how many processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's id.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Build the state and compile the train step on the configured mesh, print parameters, "
+    "per-device bytes and XLA's memory analysis, and exit without touching the workdir.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 OVERRIDES: list[str] = []  # The --config.KEY=VALUE arguments, taken out before absl parses.
 
@@ -37,6 +45,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 def train() -> None:
     config = with_overrides(load_file(_CONFIG.value), OVERRIDES)
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if _DRY_RUN.value:
+        print("\n".join(dry_run(config)))
+        return
     trainer.run(config, _WORKDIR.value)
 
 

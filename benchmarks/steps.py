@@ -19,6 +19,7 @@ import numpy as np
 from benchmarks.machine import fastest_flops, process_cpu_seconds
 from transformer import cpu, sharding, trainer
 from transformer.config import Config, MeshConfig
+from transformer.dry_run import step_bytes
 
 
 @dataclasses.dataclass
@@ -57,15 +58,8 @@ def build_step(config: Config, batch: dict[str, np.ndarray], plain: Sequence[str
 
 
 def xla_step_bytes(memory: Any) -> int | None:
-    """Bytes the compiled step holds at once: arguments + outputs + temporaries - donated."""
-    if memory is None:
-        return None
-    return (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        + memory.temp_size_in_bytes
-        - memory.alias_size_in_bytes
-    )
+    """Bytes the compiled step holds at once (`dry_run.step_bytes`), None without analysis."""
+    return None if memory is None else step_bytes(memory)
 
 
 def measured_peak_flops(dtype: Any, n: int = 4096, repeats: int = 5) -> float:

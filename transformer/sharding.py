@@ -69,7 +69,9 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
             "pip install -e '.[gpu]' or '.[tpu]' (README, 'On a GPU or TPU host')."
         )
         found = f" They are {platform} devices ({devices[0].device_kind})."
-        raise MeshError(f"{e}{found}{hint if platform == 'cpu' else ''}") from None
+        fixed = math.prod(s for s in dataclasses.asdict(config).values() if s != -1)
+        too_few = platform == "cpu" and fixed > len(devices)
+        raise MeshError(f"{e}{found}{hint if too_few else ''}") from None
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
 
 
