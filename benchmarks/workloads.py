@@ -10,31 +10,21 @@ The rest comes from configs/base.py. Any config file can be benchmarked instead
 batching, batch_size // the longer side's limit rows; sources of data.max_source_length
 tokens where a config sets it, as a summariser's).
 
-Model FLOPs per step (analytic, multiply-add = 2 FLOPs; the full L x L attention matrix is
-counted also where it is causal), with N_src, N_tgt the source and target tokens of the batch:
-  forward = 2 * (P_enc * N_src + P_dec * N_tgt)      non-embedding parameters x tokens
-          + 2 * d_model * vocab * N_tgt              the (tied) output projection
-          + sum over attention sublayers of 2 * batch * L_q * L_kv * heads * (d_k + d_v)
-                                                      scores Q K^T and weights x V
-  step    = 3 * forward                              backward = 2 x forward
-P_enc: encoder parameters; P_dec: decoder parameters, with the cross-attention key/value
-projections (which act on the source) counted with N_src. Embeddings and positions cost no
-FLOPs. ref-small: 194.5 GFLOP per step.
+Model FLOPs per step: transformer/flops.py. ref-small: 194.5 GFLOP per step.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from ml_collections import ConfigDict
 
 from configs import base
 from transformer.config import Config, from_config_dict, load_file, with_overrides
+from transformer.flops import train_step_flops
 from transformer.special_tokens import NUM_SPECIAL
 
 WORKLOADS = {
@@ -128,36 +118,7 @@ def describe_switches(config: Config) -> str:
 
 
 def model_flops(config: Config, params: Any, rows: int, length: int) -> dict[str, float]:
-    """Analytic FLOPs of one train step (see the module docstring), by term and in total.
-    `params`: the parameter tree, arrays or their shapes."""
-    m = config.model
+    """`flops.train_step_flops` of the benchmark batch: `rows` x `length` targets, sources
+    of data.max_source_length where the config sets it, else `length`."""
     source = length if config.data.max_source_length is None else config.data.source_length
-    n_src, n_tgt = rows * source, rows * length
-    p_enc = p_dec = p_cross_kv = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = [str(getattr(k, "key", k)) for k in path if not hasattr(k, "name")]
-        size = math.prod(leaf.shape)
-        if "positions" in names or names[-1] == "embedding" or "logits" in names[:-1]:
-            continue  # Embeddings, positions and an untied output projection (counted below).
-        if names[0] == "encoder":
-            p_enc += size
-        elif "cross_attention" in names and names[-1] in ("key", "value", "key_value"):
-            p_cross_kv += size
-        elif names[0] == "decoder":
-            p_dec += size
-    dense = 2 * (p_enc * n_src + p_dec * n_tgt + p_cross_kv * n_src)
-    output = 2 * m.d_model * m.vocab_size * n_tgt
-    per_pair = 2 * rows * m.num_heads * (m.head_dim_k + m.head_dim_v)
-    attention = per_pair * length * length * m.num_decoder_layers  # decoder self-attention
-    if m.kind == "encoder_decoder":  # Encoder self-attention, cross-attention.
-        attention += (
-            per_pair * source * (source * m.num_encoder_layers + length * m.num_decoder_layers)
-        )
-    forward = dense + output + attention
-    return {
-        "dense": 3 * dense,
-        "output": 3 * output,
-        "attention": 3 * attention,
-        "total": 3 * forward,
-        "non_embedding_params": p_enc + p_dec + p_cross_kv,
-    }
+    return train_step_flops(config, params, rows, source, length)

@@ -56,6 +56,9 @@ def get_config() -> ConfigDict:
     config.nonfinite_policy = "stop"
     config.max_consecutive_nonfinite = 10
     config.num_samples_to_print = 5
+    # MFU in the log divides by this peak (TFLOP/s per device); 0 takes the datasheet's for
+    # the GPU or TPU (transformer/flops.py). On a CPU, MFU is logged only where it is set.
+    config.peak_tflops_per_device = 0.0
 
     config.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.logical_axis_rules = LOGICAL_AXIS_RULES

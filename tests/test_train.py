@@ -144,6 +144,11 @@ def test_training_lowers_the_loss_and_writes_its_outputs(straight_run):
     assert [r["step"] for r in train] == [10, 20, 30, 40]
     assert train[-1]["loss"] < train[0]["loss"] - 0.5
     assert {"learning_rate", "target_tokens_per_sec", "grad_norm"} <= set(train[0])
+    # Throughput per device on every log line; MFU only with a peak, which a CPU has none of.
+    assert train[0]["tflops_per_device"] > 0 and "mfu" not in train[0]
+    assert train[0]["target_tokens_per_sec_per_device"] == pytest.approx(
+        train[0]["target_tokens_per_sec"] / len(jax.devices())
+    )
     valid = [r for r in read_metrics(workdir) if r["split"] == "validation" and "loss" in r]
     assert [r["step"] for r in valid] == [20, 40] and valid[1]["loss"] < valid[0]["loss"]
     bleu = [r for r in read_metrics(workdir) if r["split"] == "validation" and "bleu" in r]
@@ -245,9 +250,13 @@ def test_cli_trains_with_overrides(tmp_path):
         str(tmp_path),
         "--config.num_train_steps=5",
         "--config.model.dropout_rate=0.2",
+        "--config.peak_tflops_per_device=0.5",
     )
     assert out.returncode == 0, out.stderr
     assert "Test BLEU" in out.stdout
+    (logged,) = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
+    assert logged["mfu"] == pytest.approx(logged["tflops_per_device"] / 0.5)
+    assert "mfu=" in out.stderr and "tflops_dev=" in out.stderr
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["num_train_steps"] == 5 and saved["model"]["dropout_rate"] == 0.2
     assert os.listdir(tmp_path / "checkpoints") == ["5"]

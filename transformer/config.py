@@ -213,6 +213,9 @@ class Config:
     nonfinite_policy: Literal["skip", "stop"]
     max_consecutive_nonfinite: int
     num_samples_to_print: int  # Test translations printed at the end of training.
+    # One device's peak TFLOP/s for the MFU in the log; 0: the datasheet's for the device
+    # (transformer/flops.py), none on a CPU.
+    peak_tflops_per_device: float
     mesh: MeshConfig
     logical_axis_rules: tuple[tuple[str, Any], ...]
     model: ModelConfig
@@ -398,7 +401,8 @@ def _check_training(cfg: Config) -> None:
     )  # fmt: skip
     for key in positive:
         _require(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be positive")
-    for key in ("eval_every_steps", "bleu_every_steps", "num_samples_to_print", "grad_clip_norm"):
+    for key in ("eval_every_steps", "bleu_every_steps", "num_samples_to_print", "grad_clip_norm",
+                "peak_tflops_per_device"):  # fmt: skip
         _require(getattr(cfg, key) >= 0, key, getattr(cfg, key), "must not be negative")
     why = f"must divide batch_size={cfg.batch_size}"
     _require(cfg.batch_size % cfg.grad_accum_steps == 0, "grad_accum_steps",

@@ -26,6 +26,7 @@ from transformer.config import Config, from_config_dict
 from transformer.data.prefetch import ReadyBatch, prefetch
 from transformer.data.tasks import Task, load_task
 from transformer.evaluation import continue_prompts, describe, evaluate_split
+from transformer.flops import peak_tflops, train_step_flops
 from transformer.metrics import MetricWriter, summarize
 from transformer.model import build_model, count_parameters
 from transformer.nonfinite import check_streak
@@ -190,6 +191,12 @@ class Loop:
         self.tokens = [0, 0]  # Real and all token slots since the last log step.
         self.last_log = (time.perf_counter(), 0)  # (time, step) of the last log.
         self.excluded_seconds = 0.0  # Compiling and evaluating: not training throughput.
+        self.shape_flops: dict[Any, float] = {}  # Model FLOPs of a step, per batch shape.
+        self.flops = 0.0  # Since the last log step.
+        device = placed.mesh.devices.flat[0]
+        self.peak = peak_tflops(
+            device.device_kind, self.config.model.dtype, self.config.peak_tflops_per_device
+        )
 
     def run(self, state: TrainState) -> tuple[TrainState, bool]:
         """Returns the last state and whether a signal stopped training (its step saved)."""
@@ -232,7 +239,10 @@ class Loop:
             tokens = f"{length}" if source == length else f"({source} source, {length} target)"
             self.bar.write(f"Compiled the train step for batches of {rows} x {tokens} tokens "
                            f"in {seconds:.1f} s{_memory(self.compiled[shapes])}.")  # fmt: skip
+            flops = train_step_flops(self.config, state.params, rows, source, length)
+            self.shape_flops[shapes] = flops["total"]
         state, metrics = self.compiled[shapes](state, batch)
+        self.flops += self.shape_flops[shapes]
         self.on_device.append(metrics)
         self.tokens[0] += ready.real_tokens
         self.tokens[1] += ready.total_tokens
@@ -256,18 +266,32 @@ class Loop:
         if stopping or final or done % config.log_every_steps == 0:
             self.log(done)
 
+    def throughput(self, seconds: float, tokens_per_sec: float) -> dict[str, float]:
+        """Target tokens/s and model TFLOP/s per device since the last log, and MFU where
+        the device's peak is known (transformer/flops.py)."""
+        devices = self.placed.mesh.size
+        tflops = self.flops / max(seconds, 1e-9) / devices / 1e12
+        out = {"target_tokens_per_sec_per_device": tokens_per_sec / devices,
+               "tflops_per_device": tflops}  # fmt: skip
+        if self.peak:
+            out["mfu"] = tflops / self.peak
+        return out
+
     def log(self, done: int) -> None:
         now = time.perf_counter()
         seconds = now - self.last_log[0] - self.excluded_seconds
         summary = train_summary(self.fetched, seconds, done - self.last_log[1])
         summary["padding_efficiency"] = self.tokens[0] / max(self.tokens[1], 1)
-        self.fetched, self.tokens = [], [0, 0]
+        summary |= self.throughput(seconds, summary["target_tokens_per_sec"])
+        self.fetched, self.tokens, self.flops = [], [0, 0], 0.0
         self.last_log, self.excluded_seconds = (now, done), 0.0
         self.writer.write(done, "train", summary)
         self.bar.set_postfix(
             loss=f"{summary['loss']:.3f}",
             lr=f"{summary['learning_rate']:.2e}",
             tok_s=f"{summary['target_tokens_per_sec']:,.0f}",
+            tflops_dev=f"{summary['tflops_per_device']:.3g}",
+            **({"mfu": f"{summary['mfu']:.1%}"} if "mfu" in summary else {}),
         )
         if summary["skipped_steps"]:
             self.bar.write(

@@ -105,6 +105,7 @@ def read_config(workdir: str) -> ConfigDict:
     # Written before summaries: max_length was both sides' limit, BLEU the only metric.
     saved.get("data", {}).setdefault("max_source_length", None)
     saved.get("data", {}).setdefault("metric", "bleu")
+    saved.setdefault("peak_tflops_per_device", 0.0)  # Written before MFU was logged.
     for section in (saved, saved.get("model", {}), saved.get("data", {})):
         for old, new in _RENAMED_KEYS.items():
             if old in section:
