@@ -59,6 +59,9 @@ def get_config() -> ConfigDict:
     # MFU in the log divides by this peak (TFLOP/s per device); 0 takes the datasheet's for
     # the GPU or TPU (transformer/flops.py). On a CPU, MFU is logged only where it is set.
     config.peak_tflops_per_device = 0.0
+    # A profile of steps 11 to 15 for TensorBoard and Perfetto: profile_num_steps = 5.
+    config.profile_skip_steps = 10
+    config.profile_num_steps = 0
 
     config.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.logical_axis_rules = LOGICAL_AXIS_RULES

@@ -216,6 +216,10 @@ class Config:
     # One device's peak TFLOP/s for the MFU in the log; 0: the datasheet's for the device
     # (transformer/flops.py), none on a CPU.
     peak_tflops_per_device: float
+    # Trace steps profile_skip_steps + 1 to + profile_num_steps (transformer/profiling.py);
+    # profile_num_steps = 0 traces nothing.
+    profile_skip_steps: int
+    profile_num_steps: int
     mesh: MeshConfig
     logical_axis_rules: tuple[tuple[str, Any], ...]
     model: ModelConfig
@@ -402,7 +406,7 @@ def _check_training(cfg: Config) -> None:
     for key in positive:
         _require(getattr(cfg, key) > 0, key, getattr(cfg, key), "must be positive")
     for key in ("eval_every_steps", "bleu_every_steps", "num_samples_to_print", "grad_clip_norm",
-                "peak_tflops_per_device"):  # fmt: skip
+                "peak_tflops_per_device", "profile_skip_steps", "profile_num_steps"):  # fmt: skip
         _require(getattr(cfg, key) >= 0, key, getattr(cfg, key), "must not be negative")
     why = f"must divide batch_size={cfg.batch_size}"
     _require(cfg.batch_size % cfg.grad_accum_steps == 0, "grad_accum_steps",

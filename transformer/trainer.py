@@ -32,6 +32,7 @@ from transformer.model import build_model, count_parameters
 from transformer.nonfinite import check_streak
 from transformer.optim import make_optimizer
 from transformer.preemption import StopSignals
+from transformer.profiling import StepProfiler, span
 from transformer.train_step import TrainState, make_eval_step, make_train_step, model_inputs
 
 
@@ -129,7 +130,11 @@ def run(config_dict: ConfigDict, workdir_path: str) -> dict[str, float]:
         with mesh_context(mesh, config):
             state = _initial_state(placed, ckpt)
             with StopSignals(ckpt.reached_preemption) as signals:
-                state, stopped = Loop(placed, task, ckpt, writer, signals).run(state)
+                profiler = StepProfiler(
+                    workdir_path, config.profile_skip_steps, config.profile_num_steps
+                )
+                loop = Loop(placed, task, ckpt, writer, signals, profiler)
+                state, stopped = loop.run(state)
             # Committed before the long final evaluation, which a signal may still cut short.
             ckpt.wait_until_finished()
             if stopped:
@@ -182,8 +187,10 @@ class Loop:
         ckpt: checkpoint.Checkpointer,
         writer: MetricWriter,
         signals: StopSignals,
+        profiler: StepProfiler,
     ):
         self.placed, self.config, self.task = placed, placed.config, task
+        self.profiler = profiler
         self.ckpt, self.writer, self.signals = ckpt, writer, signals
         self.compiled: dict[Any, Callable] = {}  # One executable per batch shape (buckets).
         self.on_device: list[dict[str, jax.Array]] = []  # Metrics not fetched yet.
@@ -211,17 +218,22 @@ class Loop:
         self.bar = tqdm(total=config.num_train_steps, initial=start, desc="train",
                         disable=jax.process_index() != 0, dynamic_ncols=True)  # fmt: skip
         steps = range(start, config.num_train_steps)
-        for ready in prefetch(batches, steps, self.placed.batch_sharding):
-            state = self.step(state, ready)
-            done = ready.step + 1
-            stopping = self.signals.should_stop(done)
-            self.record(state, done, stopping)
-            if stopping:
-                self.ckpt.wait_until_finished()
-                self.bar.close()
-                return state, True
-            self.evaluate(state, done)
-        self.bar.close()
+        try:
+            for ready in prefetch(batches, steps, self.placed.batch_sharding):
+                with self.profiler.step(ready.step):
+                    state = self.step(state, ready)
+                done = ready.step + 1
+                stopping = self.signals.should_stop(done)
+                self.record(state, done, stopping)
+                if stopping:
+                    self.ckpt.wait_until_finished()
+                    return state, True
+                with span("evaluate"):
+                    self.evaluate(state, done)
+                self.profiler.after(ready.step, state)
+        finally:
+            self.profiler.stop()
+            self.bar.close()
         return state, False
 
     def step(self, state: TrainState, ready: ReadyBatch) -> TrainState:
@@ -262,7 +274,8 @@ class Loop:
                      config.max_consecutive_nonfinite)  # fmt: skip
         self.fetched += new
         if saving:
-            self.ckpt.save(done, state, workdir.checkpoint_meta(config), force=True)
+            with span("checkpoint_save"):
+                self.ckpt.save(done, state, workdir.checkpoint_meta(config), force=True)
         if stopping or final or done % config.log_every_steps == 0:
             self.log(done)
 

@@ -105,7 +105,12 @@ def read_config(workdir: str) -> ConfigDict:
     # Written before summaries: max_length was both sides' limit, BLEU the only metric.
     saved.get("data", {}).setdefault("max_source_length", None)
     saved.get("data", {}).setdefault("metric", "bleu")
-    saved.setdefault("peak_tflops_per_device", 0.0)  # Written before MFU was logged.
+    for key, default in (
+        ("peak_tflops_per_device", 0.0),
+        ("profile_skip_steps", 10),
+        ("profile_num_steps", 0),
+    ):  # Written before they existed.
+        saved.setdefault(key, default)  # fmt: skip
     for section in (saved, saved.get("model", {}), saved.get("data", {})):
         for old, new in _RENAMED_KEYS.items():
             if old in section:
