@@ -8,8 +8,12 @@ The part after ':' is `VARIANT[,data=CONFIG][,scale=FACTOR]`:
   VARIANT       a row of Table 3 (see VARIANTS), applied on top of configs/base.py.
   data=CONFIG   train on the corpus of configs/CONFIG.py with that file's training recipe
                 (data section, batch size, steps, warmup, learning-rate scale, evaluation
-                and checkpoint intervals, mesh); the variant keeps its architecture and
-                regularisation: the whole `model` section and `label_smoothing`.
+                and checkpoint intervals, mesh) and its way of computing (model.dtype,
+                attention, remat); the variant keeps its architecture and regularisation
+                (the rest of `model`, `label_smoothing`). A row that trains longer than
+                base and averages more checkpoints (big: 3x the steps, 20 checkpoints for
+                5) scales the recipe's by the same ratios: big,data=wmt14 is
+                configs/wmt14_big.py, 300K steps and 20 checkpoints.
   scale=FACTOR  multiply d_model, d_ff and any explicit d_k/d_v by FACTOR, keeping heads and
                 layers, e.g. 0.5: base becomes d_model 256, d_ff 1024, 8 heads of 32.
 
@@ -27,7 +31,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from configs import base, big
-from transformer.config import ConfigError
+from transformer.config import COMPUTATION_KEYS, ConfigError
 
 # One entry per row of Table 3: dotted config keys and their values, applied to base.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -102,7 +106,7 @@ def get_config(spec: str = "base") -> ConfigDict:
     if "scale" in options:
         config = scaled(config, options["scale"])
     if "data" in options:
-        config = on_corpus(config, load_config(options["data"]))
+        config = on_corpus(config, load_config(options["data"]), VARIANTS[name])
     return config
 
 
@@ -165,12 +169,23 @@ def load_config(name: str) -> ConfigDict:
     return module.get_config()
 
 
-def on_corpus(variant: ConfigDict, recipe: ConfigDict) -> ConfigDict:
+# A row's keys for how long it trains and how many checkpoints it averages.
+LENGTH_KEYS = ("num_train_steps", "keep_checkpoints")
+
+
+def on_corpus(variant: ConfigDict, recipe: ConfigDict, row: dict[str, Any]) -> ConfigDict:
     """`recipe` (a corpus config such as configs/multi30k.py) with the variant's architecture
-    and regularisation: its `model` section and `label_smoothing`."""
+    and regularisation (its `model` section but the recipe's COMPUTATION_KEYS, and
+    `label_smoothing`); the row's LENGTH_KEYS scale the recipe's by their ratio to base."""
     config = copy.deepcopy(recipe)
     config.model = copy.deepcopy(variant.model)
+    for key in COMPUTATION_KEYS:  # How the recipe's hardware computes the same model.
+        config.model[key] = recipe.model[key]
     config.label_smoothing = variant.label_smoothing
+    paper = base.get_config()
+    for key in LENGTH_KEYS:
+        if key in row:
+            config[key] = round(recipe[key] * row[key] / paper[key])
     return config
 
 

@@ -150,3 +150,25 @@ def test_select_expands_row_letters():
     assert ablations.select(["all"]) == list(ablations.VARIANTS)
     with pytest.raises(ConfigError, match="Unknown Table 3 variant 'F'"):
         ablations.select(["F"])
+
+
+def test_big_on_wmt14_is_configs_wmt14_big_with_bigs_steps_and_checkpoints():
+    wmt14_big = importlib.import_module("configs.wmt14_big").get_config()
+    assert ablations.get_config("big,data=wmt14").to_dict() == wmt14_big.to_dict()
+    config = from_config_dict(wmt14_big)
+    assert (config.num_train_steps, config.keep_checkpoints) == (300_000, 20)
+    assert (config.model.d_model, config.model.d_ff, config.model.num_heads) == (1024, 4096, 16)
+    assert config.model.dropout_rate == 0.3 and config.batch_size == 25_000
+    # The recipe's way of computing, for accelerators, with the row's architecture.
+    assert (config.model.dtype, config.model.attention) == ("bfloat16", "dot_product_attention")
+    assert config.data.source == "tfds" and config.mesh.data == -1
+
+
+def test_a_row_on_another_corpus_scales_that_recipes_length_by_its_ratio_to_base():
+    multi30k = importlib.import_module("configs.multi30k").get_config()
+    big = ablations.get_config("big,data=multi30k")
+    assert big.num_train_steps == 3 * multi30k.num_train_steps  # 300K / 100K
+    assert big.keep_checkpoints == 4 * multi30k.keep_checkpoints  # 20 / 5
+    assert big.model.dtype == multi30k.model.dtype == "float32"
+    c_n2 = ablations.get_config("C_n2,data=multi30k")  # A row that sets no length keeps it.
+    assert c_n2.num_train_steps == multi30k.num_train_steps
