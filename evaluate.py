@@ -41,7 +41,7 @@ def evaluate() -> None:
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; evaluate.py translates."
         )
-    task = load_task(config.data, _WORKDIR.value)
+    task = load_task(config.data, _WORKDIR.value, splits=(_SPLIT.value,))  # That split only.
     with trainer.mesh_context(placed.mesh, config):
         scores, hypotheses, signature = evaluate_split(
             config, placed.model, restored.params, task, _SPLIT.value, placed.batch_sharding,

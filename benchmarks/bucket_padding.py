@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     config = from_config_dict(load_file(args.config))
     data = config.data
     with tempfile.TemporaryDirectory() as scratch:
-        split = load_task(data, args.workdir or scratch).splits["train"]
+        split = load_task(data, args.workdir or scratch, splits=("train",)).splits["train"]
     longest = max(data.max_length, data.source_length)
     rules = {
         "each side by its own length": (data.max_length, data.max_source_length),

@@ -211,7 +211,7 @@ def workdir_mode(args: argparse.Namespace) -> None:
     config, model, params = restored.config, restored.placed.model, restored.params
     if args.length > config.model.max_len:
         raise SystemExit(f"--length {args.length} exceeds the model's max_len.")
-    inputs = load_task(config.data, args.workdir).splits["test"].inputs
+    inputs = load_task(config.data, args.workdir, splits=("test",)).splits["test"].inputs
     sources = [inputs[i] for i in range(len(inputs.lengths))]
     print(
         f"Model: {args.workdir} step {restored.steps[-1]}, {count_parameters(params):,} "

@@ -124,7 +124,7 @@ def gradient_distances(args) -> list[dict]:
         config = restored.config
         if config.model.kind != ("rnn" if name == "rnn" else "encoder_decoder"):
             raise SystemExit(f"{workdir} holds a {config.model.kind} model, not the {name}.")
-        split = load_task(config.data, workdir).splits["test"]
+        split = load_task(config.data, workdir, splits=("test",)).splits["test"]
         pairs = [
             (split.inputs[i], split.targets[i])
             for i in range(len(split))

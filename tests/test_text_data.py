@@ -132,3 +132,20 @@ def test_multi30k_task_encodes_every_split_and_decodes_back(tmp_path):
     test = task.splits["test"]
     whole = next(i for i in range(len(test)) if len(test.targets[i]) < 24)
     assert task.tokenizer.decode(test.targets[whole]) == test.references[whole]
+
+
+@needs_multi30k
+def test_a_task_of_one_split_reads_no_other_file(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("en.test.txt", "de.test.txt", "en.train.txt", "de.train.txt"):
+        (corpus / name).write_bytes((MULTI30K / name).read_bytes())
+    data = dataclasses.replace(
+        multi30k_data(vocab_size=1000),
+        text_files=dataclasses.replace(multi30k_data().text_files, directory=str(corpus)),
+    )
+    load_task(data, str(tmp_path), splits=("train",))  # Builds the vocabulary.
+    for name in ("en.train.txt", "de.train.txt"):  # Without them, and without validation,
+        (corpus / name).unlink()  # the test split still loads: as evaluate.py reads it.
+    task = load_task(data, str(tmp_path), splits=("test",))
+    assert set(task.splits) == {"test"} and len(task.splits["test"]) == 1_000

@@ -109,7 +109,7 @@ def evaluate_workdir(directory: str) -> dict[str, str]:
     """params, steps, dev_ppl and (for translation) greedy dev_bleu of the newest checkpoint."""
     restored = inference.restore(directory)
     config, placed = restored.config, restored.placed
-    task = load_task(config.data, directory)
+    task = load_task(config.data, directory, splits=("validation",))
     with trainer.mesh_context(placed.mesh, config):
         loss = trainer.evaluate_loss(placed, restored.params, task, "validation")
         bleu = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -91,10 +92,13 @@ class Task:
 
 
 def read_pairs(
-    config: DataConfig, shard_index: int = 0, shard_count: int = 1
+    config: DataConfig,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    wanted: Sequence[str] = SPLITS,
 ) -> dict[str, list[tuple[str, str]]]:
-    """Raw (source, target) sentence pairs of every split from the configured source; of the
-    training split only shard `shard_index` of `shard_count`."""
+    """Raw (source, target) sentence pairs of the `wanted` splits from the configured
+    source; of the training split only shard `shard_index` of `shard_count`."""
     if config.source == "generated":
         g = config.generated
         splits = generated.generate_splits(g.corpus_seed, g.num_train, g.num_validation, g.num_test)
@@ -103,6 +107,7 @@ def read_pairs(
         return {
             name: [(join_words(src.split()), join_words(tgt.split())) for src, tgt in split]
             for name, split in splits.items()
+            if name in wanted
         }
     shards = {"train": (shard_index, shard_count), "validation": (0, 1), "test": (0, 1)}
     if config.source == "tfds":
@@ -113,7 +118,7 @@ def read_pairs(
                 t.name, t.source_lang, t.target_lang, names[split], t.data_dir or None,
                 t.manual_dir or None, t.download, *shards[split],
             )
-            for split in SPLITS
+            for split in wanted
         }  # fmt: skip
     if config.source == "json_files":
         j = config.json_files
@@ -122,14 +127,14 @@ def read_pairs(
             split: json_files.read_pairs(
                 j.directory, j.source_field, j.target_field, names[split], *shards[split]
             )
-            for split in SPLITS
+            for split in wanted
         }
     t = config.text_files
     return {
         split: text_files.read_parallel(
             t.directory, t.source_lang, t.target_lang, split, *shards[split]
         )
-        for split in SPLITS
+        for split in wanted
     }
 
 
@@ -153,19 +158,22 @@ def load_task(
     workdir: str,
     process_index: int | None = None,
     process_count: int | None = None,
+    splits: Sequence[str] = SPLITS,
 ) -> Task:
-    """Reads this process's shard of the corpus, loads the vocabulary in `workdir` (process
-    0 builds it on first use), and encodes each split. The process defaults to JAX's."""
+    """Reads this process's shard of the corpus (only the named `splits`: scoring the test
+    split of WMT14 need not read its 4.5M training pairs), loads the vocabulary in `workdir`
+    (process 0 builds it on first use, from the training split), and encodes each split. The
+    process defaults to JAX's."""
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    pairs = read_pairs(config, index, count)
+    pairs = read_pairs(config, index, count, splits)
     if index == 0 and not os.path.exists(workdir_files.vocabulary_path(config, workdir)):
-        whole = pairs["train"] if count == 1 else read_pairs(config)["train"]
-        build_tokenizer(config, workdir, whole)
+        whole = pairs.get("train") if count == 1 else None
+        build_tokenizer(config, workdir, whole or read_pairs(config, wanted=("train",))["train"])
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("transformer: vocabulary ready")
     tokenizer = workdir_files.load_vocabulary(config, workdir)
-    splits = {}
+    encoded = {}
     for name, split_pairs in pairs.items():
         # Evaluation sets stay whole: their over-long pairs are truncated, never dropped.
         overlong = config.overlong if name == "train" else "truncate"
@@ -184,5 +192,5 @@ def load_task(
                 else f"with a source over data.max_source_length={config.source_length} "
                 f"or a target over data.max_length={config.max_length} tokens",
             )
-        splits[name] = split
-    return Task(config, tokenizer, splits, index, count)
+        encoded[name] = split
+    return Task(config, tokenizer, encoded, index, count)
