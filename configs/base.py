@@ -94,6 +94,7 @@ def get_config() -> ConfigDict:
     data.source = "generated"
     data.tokenizer = "word"  # The paper: byte-pair encoding ("bpe") on WMT.
     data.vocab_size = 37_000  # Section 5.1: a shared source-target vocabulary of ~37K.
+    data.vocabulary = ""  # A file from prepare.py, or "": trained in the workdir.
     data.max_length = 64
     data.max_source_length = config_dict.placeholder(int)  # None: max_length for both sides.
     data.overlong = "drop"

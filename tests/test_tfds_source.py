@@ -121,3 +121,35 @@ def test_training_on_a_tfds_dataset_uses_its_splits_and_checkpoints(tmp_path, ca
     assert len(task.splits["test"]) == 29
     assert set(task.splits["test"].sources) < {en for en, _ in CORPUS["test"]}
     assert task.tokenizer.decode(task.tokenizer.encode(TRAIN_ONLY_WORD)) == TRAIN_ONLY_WORD
+
+
+def test_an_unprepared_dataset_is_only_downloaded_by_one_process_that_may(tmp_path):
+    read = ("tiny_parallel_corpus", "en", "de", "train", str(tmp_path), None)
+    with pytest.raises(
+        CorpusError, match=r"not prepared in data_dir .*download=False.*prepare\.py"
+    ):
+        read_tfds(*read, False)
+    with pytest.raises(CorpusError, match=r"multi-host run does not download.*prepare\.py"):
+        read_tfds(*read, True, 0, 2)  # Host 0 of 2.
+    assert not tfds.builder("tiny_parallel_corpus", data_dir=str(tmp_path)).is_prepared()
+
+
+def test_a_prepared_corpus_and_vocabulary_train_without_download(tmp_path):
+    from transformer.data.tasks import read_pairs, train_vocabulary
+
+    config = tiny_config(**{"num_train_steps": 2, "checkpoint_every_steps": 2,
+                            "eval_every_steps": 0, "bleu_every_steps": 0,
+                            "num_samples_to_print": 0, "data.source": "tfds",
+                            "data.tokenizer": "bpe", "data.vocab_size": 200,
+                            "data.max_length": 32})  # fmt: skip
+    del config.data["generated"]
+    config.data.tfds = ConfigDict(tfds_source_config(str(tmp_path / "tfds")))
+    # What prepare.py does, once: the dataset prepared, the vocabulary trained and written.
+    data = from_config_dict(config).data
+    vocabulary = tmp_path / "shared" / "spm.model"
+    vocabulary.parent.mkdir()
+    train_vocabulary(data, read_pairs(data, wanted=("train",))["train"]).save(str(vocabulary))
+    config.data.tfds.download = False
+    config.data.vocabulary = str(vocabulary)
+    trainer.run(config, str(tmp_path / "work"))
+    assert (tmp_path / "work" / "spm.model").read_bytes() == vocabulary.read_bytes()

@@ -143,6 +143,9 @@ class DataConfig:
     source: Literal["generated", "text_files", "tfds", "json_files"]
     tokenizer: Literal["word", "bpe", "unigram"]  # Whole words, or a SentencePiece model.
     vocab_size: int  # Shared source/target vocabulary (an upper bound for "word").
+    # A vocabulary file made by prepare.py, copied into the workdir on first use instead of
+    # training one there; "" trains it from the training split.
+    vocabulary: str
     max_length: int  # Tokens per sentence including EOS (per row when packed).
     # Tokens per source including EOS where sources are much longer than targets (a
     # dialogue and its summary); None: max_length for both sides.

@@ -41,9 +41,18 @@ def architecture(config: Config) -> dict[str, Any]:
     return {k: v for k, v in model.items() if k not in COMPUTATION_KEYS}
 
 
+# Where the data and the vocabulary are fetched from, not what they are: a run may resume
+# with a prepared copy (prepare.py) instead of downloading.
+TFDS_FETCH_KEYS = ("data_dir", "manual_dir", "download")
+
+
 def identity(config: Config) -> dict[str, Any]:
     """What a config must share with a workdir's run to continue it."""
-    return {"model": architecture(config), "data": dataclasses.asdict(config.data)}
+    data = dataclasses.asdict(config.data)
+    data.pop("vocabulary")
+    for key in TFDS_FETCH_KEYS:
+        (data["tfds"] or {}).pop(key, None)
+    return {"model": architecture(config), "data": data}
 
 
 def checkpoint_meta(config: Config) -> dict[str, Any]:
@@ -105,6 +114,7 @@ def read_config(workdir: str) -> ConfigDict:
     # Written before summaries: max_length was both sides' limit, BLEU the only metric.
     saved.get("data", {}).setdefault("max_source_length", None)
     saved.get("data", {}).setdefault("metric", "bleu")
+    saved.get("data", {}).setdefault("vocabulary", "")
     for key, default in (
         ("peak_tflops_per_device", 0.0),
         ("profile_skip_steps", 10),

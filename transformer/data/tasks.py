@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from transformer import workdir as workdir_files
-from transformer.config import DataConfig
+from transformer.config import ConfigError, DataConfig
 from transformer.data import generated, json_files, text_files, tfds_source
 from transformer.data.pipeline import (
     EncodedSplit,
@@ -33,6 +33,7 @@ from transformer.data.tokenizer import (
     WordTokenizer,
     join_words,
 )
+from transformer.files import write_atomically
 
 SPLITS = ("train", "validation", "test")
 
@@ -138,19 +139,28 @@ def read_pairs(
     }
 
 
-def build_tokenizer(
-    config: DataConfig, workdir: str, train_pairs: list[tuple[str, str]]
-) -> Tokenizer:
-    """Builds the vocabulary from both sides of the training pairs and stores it in
-    `workdir` (atomically)."""
-    path = workdir_files.vocabulary_path(config, workdir)
+def train_vocabulary(config: DataConfig, train_pairs: list[tuple[str, str]]) -> Tokenizer:
+    """The vocabulary of `config` built from both sides of the training pairs."""
     sentences = [s for pair in train_pairs for s in pair]
     if config.tokenizer == "word":
-        tokenizer = WordTokenizer.build(sentences, config.vocab_size)
-    else:
-        tokenizer = SentencePieceTokenizer.train(sentences, config.vocab_size, config.tokenizer)
-    tokenizer.save(path)
-    return tokenizer
+        return WordTokenizer.build(sentences, config.vocab_size)
+    return SentencePieceTokenizer.train(sentences, config.vocab_size, config.tokenizer)
+
+
+def build_tokenizer(config: DataConfig, workdir: str, train_pairs: Callable[[], list]) -> None:
+    """Stores the workdir's vocabulary (atomically): a copy of `data.vocabulary` where it is
+    set (a file from prepare.py), else one trained on `train_pairs()`."""
+    path = workdir_files.vocabulary_path(config, workdir)
+    if not config.vocabulary:
+        train_vocabulary(config, train_pairs()).save(path)
+        return
+    if not os.path.isfile(config.vocabulary):
+        raise ConfigError(
+            f"config.data.vocabulary={config.vocabulary!r} does not exist; make it with "
+            "python prepare.py --config CONFIG --vocabulary PATH."
+        )
+    with open(config.vocabulary, "rb") as f:
+        write_atomically(path, f.read())
 
 
 def load_task(
@@ -169,7 +179,9 @@ def load_task(
     pairs = read_pairs(config, index, count, splits)
     if index == 0 and not os.path.exists(workdir_files.vocabulary_path(config, workdir)):
         whole = pairs.get("train") if count == 1 else None
-        build_tokenizer(config, workdir, whole or read_pairs(config, wanted=("train",))["train"])
+        build_tokenizer(
+            config, workdir, lambda: whole or read_pairs(config, wanted=("train",))["train"]
+        )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("transformer: vocabulary ready")
     tokenizer = workdir_files.load_vocabulary(config, workdir)

@@ -37,7 +37,17 @@ def read_tfds(
                 f"TFDS dataset {name} has languages {sorted(languages)}; "
                 f"data.tfds.{key}={lang!r} is not one of them."
             )
-    if download:
+    if not builder.is_prepared():
+        if not download or shard_count > 1:  # Several hosts would each prepare it.
+            where = f"in data_dir {data_dir}" if data_dir else "in TFDS's default data_dir"
+            raise CorpusError(
+                f"TFDS dataset {name} is not prepared {where}, and "
+                + ("data.tfds.download=False." if not download else "a multi-host run does not "
+                   "download it on every host.")
+                + " Prepare it once, on one machine: python prepare.py --config CONFIG "
+                "--vocabulary PATH [--config.data.tfds.data_dir=DIR]; then train with "
+                "--config.data.tfds.download=False --config.data.vocabulary=PATH."
+            )  # fmt: skip
         config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
         builder.download_and_prepare(download_config=config)
     if split not in builder.info.splits:
