@@ -116,6 +116,11 @@ def test_sweep_cli_tabulates_each_variant_and_a_second_run_trains_nothing(tmp_pa
     assert "| A_h4 | num_heads=4, d_k=8, d_v=8 | " in markdown
     assert "| 65 | 5.00 | 25.5 |" in markdown
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # One vocabulary for the corpus, trained once, in both variants.
+    (shared,) = (tmp_path / "vocabularies").glob("*/vocab.txt")
+    assert first.stdout.count("Training the vocabulary") == 1
+    for name in ("base", "A_h4"):
+        assert (tmp_path / name / "vocab.txt").read_bytes() == shared.read_bytes()
 
     before = {name: snapshot(tmp_path / name) for name in ("base", "A_h4")}
     second = run_cli(tmp_path, *flags)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from ml_collections import ConfigDict
 from transformer import checkpoint, inference, trainer
 from transformer import workdir as workdir_files
 from transformer.config import ConfigError, from_config_dict
-from transformer.data.tasks import load_task
+from transformer.data.tasks import load_task, read_pairs, train_vocabulary
 from transformer.evaluation import evaluate_split
 from transformer.files import write_atomically
 from transformer.model import count_parameters
@@ -71,6 +72,7 @@ def run_sweep(variants: Sequence[Variant], workdir: str, title: str) -> list[dic
             # Refuses a workdir trained with another model or corpus, finished or not.
             workdir_files.write_config(v.config, from_config_dict(v.config), directory)
     os.makedirs(workdir, exist_ok=True)
+    share_vocabularies(variants, workdir)
     recorded = read_results(os.path.join(workdir, "results.csv"))
     for i, v in enumerate(variants, start=1):
         steps = v.config.num_train_steps
@@ -91,6 +93,26 @@ def run_sweep(variants: Sequence[Variant], workdir: str, title: str) -> list[dic
     rows = _ordered(variants, recorded)
     write_results(workdir, title, rows)
     return rows
+
+
+def share_vocabularies(variants: Sequence[Variant], workdir: str) -> None:
+    """One vocabulary per corpus and vocabulary setting, trained once into
+    workdir/vocabularies/<n>/ and set as each variant's data.vocabulary (where none is)."""
+    shared: dict[str, str] = {}
+    for v in variants:
+        data = from_config_dict(v.config).data
+        if data.vocabulary:
+            continue
+        key = json.dumps(v.config.data.to_dict(), sort_keys=True, default=str)
+        if key not in shared:
+            directory = os.path.join(workdir, "vocabularies", str(len(shared)))
+            os.makedirs(directory, exist_ok=True)
+            path = workdir_files.vocabulary_path(data, directory)
+            if not os.path.exists(path):
+                print(f"Training the vocabulary of {v.name}'s corpus for the sweep: {path}.")
+                train_vocabulary(data, read_pairs(data, wanted=("train",))["train"]).save(path)
+            shared[key] = path
+        v.config.data.vocabulary = shared[key]
 
 
 def final_step(directory: str) -> int | None:
