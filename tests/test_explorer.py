@@ -481,23 +481,24 @@ def check_merged_words(driver, restored, source, output, weights):
         click(driver, "#merge")
 
 
+def type_and_explain(driver, text):
+    """Types `text` into the page's input box and asks for its explanation."""
+    box = driver.find_element("id", "input-text")
+    box.clear()
+    box.send_keys(text)
+    click(driver, "#explain")
+
+
 def test_page_draws_the_model_weights_in_a_real_browser(browser, server, translation):
     browser.get(server.url)
-    box = browser.find_element("id", "input-text")
-    box.clear()
-    box.send_keys(SENTENCES[0])
-    click(browser, "#explain")
+    type_and_explain(browser, SENTENCES[0])
     wait_until_ready(browser)
     check_page(browser, translation, SENTENCES[0], screenshot_dir())
     # A bad input gets its message on the page, and the next good one is explained.
-    box.clear()
-    box.send_keys("the dog " * 100)
-    click(browser, "#explain")
+    type_and_explain(browser, "the dog " * 100)
     with pytest.raises(AssertionError, match="tokens; this model takes at most"):
         wait_until_ready(browser, timeout=60)
-    box.clear()
-    box.send_keys(SENTENCES[1])
-    click(browser, "#explain")
+    type_and_explain(browser, SENTENCES[1])
     wait_until_ready(browser)
     assert not browser.find_element("id", "message").is_displayed()
 
@@ -507,10 +508,7 @@ def test_page_draws_a_recurrent_models_attention_from_its_top_layer(browser, wor
     server = Server(workdirs["recurrent"])
     try:
         browser.get(server.url)
-        box = browser.find_element("id", "input-text")
-        box.clear()
-        box.send_keys(SENTENCES[1])
-        click(browser, "#explain")
+        type_and_explain(browser, SENTENCES[1])
         wait_until_ready(browser)
         assert "Recurrent" in browser.find_element("id", "model-info").text
         options = browser.find_elements("css selector", "#layer option")
