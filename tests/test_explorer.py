@@ -503,6 +503,7 @@ def test_page_draws_the_model_weights_in_a_real_browser(browser, server, transla
     assert not browser.find_element("id", "message").is_displayed()
 
 
+@pytest.mark.slow
 def test_page_draws_a_recurrent_models_attention_from_its_top_layer(browser, workdirs):
     recurrent = inference.restore(str(workdirs["recurrent"]))
     server = Server(workdirs["recurrent"])

@@ -21,8 +21,3 @@ def test_the_chosen_steps_are_traced_with_their_numbers_evaluation_and_saves(tmp
     names = {e.get("name") for e in events}
     assert {"evaluate", "checkpoint_save"} <= names  # Step 20 saves and evaluates.
     assert any("train_step" in (n or "") for n in names)  # The jitted step itself.
-
-
-def test_no_trace_by_default(tmp_path):
-    trainer.run(tiny_config(num_train_steps=5), str(tmp_path))
-    assert not (tmp_path / "tensorboard" / "plugins").exists()

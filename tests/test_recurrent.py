@@ -167,6 +167,7 @@ def test_beam_of_one_is_greedy_decoding():
     assert finished.any() and not finished.all()
 
 
+@pytest.mark.slow
 def test_a_beam_wider_than_all_candidates_finds_the_brute_force_optimum():
     # The beam reorders the LSTM states it caches as it reorders the Transformer's keys.
     model = RecurrentEncoderDecoder(rnn_config(vocab_size=EXHAUSTIVE_VOCAB))
@@ -202,6 +203,7 @@ def test_packed_batches_are_refused_with_the_key_named():
         from_config_dict(tiny_config(**{"model.kind": "rnn"}))
 
 
+@pytest.mark.slow
 def test_sharded_train_steps_match_one_device(tmp_path):
     overrides = {"model.kind": "rnn", "data.batching": "sentences", "model.dropout_rate": 0.0}
     config = from_config_dict(tiny_config(**overrides))

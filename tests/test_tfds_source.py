@@ -134,6 +134,7 @@ def test_an_unprepared_dataset_is_only_downloaded_by_one_process_that_may(tmp_pa
     assert not tfds.builder("tiny_parallel_corpus", data_dir=str(tmp_path)).is_prepared()
 
 
+@pytest.mark.slow
 def test_a_prepared_corpus_and_vocabulary_train_without_download(tmp_path):
     from transformer.data.tasks import read_pairs, train_vocabulary
 

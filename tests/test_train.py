@@ -156,6 +156,7 @@ def test_training_lowers_the_loss_and_writes_its_outputs(straight_run):
     assert results["perplexity"] > 1.0
     assert (workdir / "config.json").exists() and (workdir / "vocab.txt").exists()
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (workdir / "tensorboard" / "plugins").exists()  # No profile unless asked.
     assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40"]
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["num_train_steps"] == 40 and saved["model"]["d_model"] == 32
