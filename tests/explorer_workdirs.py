@@ -49,17 +49,15 @@ def explorer_config(corpus: pathlib.Path, kind: str = "encoder_decoder") -> Conf
     return config
 
 
-def train_workdirs(tmp_path_factory) -> dict[str, pathlib.Path]:
-    """{"translation": workdir, "language_model": workdir, "recurrent": workdir} (the
-    recurrent baseline translating), all trained."""
+DEFAULT_KINDS = (("translation", "encoder_decoder"), ("language_model", "decoder_only"))
+
+
+def train_workdirs(tmp_path_factory, kinds=DEFAULT_KINDS) -> dict[str, pathlib.Path]:
+    """{name: trained workdir} for each (name, model.kind) of `kinds`: by default
+    {"translation": ..., "language_model": ...}."""
     corpus = tmp_path_factory.mktemp("pairs")
     write_corpus(corpus)
     workdirs = {}
-    kinds = (
-        ("translation", "encoder_decoder"),
-        ("language_model", "decoder_only"),
-        ("recurrent", "rnn"),
-    )
     for name, kind in kinds:
         workdirs[name] = tmp_path_factory.mktemp(name)
         config = explorer_config(corpus, kind)

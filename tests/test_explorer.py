@@ -117,8 +117,15 @@ def test_queries_and_keys_give_the_weights_by_equation_1(translation):
         np.testing.assert_allclose(probs, array(module["attention_weights"]), atol=1e-5)
 
 
-def test_recurrent_model_is_explained_by_its_one_attention_head(workdirs):
-    recurrent = inference.restore(str(workdirs["recurrent"]))
+@pytest.fixture(scope="module")
+def recurrent_workdir(tmp_path_factory):
+    """The recurrent baseline translating, trained as the translation workdir is."""
+    return train_workdirs(tmp_path_factory, (("recurrent", "rnn"),))["recurrent"]
+
+
+@pytest.mark.slow
+def test_recurrent_model_is_explained_by_its_one_attention_head(recurrent_workdir):
+    recurrent = inference.restore(str(recurrent_workdir))
     explainer = Explainer(recurrent)
     assert explainer.info()["kind"] == "rnn" and explainer.info()["heads"] == 1
     explained = explainer.explain(SENTENCES[0], 4, 0.6)
@@ -504,9 +511,9 @@ def test_page_draws_the_model_weights_in_a_real_browser(browser, server, transla
 
 
 @pytest.mark.slow
-def test_page_draws_a_recurrent_models_attention_from_its_top_layer(browser, workdirs):
-    recurrent = inference.restore(str(workdirs["recurrent"]))
-    server = Server(workdirs["recurrent"])
+def test_page_draws_a_recurrent_models_attention_from_its_top_layer(browser, recurrent_workdir):
+    recurrent = inference.restore(str(recurrent_workdir))
+    server = Server(recurrent_workdir)
     try:
         browser.get(server.url)
         type_and_explain(browser, SENTENCES[1])
