@@ -99,6 +99,7 @@ def get_config() -> ConfigDict:
     data.max_source_length = config_dict.placeholder(int)  # None: max_length for both sides.
     data.overlong = "drop"
     data.batching = "sentences"
+    data.token_count = "padded"  # With "tokens" batching: "real" counts no padding.
     data.metric = "bleu"  # "rouge" for summaries.
     data.generated = ConfigDict(
         dict(corpus_seed=0, num_train=200_000, num_validation=1_000, num_test=1_000)

@@ -44,4 +44,5 @@ def get_config() -> ConfigDict:
     config.data.tokenizer = "bpe"  # Section 5.1: byte-pair encoding, shared vocabulary.
     config.data.max_length = 256
     config.data.batching = "tokens"
+    config.data.token_count = "real"  # 25K real tokens, not padding (up to 1.5x padded).
     return config

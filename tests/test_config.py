@@ -129,11 +129,13 @@ def test_a_workdir_config_of_an_earlier_version_reads_without_its_removed_switch
     saved["data"]["source"] = "embedded"
     saved["data"]["embedded"] = saved["data"].pop("generated")
     del saved["data"]["max_source_length"], saved["data"]["metric"]  # Added with summaries.
+    del saved["data"]["token_count"]  # Added with real-token batches.
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = from_config_dict(read_config(str(tmp_path)))
     assert config.data.source == "generated" and config.data.generated.num_train == 200_000
     assert config.model.max_len == config.data.max_length + 50
     assert (config.data.source_length, config.data.metric) == (config.data.max_length, "bleu")
+    assert config.data.token_count == "padded"
 
 
 def test_the_generated_task_is_named_so_and_its_old_name_is_refused_naming_the_new():
@@ -178,6 +180,10 @@ def test_a_summariser_has_a_source_limit_of_its_own_that_sets_the_positions():
         ({"data.max_source_length": 256, "batch_size": 100, "data.batching": "tokens"},
          r"batch_size=100: .* one sequence of the longest, 256 tokens"),
         ({"data.metric": "meteor"}, r"data\.metric='meteor' must be one of \['bleu', 'rouge'\]"),
+        ({"data.token_count": "real"}, r"token_count='real': counting real tokens is for "
+         r"data\.batching='tokens'"),
+        ({"data.token_count": "words", "data.batching": "tokens"},
+         r"token_count='words' must be one of \['padded', 'real'\]"),
     ],
 )  # fmt: skip
 def test_bad_summarisation_settings_are_named(changes, message):

@@ -52,6 +52,11 @@ def test_the_largest_batch_has_the_longest_rows_in_whole_shards():
     batch = largest_batch(tokens, rows_multiple=4)
     # 200 tokens // 24 = 8 rows of the longest length, a multiple of the 4 shards.
     assert {k: v.shape for k, v in batch.items()} == {"inputs": (8, 24), "targets": (8, 24)}
+    real = tiny_config(**{"data.batching": "tokens", "batch_size": 200})
+    real.data.token_count = "real"
+    batch = largest_batch(from_config_dict(real), rows_multiple=4)
+    # Counting real tokens, a batch may hold 1.5x the budget in padding: 200 // 16 = 12 rows.
+    assert batch["targets"].shape == (12, 24)
     packed = largest_batch(from_config_dict(tiny_config()), rows_multiple=8)
     assert set(packed) == {f"{side}{part}" for side in ("inputs", "targets")
                            for part in ("", "_positions", "_segmentation")}  # fmt: skip

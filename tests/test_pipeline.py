@@ -9,6 +9,7 @@ from benchmarks.bucket_padding import epoch_padding
 from configs import tiny
 from transformer.config import from_config_dict
 from transformer.data.pipeline import (
+    MAX_PADDING_GROWTH,
     EncodedSplit,
     EpochBatches,
     Ragged,
@@ -165,14 +166,15 @@ def test_token_batches_of_all_hosts_share_each_steps_bucket_length(tmp_path):
 def test_a_host_lacking_a_buckets_pairs_fills_it_with_shorter_ones_or_refuses():
     tok = WordTokenizer.build((s for pair in PAIRS for s in pair), max_vocab_size=1000)
     short = encode_split(PAIRS[:1] + PAIRS[2:], tok, 24)  # every pair fits the 8-token bucket
-    other_hosts_hold_12_token_pairs = np.array([0, 100, 0, 0])
+    other_hosts_hold_12_token_pairs = np.array([[0, 0, 0], [100, 1100, 1100], [0, 0, 0], [0] * 3])
     batches = train_batches(short, 96, 0, "tokens", 24, 2, 1, 2, other_hosts_hold_12_token_pairs)
     plan = batches.plan(0)
     assert (plan.source_length, plan.target_length) == (12, 12)
     assert len(plan.rows) == 96 // 12 // 2  # this host's half of the rows
     long = encode_split(PAIRS[1:2], tok, 24)  # 12 tokens: nothing fits the 8-token bucket
     with pytest.raises(ValueError, match="Host 1 holds no training pair of at most 8 tokens"):
-        train_batches(long, 96, 0, "tokens", 24, 2, 1, 2, np.array([100, 0, 0, 0]))
+        counts = np.array([[100, 600, 600], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+        train_batches(long, 96, 0, "tokens", 24, 2, 1, 2, counts)
 
 
 def test_the_factory_picks_the_class_of_each_batching_and_refuses_others(task):
@@ -237,6 +239,46 @@ def test_token_batches_fill_a_budget_with_pairs_of_similar_length(task):
     assert (split.inputs.lengths[seen].sum() + split.targets.lengths[seen].sum()) / (
         2 * budget
     ) > 0.6
+
+
+def test_counting_real_tokens_fills_each_side_of_a_batch_with_the_budget_not_padding():
+    split = long_source_split(num_pairs=3000, seed=2)
+    kwargs = dict(max_length=48, max_source_length=256, row_multiple=2)
+    real = train_batches(split, 4096, 0, "tokens", token_count="real", **kwargs)
+    padded = train_batches(split, 4096, 0, "tokens", **kwargs)
+    real_tokens, padded_tokens = [], []
+    for step in range(real.steps_per_epoch):
+        plan = real.plan(step)
+        rows = np.concatenate(plan.rows)
+        assert len(rows) % 2 == 0
+        real_tokens.append(split.inputs.lengths[rows].sum())  # The longer side here.
+        padded_tokens.append(len(rows) * plan.source_length)
+        assert padded_tokens[-1] <= MAX_PADDING_GROWTH * 4096
+    # Rows are chosen from each bucket's mean length: a batch's real tokens are near the
+    # budget on average, where counting padding leaves them well under it.
+    assert 0.93 * 4096 < np.mean(real_tokens) < 1.07 * 4096
+    plans = [padded.plan(step) for step in range(padded.steps_per_epoch)]
+    padded_real = np.mean([split.inputs.lengths[np.concatenate(p.rows)].sum() for p in plans])
+    assert padded_real < 0.85 * 4096
+    assert real.steps_per_epoch < padded.steps_per_epoch  # Fuller batches: fewer per epoch.
+
+
+def test_hosts_counting_real_tokens_agree_with_one_host_on_every_batch_shape(tmp_path):
+    tasks = host_shards(tmp_path, 2, batching="tokens")
+    counts = sum(count_buckets(t.splits["train"], 24) for t in tasks)
+    whole = host_shards(tmp_path, 1)[0].splits["train"]
+    np.testing.assert_array_equal(counts, count_buckets(whole, 24))  # Pairs, real tokens.
+    make = dict(batching="tokens", max_length=24, row_multiple=2, token_count="real")
+    hosts = [
+        train_batches(t.splits["train"], 256, 0, **make, process_index=i, process_count=2,
+                      global_bucket_counts=counts)
+        for i, t in enumerate(tasks)
+    ]  # fmt: skip
+    one = train_batches(whole, 256, 0, **make)
+    for step in range(40):
+        shapes = [h(step)["inputs"].shape for h in hosts]
+        assert shapes[0] == shapes[1]
+        assert (2 * shapes[0][0], shapes[0][1]) == one(step)["inputs"].shape
 
 
 def long_source_split(num_pairs=600, seed=0):

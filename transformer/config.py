@@ -155,6 +155,9 @@ class DataConfig:
     # several pairs each; "tokens": about batch_size tokens per side, pairs of similar length
     # bucketed together.
     batching: Literal["sentences", "packed", "tokens"]
+    # With "tokens": what batch_size counts. "padded" tokens fix a step's memory; "real" ones
+    # are the paper's ~25K source and ~25K target tokens (padded batches grow up to 1.5x).
+    token_count: Literal["padded", "real"]
     # What validation and test outputs are scored with: sacreBLEU and chrF (translation), or
     # ROUGE (summarisation, transformer.rouge).
     metric: Literal["bleu", "rouge"]
@@ -389,6 +392,9 @@ def _check_data(cfg: Config) -> None:
         )
         longest = max(d.max_length, d.source_length)
         _require(cfg.batch_size >= longest, "batch_size", cfg.batch_size, why)
+    else:
+        why = "counting real tokens is for data.batching='tokens'"
+        _require(d.token_count == "padded", "data.token_count", d.token_count, why)
     if d.max_source_length is not None:
         why = "a source length of its own is for encoder-decoder models"
         _require(cfg.model.has_encoder, "data.max_source_length", d.max_source_length, why)

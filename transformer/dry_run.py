@@ -19,16 +19,20 @@ from ml_collections import ConfigDict
 
 from transformer import sharding, trainer
 from transformer.config import Config, from_config_dict
+from transformer.data.pipeline import MAX_PADDING_GROWTH
 from transformer.model import count_parameters
 
 
 def largest_batch(config: Config, rows_multiple: int) -> dict[str, jax.ShapeDtypeStruct]:
     """The shapes of the biggest batch the data pipeline gives a step: every row at the
-    longest lengths (with token batching, batch_size // longest rows), rows rounded down to a
-    multiple of the data-parallel shards. Packed rows add their positions and segments."""
+    longest lengths (with token batching, batch_size // longest rows, or the most that
+    counting real tokens allows), rows rounded down to a multiple of the data-parallel
+    shards. Packed rows add their positions and segments."""
     d = config.data
     longest = max(d.max_length, d.source_length)
-    rows = config.batch_size // longest if d.batching == "tokens" else config.batch_size
+    if d.token_count == "real":
+        longest /= MAX_PADDING_GROWTH
+    rows = int(config.batch_size // longest) if d.batching == "tokens" else config.batch_size
     rows = max(rows - rows % rows_multiple, rows_multiple)
     sides = {"inputs": d.source_length} if config.model.has_encoder else {}
     sides["targets"] = d.max_length

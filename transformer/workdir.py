@@ -115,6 +115,7 @@ def read_config(workdir: str) -> ConfigDict:
     saved.get("data", {}).setdefault("max_source_length", None)
     saved.get("data", {}).setdefault("metric", "bleu")
     saved.get("data", {}).setdefault("vocabulary", "")
+    saved.get("data", {}).setdefault("token_count", "padded")  # Before real-token batches.
     for key, default in (
         ("peak_tflops_per_device", 0.0),
         ("profile_skip_steps", 10),

@@ -10,9 +10,11 @@ Three ways to batch (`data.batching`):
              ids and per-segment positions so pairs never attend to each other (one shape);
   tokens     about batch_size tokens per side: pairs are bucketed by length and each bucket
              length L gets batch_size // L rows (one shape per bucket), as the paper batched
-             "by approximate sequence length". Where sources have a limit of their own
-             (max_source_length: a dialogue and its summary), a bucket is a (source, target)
-             length pair and gets batch_size // the longer of the two rows.
+             "by approximate sequence length"; with data.token_count "real", batch_size //
+             the bucket's mean real length, so real tokens (not padding) make the budget.
+             Where sources have a limit of their own (max_source_length: a dialogue and its
+             summary), a bucket is a (source, target) length pair and gets batch_size // the
+             longer of the two rows.
 
 `train_batches` picks the strategy: EpochBatches (sentences, packed) walks each host's
 shuffled epochs; TokenBatches (tokens) follows a bucket schedule shared by all hosts. Both
@@ -32,6 +34,9 @@ from transformer.special_tokens import EOS_ID, PAD_ID
 
 # Bucket lengths for token batching: few shapes (each compiles once), little padding.
 BUCKET_LENGTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+# With real tokens counted, a batch's padded tokens per side stay under this multiple of its
+# budget: the widest step between bucket lengths, so only the shortest bucket is ever capped.
+MAX_PADDING_GROWTH = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,10 +181,12 @@ def bucket_indices(
 def count_buckets(
     split: EncodedSplit, max_length: int, max_source_length: int | None = None
 ) -> np.ndarray:
-    """[len(bucket_shapes(...))] int64: how many pairs of `split` fall in each bucket."""
+    """[len(bucket_shapes(...)), 3] int64: for each bucket, how many pairs of `split` fall
+    in it and their real source and target tokens. Summed over hosts, the global counts."""
     which = bucket_indices(split, max_length, max_source_length)
     size = len(bucket_shapes(max_length, max_source_length))
-    return np.bincount(which, minlength=size).astype(np.int64)
+    weights = (None, split.inputs.lengths, split.targets.lengths)
+    return np.stack([np.bincount(which, w, minlength=size) for w in weights], 1).astype(np.int64)
 
 
 def merge_sparse_buckets(
@@ -376,8 +383,12 @@ class TokenBatches(StepBatches):
     holds every bucket's share of batches, in shuffled order); each process fills its rows of
     the step from an endless, shuffled stream of its pairs in that bucket. Buckets too
     sparse for one batch join a larger one (`merge_sparse_buckets`).
-    `global_bucket_counts` ([len(bucket_shapes(...))], summed over every host's shard) may
-    be left out on a single host.
+    `token_count` says what batch_size counts: "padded" tokens (a bucket of length L gets
+    batch_size // L rows, so a step's memory is fixed by it) or "real" ones, as the paper's
+    ~25K source and ~25K target tokens (batch_size // the bucket's mean real length of the
+    longer side, at most MAX_PADDING_GROWTH x batch_size padded tokens).
+    `global_bucket_counts` (count_buckets(...) summed over every host's shard) may be left
+    out on a single host.
     """
 
     def __init__(
@@ -391,20 +402,26 @@ class TokenBatches(StepBatches):
         process_count: int = 1,
         global_bucket_counts: np.ndarray | None = None,
         max_source_length: int | None = None,
+        token_count: str = "padded",
     ):
         super().__init__(
             split, batch_size, seed, max_length, row_multiple, process_index, process_count,
             max_source_length,
         )  # fmt: skip
+        if token_count not in TOKEN_COUNTS:
+            raise ValueError(f"data.token_count={token_count!r} is none of {TOKEN_COUNTS}.")
         self._shapes = bucket_shapes(self.max_length, max_source_length)
         if global_bucket_counts is None:
             if process_count > 1:
                 raise ValueError("Token batching over several hosts needs the global counts.")
             global_bucket_counts = count_buckets(split, self.max_length, max_source_length)
         rows = np.array([self._rows_per_batch(max(shape)) for shape in self._shapes])
-        self._merged = merge_sparse_buckets(self._shapes, global_bucket_counts, rows)
-        counts = np.bincount(self._merged, global_bucket_counts, len(self._shapes))
-        counts = counts.astype(np.int64)
+        self._merged = merge_sparse_buckets(self._shapes, global_bucket_counts[:, 0], rows)
+        merged = np.zeros_like(global_bucket_counts)
+        np.add.at(merged, self._merged, global_bucket_counts)
+        counts = merged[:, 0]
+        if token_count == "real":
+            rows = self._rows_of_real_tokens(merged)
         # A bucket still short of a batch (the largest) gets one, its pairs repeated.
         self._batches_per_epoch = np.maximum(counts // rows, counts > 0)
         if not np.any(counts >= rows):
@@ -422,10 +439,22 @@ class TokenBatches(StepBatches):
         """Steps of one global epoch, the same on every host."""
         return int(self._batches_per_epoch.sum())
 
-    def _rows_per_batch(self, length: int) -> int:
-        """Global rows of a token batch of `length`: the budget, cut to a row_multiple."""
-        rows = self.batch_size // length // self.row_multiple * self.row_multiple
+    def _rows_per_batch(self, length: float) -> int:
+        """Global rows of a token batch of rows of `length`: the budget, cut to a row_multiple."""
+        rows = int(self.batch_size // length) // self.row_multiple * self.row_multiple
         return max(rows, self.row_multiple)
+
+    def _rows_of_real_tokens(self, merged_counts: np.ndarray) -> np.ndarray:
+        """[len(shapes)]: rows whose real tokens on the longer side come to about the budget,
+        from each (merged) bucket's mean real lengths; padded tokens capped at
+        MAX_PADDING_GROWTH x the budget so that no step's memory runs away."""
+        pairs = np.maximum(merged_counts[:, :1], 1)
+        mean_longer_side = (merged_counts[:, 1:] / pairs).max(1)
+        rows = []
+        for (source, target), mean in zip(self._shapes, mean_longer_side, strict=True):
+            cap = self._rows_per_batch(max(source, target) / MAX_PADDING_GROWTH)
+            rows.append(min(self._rows_per_batch(max(mean, 1.0)), cap))
+        return np.array(rows)
 
     def _bucket_pools(self) -> dict[int, np.ndarray]:
         """For each bucket the schedule uses, the indices of this host's pairs that fill it."""
@@ -490,6 +519,7 @@ class TokenBatches(StepBatches):
 
 
 BATCHINGS = ("sentences", "packed", "tokens")
+TOKEN_COUNTS = ("padded", "real")
 
 
 def train_batches(
@@ -503,13 +533,15 @@ def train_batches(
     process_count: int = 1,
     global_bucket_counts: np.ndarray | None = None,
     max_source_length: int | None = None,
+    token_count: str = "padded",
 ) -> StepBatches:
     """This process's step-indexed training batches of `split` as data.batching says:
-    EpochBatches for "sentences" and "packed", TokenBatches for "tokens"."""
+    EpochBatches for "sentences" and "packed", TokenBatches for "tokens" (counting
+    `token_count` tokens)."""
     hosts = (row_multiple, process_index, process_count)
     if batching == "tokens":
         return TokenBatches(split, batch_size, seed, max_length, *hosts, global_bucket_counts,
-                            max_source_length)  # fmt: skip
+                            max_source_length, token_count)  # fmt: skip
     if batching in ("sentences", "packed"):
         packed = batching == "packed"
         return EpochBatches(split, batch_size, seed, packed, max_length, *hosts, max_source_length)

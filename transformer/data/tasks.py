@@ -78,6 +78,7 @@ class Task:
             process_count=self.process_count,
             global_bucket_counts=global_bucket_counts,
             max_source_length=self.config.max_source_length,
+            token_count=self.config.token_count,
         )
 
     def eval_batches(self, split: str, batch_size: int) -> list[dict]:
