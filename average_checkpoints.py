@@ -28,14 +28,16 @@ def average() -> None:
     restored = inference.restore(_WORKDIR.value, _STEP.value, _LAST.value)
     config, placed, steps = restored.config, restored.placed, restored.steps
     output = _OUTPUT.value or os.path.join(_WORKDIR.value, "averaged")
+    # Checked before Orbax opens the directory: a manager closed at once can race its own
+    # start-up work (tmp-directory cleanup) and print a traceback after the error.
+    if os.path.exists(os.path.join(output, str(steps[-1]))):
+        raise inference.CheckpointNotFoundError(
+            f"{output}/{steps[-1]} exists already; choose another --output_dir."
+        )
     source = checkpoint.Checkpointer(os.path.join(_WORKDIR.value, "checkpoints"), read_only=True)
     # keep=None: the checkpoints already in --output_dir stay (the default keeps only one).
     target = checkpoint.Checkpointer(output, keep=None)
     try:
-        if steps[-1] in target.all_steps():
-            raise inference.CheckpointNotFoundError(
-                f"{output}/{steps[-1]} exists already; choose another --output_dir."
-            )
         meta = workdir.checkpoint_meta(config)
         with trainer.mesh_context(placed.mesh, config):
             newest = source.restore(steps[-1], placed.abstract_state, meta)

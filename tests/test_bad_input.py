@@ -250,6 +250,7 @@ def fill_the_disk_during_a_save(workdir, before):
     return flags
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_a_save_is_reported_and_earlier_checkpoints_survive(trained_copy):
     fill_the_disk_during_a_save(*trained_copy)
 
@@ -343,7 +344,7 @@ def change_a_stored_value(checkpoint):
     [
         (change_a_stored_value, "its arrays do not match the checksum saved with them"),
         pytest.param(flip_bytes, "", marks=pytest.mark.slow),  # Whatever TensorStore reports.
-        (truncate, ""),
+        pytest.param(truncate, "", marks=pytest.mark.slow),
         pytest.param(garble_metadata, "JSONDecodeError", marks=pytest.mark.slow),
     ],
     ids=["changed-value", "flipped-bytes", "truncated-data", "cut-metadata"],

@@ -70,6 +70,7 @@ def loss_and_grads(remat: str):
     return jax.jit(jax.value_and_grad(loss)), params
 
 
+@pytest.mark.slow
 def test_recomputing_after_the_cotangent_keeps_the_gradients_and_cuts_the_memory():
     """XLA's own account of the compiled backward pass: without the form, remat="block"
     recomputes every layer at the start of the backward pass and holds nearly as much as no

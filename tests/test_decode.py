@@ -352,6 +352,7 @@ EXHAUSTIVE_BEAM = (EXHAUSTIVE_VOCAB - 1) ** (EXHAUSTIVE_LENGTH - 1) * EXHAUSTIVE
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6])
+@pytest.mark.slow
 def test_a_beam_wider_than_all_candidates_finds_the_brute_force_optimum(alpha):
     model = Transformer(model_config(vocab_size=EXHAUSTIVE_VOCAB))
     src = random_sources(EXHAUSTIVE_VOCAB, [5, 3, 6, 2], seed=1)

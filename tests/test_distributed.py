@@ -40,13 +40,15 @@ def train(workdir, *flags):
             "--num_processes=2 needs --coordinator_address (host:port of process 0, or 'auto' "
             "to detect the cluster).",
         ),
-        (
+        pytest.param(
             ["--coordinator_address=127.0.0.1:12345", "--num_processes=2", "--process_id=-1"],
             "--process_id=-1 must be in [0, --num_processes=2).",
+            marks=pytest.mark.slow,  # Each case is a process; the slow run checks them all.
         ),
-        (
+        pytest.param(
             ["--coordinator_address=127.0.0.1:12345", "--num_processes=0"],
             "--num_processes=0 must be at least 1.",
+            marks=pytest.mark.slow,
         ),
         (
             ["--coordinator_address=127.0.0.1", "--num_processes=2", "--process_id=1"],

@@ -30,6 +30,7 @@ def mib(text, label):
     return float(re.search(rf"{label} ([\d.]+) MiB", text).group(1))
 
 
+@pytest.mark.slow
 def test_dry_run_reports_sizes_and_memory_and_writes_nothing(tmp_path):
     one = dry_run(tmp_path / "one", env=one_device_env())
     assert one.returncode == 0, one.stderr[-3000:]

@@ -339,11 +339,13 @@ def test_export_writes_one_self_contained_page(exported, translation):
 @pytest.mark.parametrize(
     "raw, message",
     [
-        (b"the dog .\nthe \xff cat\n", "sentences.txt:2: invalid UTF-8"),
+        pytest.param(b"the dog .\nthe \xff cat\n", "sentences.txt:2: invalid UTF-8",
+                     marks=pytest.mark.slow),
         (b"\n \n", "has no sentence to explain"),
-        (b"the dog .\n\n" + ("the dog " * 30).encode(), "sentences.txt:3: The input has"),
+        pytest.param(b"the dog .\n\n" + ("the dog " * 30).encode(),
+                     "sentences.txt:3: The input has", marks=pytest.mark.slow),
     ],
-)
+)  # fmt: skip
 def test_export_refuses_bad_input_and_writes_nothing(workdirs, tmp_path, raw, message):
     out = tmp_path / "sentences.html"
     result = export(workdirs["translation"], out, raw=raw)
@@ -545,7 +547,8 @@ def screenshot_dir():
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--input", "x.txt"], "--input is read only with --export"),
+    [pytest.param(["--input", "x.txt"], "--input is read only with --export",
+                  marks=pytest.mark.slow),
      (["--export", "x.html"], "--export needs --input")],
 )  # fmt: skip
 def test_explore_refuses_export_flags_without_each_other(workdirs, flags, message):

@@ -147,9 +147,12 @@ def test_bfloat16_attention_asks_for_cudnn_and_float32_does_not(name):
     assert "cudnn" not in jax.jit(fused_attention).lower(*f32, mask).as_text()
 
 
-# On CPU, where this is XLA against XLA, the remat case waits for the slow run.
+# On CPU, where this is XLA against XLA, both cases wait for the slow run.
+ON_GPU_OR_SLOW = () if ON_GPU else pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "remat", ["none", pytest.param("block", marks=() if ON_GPU else pytest.mark.slow)]
+    "remat", [pytest.param(r, marks=ON_GPU_OR_SLOW) for r in ("none", "block")]
 )
 def test_bfloat16_model_with_fused_attention_trains_like_xla_attention(remat):
     """A bfloat16 Transformer (d_k 64, as base and big have) with the mask shapes the model

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.sh"
 
 
@@ -51,6 +53,7 @@ def test_a_python_without_the_packages_is_refused_naming_them(tmp_path):
     assert "ml_collections" in done.stderr
 
 
+@pytest.mark.slow
 def test_check_builds_every_runs_configs_on_a_machine_without_a_gpu(tmp_path):
     done = run_script(tmp_path / "out", sys.executable, None, "--check")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -3,11 +3,14 @@
 import gzip
 import json
 
+import pytest
+
 from transformer import trainer
 
 from .model_configs import tiny_config
 
 
+@pytest.mark.slow
 def test_the_chosen_steps_are_traced_with_their_numbers_evaluation_and_saves(tmp_path):
     config = tiny_config(num_train_steps=20, profile_skip_steps=17, profile_num_steps=3)
     trainer.run(config, str(tmp_path))

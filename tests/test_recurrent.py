@@ -228,21 +228,32 @@ def run(script, *args):
     )  # fmt: skip
 
 
-def test_a_tiny_recurrent_model_trains_restores_and_translates(tmp_path):
-    workdir = tmp_path / "rnn"
+@pytest.fixture(scope="module")
+def trained_rnn(tmp_path_factory):
+    """A tiny recurrent model trained by train.py, and what train.py printed."""
+    workdir = tmp_path_factory.mktemp("rnn")
     train = run(
         "train.py", "--config", "configs/tiny.py", f"--workdir={workdir}",
         "--config.model.kind=rnn", "--config.data.batching=sentences",
         "--config.num_train_steps=60",
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]
-    out = train.stdout + train.stderr
+    return workdir, train.stdout + train.stderr
+
+
+def test_a_tiny_recurrent_model_trains_and_its_checkpoint_restores_for_beam_search(trained_rnn):
+    workdir, out = trained_rnn
     assert "Model: rnn," in out
     losses = [float(x) for x in re.findall(r"validation loss (\d+\.\d+)", out)]
     assert len(losses) >= 2 and losses[-1] < losses[0] - 0.5, losses
     evaluate = run("evaluate.py", f"--workdir={workdir}", "--beam_size=4")
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert re.search(r"BLEU \d+\.\d+", evaluate.stdout + evaluate.stderr)
+
+
+@pytest.mark.slow
+def test_attention_maps_draw_the_recurrent_models_attention(trained_rnn):
+    workdir, _ = trained_rnn
     maps = run("attention_maps.py", f"--workdir={workdir}", "--source=the man has seen the dog.")
     assert maps.returncode == 0, maps.stderr[-3000:]
     assert (workdir / "attention" / "decoder_cross_attention_layer_0.png").is_file()

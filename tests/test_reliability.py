@@ -159,6 +159,7 @@ def straight_run(tmp_path_factory, cli_env):
     return workdir
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_exits_0_and_the_same_command_resumes(
     killed_during_a_save,
 ):

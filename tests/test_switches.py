@@ -48,6 +48,7 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
 
 
 # ------------------------------------------------------------------ attention implementation
+@pytest.mark.slow
 def test_dot_product_attention_gives_the_plain_logits_and_gradients_with_padding():
     plain = Transformer(model_config())
     dpa = Transformer(model_config(attention="dot_product_attention"))
@@ -63,6 +64,7 @@ def test_dot_product_attention_gives_the_plain_logits_and_gradients_with_padding
     assert_trees_close(dpa_grads, grads)
 
 
+@pytest.mark.slow
 def test_dot_product_attention_keeps_packed_segments_apart():
     packed = dict(
         inputs_positions=jnp.array([[0, 1, 2, 0, 1, 0, 0, 0]]),

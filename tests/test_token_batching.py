@@ -21,6 +21,10 @@ from transformer.data.tasks import load_task
 from .model_configs import with_overrides
 from .xla_flags import FAST_COMPILE
 
+# Two training processes (about a minute): the slow run. The batching itself is tested
+# step by step in tests/test_pipeline.py.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 24
 STOP = 12  # The first leg of the interrupted run ends here, with a checkpoint.

@@ -66,8 +66,14 @@ def test_overrides_are_spelled_as_the_config_spells_them():
 @pytest.mark.parametrize(
     "argument, message",
     [
-        ("--config.model.remat=sometimes", "config.model.remat='sometimes' must be one of"),
-        ("--config.model.layers=2", "unknown config key 'model.layers'"),
+        pytest.param(
+            "--config.model.remat=sometimes",
+            "config.model.remat='sometimes' must be one of",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            "--config.model.layers=2", "unknown config key 'model.layers'", marks=pytest.mark.slow
+        ),
         ("--variant=plain=fast_softmax", "plain=fast_softmax is none of all, flat_matmul"),
     ],
 )
@@ -123,6 +129,7 @@ def test_check_lists_every_variant_with_the_forms_it_turns_off(capsys):
     assert lines[-1].endswith(f"CPU forms off: {', '.join(cpu.FORMS)}; 0.19 TFLOP per step")
 
 
+@pytest.mark.slow
 def test_a_plain_variant_is_traced_with_its_form_off_and_its_memory_printed(capsys):
     """remat=block's step without recomputed_after_cotangent holds every layer's activations
     at once (tests/test_cpu.py): XLA's account of the variant shows the form was off."""

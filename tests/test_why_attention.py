@@ -23,9 +23,8 @@ def test_gradients_reach_only_the_inputs_an_output_depends_on(kind):
     inputs = random_sources(12, [6], seed=4)
     targets = random_sources(12, [9], seed=5)
     params = init(model, inputs, targets)["params"]
-    to_source, to_target = (
-        np.asarray(a) for a in embedding_gradient_norms(model, params, inputs, targets)
-    )
+    norms = jax.jit(lambda p, x, y: embedding_gradient_norms(model, p, x, y))
+    to_source, to_target = (np.asarray(a) for a in norms(params, inputs, targets))
     assert to_source.shape == (9, 6) and to_target.shape == (9, 9)
     # Decoder input i (the token before target i) reaches losses t >= i only: causal.
     assert np.all(to_target[np.triu_indices(9, k=1)] == 0.0)
@@ -45,7 +44,7 @@ def test_gradients_reach_only_the_inputs_an_output_depends_on(kind):
     # The token appears once among the inputs the loss reads, so its row's gradient is its.
     assert (np.asarray(inputs)[0] == token).sum() == 1
     assert token not in np.asarray(targets)[0, :t]
-    direct = np.linalg.norm(jax.grad(loss_t)(table[token]))
+    direct = np.linalg.norm(jax.jit(jax.grad(loss_t))(table[token]))
     np.testing.assert_allclose(to_source[t, i], direct, rtol=1e-4)
 
 
