@@ -171,8 +171,12 @@ def step_logits(model, params, cache, decoder_input, decode_args):
     return jnp.concatenate(out, axis=1)
 
 
-@pytest.mark.parametrize("normalization", ["post", "pre"])
-@pytest.mark.parametrize("tied", [False, True])
+# Each value once in the default run; every combination in the slow one.
+@pytest.mark.parametrize(
+    "normalization, tied",
+    [("post", False), ("pre", True), *(pytest.param(*c, marks=pytest.mark.slow)
+                                     for c in (("post", True), ("pre", False)))],
+)  # fmt: skip
 def test_cached_step_logits_equal_full_model_logits(normalization, tied):
     model = Transformer(model_config(normalization=normalization, tie_output_embedding=tied))
     src = random_sources(8, SRC_LENGTHS[:3])
@@ -389,8 +393,12 @@ def test_beam_of_four_beats_greedy_and_finds_the_optimum_of_a_confident_model():
     np.testing.assert_array_equal(np.asarray(tokens)[found], optimum_tokens[found])
 
 
-@pytest.mark.parametrize("normalization", ["post", "pre"])
-@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+@pytest.mark.parametrize(
+    "normalization, alpha",
+    [("post", 0.0), ("pre", 0.6), ("post", 2.0),
+     *(pytest.param(*c, marks=pytest.mark.slow)
+       for c in (("pre", 0.0), ("post", 0.6), ("pre", 2.0)))],
+)  # fmt: skip
 def test_score_is_the_length_penalised_log_probability_of_the_tokens(normalization, alpha):
     model = Transformer(model_config(normalization=normalization))
     src = random_sources(8, SRC_LENGTHS)
@@ -630,7 +638,7 @@ def test_sampling_at_temperature_zero_is_greedy_decoding(language_model):
         np.testing.assert_array_equal(sample(params, SAMPLE_PROMPTS, jax.random.key(seed)), greedy)
 
 
-@pytest.mark.parametrize("temperature", [0.3, 1.0, 5.0])
+@pytest.mark.parametrize("temperature", [pytest.param(0.3, marks=pytest.mark.slow), 1.0, 5.0])
 def test_sampling_from_the_top_token_alone_is_greedy_decoding(temperature, language_model):
     model, variables = language_model
     params = variables["params"]
