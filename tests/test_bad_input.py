@@ -98,8 +98,12 @@ def trained_copy(trained, tmp_path):
     "flag, fragments",
     [
         ("--config.model.num_layer=3", ["unknown config key 'model.num_layer'"]),
-        ("--config.model.num_heads=3", ["model.num_heads=3: must divide model.d_model=32"]),
-        # Each case runs the CLI twice; the default run keeps the two above.
+        # Each case runs the CLI twice; the default run keeps the one above.
+        pytest.param(
+            "--config.model.num_heads=3",
+            ["model.num_heads=3: must divide model.d_model=32"],
+            marks=pytest.mark.slow,
+        ),
         pytest.param(
             "--config.model.num_heads=abc",
             ["Override 'model.num_heads=abc'", "cannot be casted to type <class 'int'>"],

@@ -12,6 +12,8 @@ from configs import base
 from transformer import sharding
 from transformer.config import MeshConfig
 from transformer.decode import (
+    BeamState,
+    _settled,
     beam_search,
     filter_logits,
     greedy_decode,
@@ -443,6 +445,24 @@ def test_sentences_that_finish_at_different_steps_decode_as_they_would_alone():
         alone_tokens, alone_score = search(params, src[i : i + 1])
         np.testing.assert_array_equal(alone_tokens[0], tokens[i])
         np.testing.assert_allclose(alone_score[0], scores[i], rtol=1e-5)
+
+
+def test_a_sentence_settles_once_no_alive_hypothesis_can_beat_its_best_finished_one():
+    def state(alive_logp, finished_scores):
+        batch, beam = len(alive_logp), len(alive_logp[0])
+        tokens = jnp.zeros((batch, beam, 10), jnp.int32)
+        return BeamState(jnp.int32(3), tokens, jnp.asarray(alive_logp, jnp.float32), tokens,
+                         jnp.asarray(finished_scores, jnp.float32), cache=None)  # fmt: skip
+
+    # Alpha 0: a score is the log-probability, which only falls as a hypothesis grows. Row 0
+    # can no longer reach -1.0 although it could still enter the finished (above -5.0); row 1
+    # may still beat it; row 2 has finished nothing yet.
+    rows = state([[-3.0, -4.0], [-0.5, -4.0], [-3.0, -4.0]],
+                 [[-1.0, -5.0], [-1.0, -5.0], [-np.inf, -np.inf]])  # fmt: skip
+    assert _settled(rows, 0.0).tolist() == [True, False, False]
+    # With alpha > 0 the bound divides by the penalty at the limit: -3 / lp(10) > -1.5 here.
+    assert float(-3.0 / length_penalty(10, 1.0)) > -1.5
+    assert not _settled(state([[-3.0, -4.0]], [[-1.5, -5.0]]), 1.0)[0]
 
 
 def test_a_sentence_that_finishes_no_hypothesis_returns_its_best_alive_one():

@@ -35,6 +35,7 @@ def tiny_model(vocab_size=50):
     return config, model, params["params"], inputs
 
 
+@pytest.mark.slow
 def test_fixed_length_decoding_gives_length_tokens_and_no_eos_with_or_without_a_cache():
     _, model, params, inputs = tiny_model()
     cached = fixed_length(model, 7)

@@ -84,7 +84,7 @@ def model_attention(restored, sentence, beam_size=1):
 
 
 # ------------------------------------------------------------------- what is explained
-@pytest.mark.parametrize("beam_size", [1, 4])
+@pytest.mark.parametrize("beam_size", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_explained_output_and_weights_are_the_models(translation, beam_size):
     explained = Explainer(translation).explain(SENTENCES[0], beam_size, 0.6)
     source, output, weights = model_attention(translation, SENTENCES[0], beam_size)

@@ -302,6 +302,7 @@ def test_averaged_parameters_are_the_mean_of_the_saved_arrays(trained):
     assert digest(checkpoints) == before
 
 
+@pytest.mark.slow
 def test_average_checkpoints_writes_an_older_step_beside_what_the_directory_holds(
     trained, tmp_path
 ):

@@ -307,8 +307,8 @@ def beam_search(
     sentence that finishes none within its limit gets its best alive hypothesis, scored
     with the penalty of its limit. With beam_size 1 and alpha 0 this is greedy decoding.
 
-    The search stops once no sentence can improve its finished hypotheses, which the bound
-    it uses guarantees only for alpha >= 0.
+    The search stops once no sentence's best finished hypothesis can still be beaten, which
+    the bound it uses guarantees only for alpha >= 0.
     """
     if not alpha >= 0:  # NaN too.
         raise ValueError(f"alpha must be >= 0 for the early-stopping bound, got {alpha}")
@@ -404,16 +404,16 @@ def _limits_or(limits: Array | None, batch: int, max_length: int) -> Array:
 
 def _settled(state: BeamState, alpha: float, limits: Array | None = None) -> Array:
     """[batch] bool: the sentence has reached its `limits` entry of tokens, or no alive
-    hypothesis can still enter its finished ones.
+    hypothesis can still beat its best finished one (the one beam_search returns).
 
     A hypothesis' log-probability only falls as it grows, and for alpha >= 0 its penalty is
-    largest at its limit L, so logp / lp(L) bounds whatever score it may finish with. Empty
-    finished slots score -inf, so a sentence settles that way only once all are filled.
+    largest at its limit L, so logp / lp(L) bounds whatever score it may finish with. An
+    empty finished slot scores -inf, so a sentence settles that way only once one finished.
     """
     batch, _, max_length = state.alive_tokens.shape
     limits = _limits_or(limits, batch, max_length)
     best_possible = state.alive_logp[:, 0] / length_penalty(limits, alpha)
-    return (state.step >= limits) | (best_possible < state.finished_scores[:, -1])
+    return (state.step >= limits) | (best_possible < state.finished_scores[:, 0])
 
 
 def _best_hypotheses(
