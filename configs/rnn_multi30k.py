@@ -1,7 +1,7 @@
 """The recurrent baseline on Multi30k English -> German, beside configs/multi30k.py.
 
   python train.py --config configs/rnn_multi30k.py --workdir /tmp/rnn_multi30k
-  python evaluate.py --workdir /tmp/rnn_multi30k --average_last 10 --beam_size 5
+  python evaluate.py --workdir /tmp/rnn_multi30k --average_last 10 --beam_size 5 --alpha 1.0
 
 A bidirectional LSTM encoder and an LSTM decoder with Luong's global attention
 (transformer.recurrent), 2 + 2 layers of d_model 320: 5,842,560 parameters with the 8,000-piece
@@ -10,6 +10,10 @@ recipe's: the data, the shared tied embedding, label smoothing, Adam on the pape
 at the same peak learning rate (1.0e-3), checkpoints and evaluation. Two changes belong to
 recurrent networks: gradients are clipped at a global norm of 5 (Luong et al. 2015, section
 4.1), and batches hold whole pairs by length (packing would carry a state across pairs).
+
+Measured on a 2-core Intel Xeon: 3,000 steps in 49.8 minutes, final score included;
+test2016 sacreBLEU 36.92, tokenized lowercased 37.27 with α = 1.0 (chosen on validation),
+against the Transformer's 38.27 / 38.74 (docs/why_attention.md).
 """
 
 from ml_collections import ConfigDict
