@@ -35,10 +35,15 @@ batches of 64 (the last one of 40), exactly 30 target tokens per sentence (as ab
 and beam 4. `--devices N` splits the CPU into N JAX devices (`jax_num_cpu_devices`), each
 decoding its own batch of 64 at the same time (`transformer.sharding.map_rows`, as evaluate.py
 decodes on several devices): global batches of 64 x N, the last one filled up to a multiple of
-N rows with copies of its last sentence (not counted). `--compare hf` (needs `pip install -e
-'.[bench]'`) also times Hugging Face `generate` on a MarianMTModel of the same sizes, on the
-same token ids and batches, in N processes of cores / N threads (benchmarks/compare/
-hf_generate.py), and prints ours / theirs.
+N rows with copies of its last sentence (not counted).
+
+`--compare ct2 hf` (needs `pip install -e '.[export]'`) exports these weights with
+transformer/export.py and also times, on the same token ids and batches, each in processes of
+its own (benchmarks/compare/):
+- `ct2`: CTranslate2 in every thread layout inter_threads x intra_threads = cores, each batch
+  of 64 x N cut into CTranslate2 batches of 64 that its inter_threads decode at once;
+- `hf`: Hugging Face `generate` in N processes of cores / N threads, the batch split evenly.
+It prints ours / each engine's best and how many sentences each decodes as ours does.
 
 Every figure is the median of `--repeats` passes over all of its batches, each pass ended by
 jax.block_until_ready, after one untimed call per distinct batch shape (compilation and
@@ -51,6 +56,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -265,9 +271,11 @@ def cache_speedup(model: Transformer, params: Any, sources: list, cap: int, args
     print(f"  Cached and uncached outputs identical: {', '.join(agreement)} sentences.")
 
 
-def ref_small_setup(args: argparse.Namespace) -> tuple[Any, Transformer, Any, list]:
-    """(model config, model, random parameters, the test sentences' token ids) of ref-small;
-    prints how the vocabulary was made."""
+def ref_small_setup(
+    args: argparse.Namespace,
+) -> tuple[Any, Transformer, Any, list, SentencePieceTokenizer]:
+    """(model config, model, random parameters, the test sentences' token ids, the
+    vocabulary) of ref-small; prints how the vocabulary was made."""
     train = text_files.read_parallel(args.data_dir, "en", "de", "train")
     start = time.perf_counter()
     tokenizer = SentencePieceTokenizer.train([s for pair in train for s in pair], 8_000, "bpe")
@@ -281,17 +289,16 @@ def ref_small_setup(args: argparse.Namespace) -> tuple[Any, Transformer, Any, li
     model = build_model(config)
     dummy = jnp.ones((1, 8), jnp.int32)
     init = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, dummy, dummy)["params"]))
-    return config, model, init(jax.random.key(0)), tokenizer.encode_batch(sentences)
+    return config, model, init(jax.random.key(0)), tokenizer.encode_batch(sentences), tokenizer
 
 
 def ref_small_mode(args: argparse.Namespace) -> None:
     length, batch_size, devices = 30, 64, args.devices
-    config, model, params, sources = ref_small_setup(args)
+    config, model, params, sources, tokenizer = ref_small_setup(args)
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     row_sharding = NamedSharding(mesh, PartitionSpec("data"))
     batches = make_batches(sources, batch_size * devices, config.max_len, devices)
     batches = [jax.device_put(b, row_sharding) for b in batches]  # Rows split over the devices.
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     print(
         f"ref-small: {config.num_encoder_layers} + {config.num_decoder_layers} layers, d_model "
         f"{config.d_model}, {config.num_heads} heads, d_ff {config.d_ff}, post-LN, tied shared "
@@ -305,44 +312,92 @@ def ref_small_mode(args: argparse.Namespace) -> None:
             f"{batch_size} at the same time (global batches of {batch_size * devices}, the last "
             f"filled up to a multiple of {devices} rows)"
         )
-    decoders = fixed_length(model, length, row_sharding if devices > 1 else None)
-    workers, theirs = [], "HF transformers generate (PyTorch eager)"
-    if args.compare == "hf":
-        from benchmarks.compare.hf_generate import hf_process_decoders
+    decoders = {
+        f"ours {k}": v
+        for k, v in fixed_length(model, length, row_sharding if devices > 1 else None).items()
+    }
+    engines, workers = {"ours": "ours (JAX, KV cache)"}, []
+    with tempfile.TemporaryDirectory() as exported:
+        if args.compare:
+            engines, workers = compared_engines(
+                args, config, params, tokenizer, exported, decoders, (length, batch_size, devices)
+            )
+        params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+        try:
+            results = time_decoders(decoders, params, batches, args.repeats)
+        finally:
+            for worker in workers:
+                worker.close()
+    print_ref_small(results, engines, len(sources), length)
 
-        hf, info, workers = hf_process_decoders(config, length, BEAM, ALPHA, devices)
-        decoders.update({f"hf {name}": decode for name, decode in hf.items()})
-        threads = f"{info['threads']} thread{'s' * (info['threads'] > 1)}"
-        print(
-            f"{info['description']}, {devices} process{'es' * (devices > 1)} of {threads} "
-            f"beside ours: {info['parameters']:,} parameters besides its position tables"
-        )
+
+def compared_engines(
+    args, config, params, tokenizer, directory: str, decoders: dict, sizes: tuple[int, int, int]
+) -> tuple[dict[str, str], list]:
+    """Exports `params` into `directory` and adds each --compare engine's decoders to
+    `decoders` as "{engine} {greedy | beam 4}"; returns ({engine: description}, the workers)."""
+    from benchmarks.compare.ct2_translate import ct2_process_decoders, thread_layouts
+    from benchmarks.compare.hf_generate import hf_process_decoders
+    from transformer import export
+
+    length, batch_size, devices = sizes
+    spm_model, hf_dir = os.path.join(directory, "spm.model"), os.path.join(directory, "hf")
+    tokenizer.save(spm_model)
+    export.write_hf(params, config, spm_model, hf_dir)
+    engines, workers = {"ours": "ours (JAX, KV cache)"}, []
     try:
-        results = time_decoders(decoders, params, batches, args.repeats)
-    finally:
+        if "ct2" in args.compare:
+            ct2_dir = os.path.join(directory, "ct2")
+            export.convert_ct2(hf_dir, ct2_dir, config.layer_norm_epsilon)
+            for layout in thread_layouts(os.cpu_count() or 1):
+                found, description, worker = ct2_process_decoders(
+                    ct2_dir, length, BEAM, batch_size, layout
+                )
+                workers.append(worker)
+                engines[f"ct2 {layout[0]}x{layout[1]}"] = description
+                decoders.update({f"ct2 {layout[0]}x{layout[1]} {k}": v for k, v in found.items()})
+        if "hf" in args.compare:
+            found, info, hf_workers = hf_process_decoders(hf_dir, length, BEAM, ALPHA, devices)
+            workers += hf_workers
+            threads = f"{info['threads']} thread{'s' * (info['threads'] > 1)}"
+            engines["hf"] = f"{info['description']}, {devices} x {threads}"
+            decoders.update({f"hf {k}": v for k, v in found.items()})
+    except BaseException:
         for worker in workers:
             worker.close()
-    print_ref_small(results, len(sources), length, theirs)
+        raise
+    return engines, workers
 
 
-def print_ref_small(results: dict, sentences: int, length: int, theirs: str) -> None:
-    """The sentences/s table: ours, and Hugging Face's with ours / theirs where it ran."""
-    speeds = {}
-    for name, (seconds, outputs) in results.items():
-        if outputs.shape[0] < sentences or outputs.shape[1] != length or EOS_ID in outputs:
+def print_ref_small(results: dict, engines: dict[str, str], sentences: int, length: int) -> None:
+    """The sentences/s table of every engine, ours / each compared engine's best, and how
+    many sentences each decodes as ours does."""
+    speeds, outputs = {}, {}
+    for name, (seconds, out) in results.items():
+        if out.shape[0] < sentences or out.shape[1] != length or EOS_ID in out:
             raise SystemExit(f"{name}: not exactly {length} tokens per sentence.")
         speeds[name] = sentences / seconds  # Filler rows of the last batch not counted.
-    ours = {k: v for k, v in speeds.items() if not k.startswith("hf ")}
-    rows = {"ours (JAX, KV cache)": ours}
-    if len(speeds) > len(ours):
-        rows[theirs] = {k: speeds[f"hf {k}"] for k in ours}
-        rows["ours / theirs"] = {k: ours[k] / rows[theirs][k] for k in ours}
-    width = max(len(row) for row in rows) + 2
-    print(f"\n  {'sentences/s':{width}s}" + "".join(f"{k:>12s}" for k in ours))
-    for row, figures in rows.items():
-        unit = "x" if row == "ours / theirs" else ""
-        print(f"  {row:{width}s}" + "".join(f"{f'{v:.2f}{unit}':>12s}" for v in figures.values()))
-    print(f"  (ours in tokens/s: {', '.join(f'{k} {v * length:.0f}' for k, v in ours.items())})")
+        outputs[name] = out[:sentences]
+    modes = [name.removeprefix("ours ") for name in results if name.startswith("ours ")]
+    width = max(len(d) for d in engines.values()) + 2
+    print(f"\n  {'sentences/s':{width}s}" + "".join(f"{m:>12s}" for m in modes))
+    for engine, description in engines.items():
+        row = "".join(f"{speeds[f'{engine} {m}']:12.2f}" for m in modes)
+        print(f"  {description:{width}s}{row}")
+    for family, label in (("ct2", "CTranslate2 (its best layout)"), ("hf", "HF generate")):
+        rivals = [e for e in engines if e.split()[0] == family]
+        if rivals:
+            best = {m: max(speeds[f"{e} {m}"] for e in rivals) for m in modes}
+            ratios = "".join(f"{speeds['ours ' + m] / best[m]:11.2f}x" for m in modes)
+            print(f"  {'ours / ' + label:{width}s}{ratios}")
+    same = [
+        f"{engine} {m} {int(np.sum(np.all(outputs[f'{engine} {m}'] == outputs[f'ours {m}'], 1)))}"
+        for engine in engines if engine != "ours" for m in modes
+    ]  # fmt: skip
+    if same:
+        print(f"  Sentences decoded exactly as ours (of {sentences}): {', '.join(same)}")
+    ours = ", ".join(f"{m} {speeds[f'ours {m}'] * length:.0f}" for m in modes)
+    print(f"  (ours in tokens/s: {ours})")
 
 
 def main() -> None:
@@ -357,7 +412,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     devices_help = "ref-small: split the CPU into this many JAX devices, each decoding its own"
     parser.add_argument("--devices", type=int, default=1, help=devices_help + " batch at once.")
-    parser.add_argument("--compare", choices=["hf"], help="ref-small: also time HF generate.")
+    compare_help = "ref-small: also time these engines on the exported weights."
+    parser.add_argument("--compare", nargs="+", choices=["ct2", "hf"], help=compare_help)
     args = parser.parse_args()
     if (args.workdir is None) == (args.workload is None):
         parser.error("give exactly one of --workdir and --workload")

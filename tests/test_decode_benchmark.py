@@ -1,6 +1,7 @@
 """benchmarks/decode.py decodes the workload it claims to: exactly `length` tokens per
 sentence, the same with and without the cache, on one device or several; and Hugging Face's
-side, in one process or several (skipped where transformers is not installed)."""
+side, in one process or several, and CTranslate2's, on our weights exported (skipped where
+the export extra is not installed)."""
 
 import dataclasses
 import os
@@ -21,7 +22,9 @@ from benchmarks.decode import (
     uncached_greedy,
 )
 from transformer.config import from_config_dict
-from transformer.model import build_model
+from transformer.data.generated import generate_splits
+from transformer.data.tokenizer import SentencePieceTokenizer
+from transformer.model import build_model, count_parameters
 from transformer.special_tokens import EOS_ID
 
 from .model_configs import tiny_config
@@ -70,37 +73,64 @@ def test_the_last_batch_is_filled_up_to_split_evenly_over_the_devices():
     assert [b.shape[0] for b in make_batches(sentences, 3, 64)] == [3, 2]
 
 
-@pytest.mark.slow
-def test_hf_comparison_generates_exactly_length_tokens_per_sentence_with_its_kv_cache():
-    pytest.importorskip("transformers")
+@pytest.fixture(scope="module")
+def exported_tiny(tmp_path_factory):
+    """(model, params, the HF export, the CTranslate2 export) of the random tiny model, with
+    a 100-piece SentencePiece vocabulary of the generated task (skipped without the extra)."""
+    pytest.importorskip("ctranslate2", reason="needs the export extra")
+    from transformer import export
+
+    sentences = [s for pair in generate_splits(0, 300, 0, 0)["train"] for s in pair]
+    out = tmp_path_factory.mktemp("exported")
+    SentencePieceTokenizer.train(sentences, 100, "bpe").save(str(out / "spm.model"))
+    config, model, params, _ = tiny_model(vocab_size=100)
+    export.write_hf(params, config, str(out / "spm.model"), str(out / "hf"))
+    export.convert_ct2(str(out / "hf"), str(out / "ct2"), config.layer_norm_epsilon)
+    return model, params, str(out / "hf"), str(out / "ct2")
+
+
+INPUTS = np.array([[5, 6, 7, 1], [8, 9, 1, 0], [4, 1, 0, 0], [9, 9, 8, 1]], np.int32)
+
+
+def test_compared_engines_decode_our_tokens_exactly_length_long(exported_tiny):
+    from benchmarks.compare.ct2_translate import build_ct2_decoder
     from benchmarks.compare.hf_generate import hf_decoders
 
-    config, *_ = tiny_model()
-    decoders, n_params = hf_decoders(config, length=7, beam=BEAM, alpha=ALPHA)
-    inputs = np.array([[5, 6, 7, 1], [8, 9, 1, 0], [4, 1, 0, 0]], np.int32)
+    model, params, hf_dir, ct2_dir = exported_tiny
+    ours = {k: np.asarray(v(params, INPUTS)) for k, v in fixed_length(model, 7).items()}
+    hf, n_params = hf_decoders(hf_dir, length=7, beam=BEAM, alpha=ALPHA)
+    ct2, info = build_ct2_decoder(ct2_dir, 7, BEAM, chunk=3, inter_threads=2, intra_threads=1)
+    cfg = model.config  # HF adds 4 zero bias vectors of d_model to each attention sublayer.
+    biases = 4 * cfg.d_model * (cfg.num_encoder_layers + 2 * cfg.num_decoder_layers)
+    assert n_params == count_parameters(params) + biases
+    assert "inter_threads 2" in info["description"]
     for name in ("greedy", f"beam {BEAM}"):
-        out = decoders[name](None, inputs)
-        assert out.shape == (3, 7) and out.dtype == np.int32, name
-        assert np.all(out != EOS_ID), name  # Held off by min_new_tokens = length.
-    assert n_params > 0
+        for engine, out in (("hf", hf[name](None, INPUTS)), ("ct2", ct2(name, INPUTS))):
+            assert out.shape == (4, 7) and out.dtype == np.int32, (engine, name)
+            np.testing.assert_array_equal(out, ours[name], f"{engine} {name}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
-def test_hf_worker_processes_decode_as_this_process_does(processes):
-    pytest.importorskip("transformers")
+def test_hf_worker_processes_decode_as_this_process_does(exported_tiny, processes):
     from benchmarks.compare.hf_generate import hf_decoders, hf_process_decoders
 
-    config, *_ = tiny_model()
-    inputs = np.array([[5, 6, 7, 1], [8, 9, 1, 0], [4, 1, 0, 0], [9, 9, 8, 1]], np.int32)
-    here, n_params = hf_decoders(config, 5, BEAM, ALPHA)
-    split, info, workers = hf_process_decoders(config, 5, BEAM, ALPHA, processes=processes)
+    hf_dir = exported_tiny[2]
+    here, n_params = hf_decoders(hf_dir, 5, BEAM, ALPHA)
+    split, info, workers = hf_process_decoders(hf_dir, 5, BEAM, ALPHA, processes=processes)
     try:
         assert info["parameters"] == n_params
         assert "MarianMTModel" in info["description"]
         assert len({w.info["pid"] for w in workers} | {os.getpid()}) == processes + 1
         for name in here:
-            np.testing.assert_array_equal(split[name](None, inputs), here[name](None, inputs))
+            np.testing.assert_array_equal(split[name](None, INPUTS), here[name](None, INPUTS))
     finally:
         for worker in workers:
             worker.close()
+
+
+def test_ctranslate2_runs_in_every_thread_layout_of_the_cores():
+    from benchmarks.compare.ct2_translate import thread_layouts
+
+    assert thread_layouts(2) == [(1, 2), (2, 1)]
+    assert thread_layouts(4) == [(1, 4), (2, 2), (4, 1)]

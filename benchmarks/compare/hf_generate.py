@@ -3,9 +3,10 @@ of our model's sizes, in worker processes of its own (benchmarks/compare/worker.
 `pip install -e '.[bench]'`; the builder imports no JAX, so a worker holds only PyTorch's
 threads and heap.
 
-The model: post-LN, sinusoidal positions, tied shared embeddings, random weights (seed 0); it
-has attention biases, ours has none. `generate` with its KV cache, greedy and beam search with
-our length penalty, min_new_tokens = max_new_tokens = the benchmark's length.
+The model is ours, exported by transformer/export.py (the same weights; its attention biases
+are zero). `generate` with its KV cache, greedy and beam search with our alpha (HF divides by
+length ** alpha, a rule that ranks hypotheses of one length alike), min_new_tokens =
+max_new_tokens = the benchmark's length.
 """
 
 from __future__ import annotations
@@ -17,49 +18,30 @@ from typing import Any
 import numpy as np
 
 from benchmarks.compare.worker import StepWorker
-from transformer.special_tokens import BOS_ID, EOS_ID, PAD_ID
+from transformer.special_tokens import PAD_ID
 
 # (ignored params, inputs [batch, src_len] with PAD_ID padding) -> numpy [batch, length]
 Decoder = Callable[[Any, Any], np.ndarray]
 
 
 def hf_decoders(
-    config: Any, length: int, beam: int, alpha: float, threads: int | None = None
+    model_dir: str, length: int, beam: int, alpha: float, threads: int | None = None
 ) -> tuple[dict[str, Decoder], int]:
-    """({"greedy", "beam N"} -> decoder, parameter count) of Hugging Face `generate` on a
-    MarianMTModel shaped like `config` (a ModelConfig), producing exactly `length` tokens, in
-    `threads` PyTorch threads (default: all cores).
+    """({"greedy", "beam N"} -> decoder, parameter count) of Hugging Face `generate` on the
+    MarianMTModel `model_dir` (ours, as export.py writes it), producing exactly `length`
+    tokens, in `threads` PyTorch threads (default: all cores).
 
     The decoders take (ignored params, inputs [batch, src_len] with PAD_ID padding) and return
     numpy [batch, length], as ours do, so the benchmark times them in turns with ours."""
     import torch
-    from transformers import MarianConfig, MarianMTModel
+    import transformers
+    from transformers import MarianMTModel
 
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.manual_seed(0)
-    hf_config = MarianConfig(
-        vocab_size=config.vocab_size,
-        d_model=config.d_model,
-        encoder_layers=config.num_encoder_layers,
-        decoder_layers=config.num_decoder_layers,
-        encoder_attention_heads=config.num_heads,
-        decoder_attention_heads=config.num_heads,
-        encoder_ffn_dim=config.d_ff,
-        decoder_ffn_dim=config.d_ff,
-        max_position_embeddings=config.max_len,
-        activation_function="relu",
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        scale_embedding=True,
-        share_encoder_decoder_embeddings=True,
-        tie_word_embeddings=True,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-        decoder_start_token_id=BOS_ID,
-    )
-    model = MarianMTModel(hf_config).eval()
-    # The sinusoidal tables are stored as weights there; ours computes them.
+    model = MarianMTModel.from_pretrained(model_dir).eval()
+    # The sinusoidal tables are stored as weights there; ours computes them. Tied weights
+    # are counted once, as ours are.
     n_params = sum(p.numel() for n, p in model.named_parameters() if "embed_positions" not in n)
 
     def make(beams: int) -> Decoder:
@@ -74,6 +56,7 @@ def hf_decoders(
                     **({"length_penalty": alpha} if beams > 1 else {}),
                     min_new_tokens=length,
                     max_new_tokens=length,
+                    max_length=None,  # The export's default (max_len + 1) yields to the above.
                 )
             return out[:, 1:].numpy().astype(np.int32)  # Drops the decoder start token.
 
@@ -83,14 +66,14 @@ def hf_decoders(
 
 
 def build_hf_decoder(
-    config: Any, length: int, beam: int, alpha: float, threads: int
+    model_dir: str, length: int, beam: int, alpha: float, threads: int
 ) -> tuple[Callable[[str, np.ndarray], np.ndarray], dict[str, Any]]:
     """A worker's builder: (decode(name, inputs) with the decoder `name` of `hf_decoders`,
     {"parameters", "description"})."""
     import torch
     import transformers
 
-    decoders, n_params = hf_decoders(config, length, beam, alpha, threads)
+    decoders, n_params = hf_decoders(model_dir, length, beam, alpha, threads)
     description = (
         f"Hugging Face transformers {transformers.__version__} MarianMTModel, PyTorch "
         f"{torch.__version__} eager"
@@ -108,10 +91,10 @@ def threads_per_process(processes: int) -> int:
 
 
 def hf_process_decoders(
-    config: Any, length: int, beam: int, alpha: float, processes: int
+    model_dir: str, length: int, beam: int, alpha: float, processes: int
 ) -> tuple[dict[str, Decoder], dict[str, Any], list[StepWorker]]:
     """(decoders, the workers' info, the workers) of `hf_decoders` run by `processes` worker
-    processes of cores / processes threads each, the same weights in each (seed 0): every
+    processes of cores / processes threads each, the same weights in each: every
     batch is split into that many equal parts, one per process, decoded at once, and joined
     again, as ours splits it over its devices. Even one process keeps PyTorch's threads and
     heap out of ours. Close the workers when done."""
@@ -120,7 +103,7 @@ def hf_process_decoders(
     workers: list[StepWorker] = []
     try:
         for i in range(processes):
-            args = (config, length, beam, alpha, threads)
+            args = (model_dir, length, beam, alpha, threads)
             workers.append(StepWorker(f"Hugging Face {i}", builder, *args))
     except BaseException:
         for worker in workers:
