@@ -1,4 +1,4 @@
-"""The bad-input catalogue (README "Troubleshooting"): each mistake stops with a message that
+"""The bad-input catalogue (docs/troubleshooting.md): each mistake stops with a message that
 names its cause, and the checkpoints already in the workdir are left byte for byte as they
 were. Real workdirs, real CLIs, a real file-size limit, real damaged files."""
 

@@ -359,15 +359,9 @@ def _beam_step(
     last = jnp.where(i == 0, BOS_ID, previous)  # [batch, beam]
     position = jnp.full((batch * beam, 1), i, jnp.int32)
     logits, cache = step(_flatten_beams(last)[:, None], position, state.cache)
-    logp = no_eos_before(min_length, jax.nn.log_softmax(logits), i)
-    logp = _unflatten_beams(logp, beam)  # [batch, beam, vocab]
-
-    vocab = logp.shape[-1]
-    candidates = (state.alive_logp[..., None] + logp).reshape(batch, beam * vocab)
     # Each hypothesis ends at most once among the candidates (one EOS), so 2 * beam of them
     # always leave `beam` that go on.
-    top_logp, top_index = lax.top_k(candidates, 2 * beam)  # [batch, 2 * beam]
-    parent, token = top_index // vocab, top_index % vocab
+    top_logp, parent, token = _best_extensions(logits, state.alive_logp, 2 * beam, min_length, i)
     tokens = _gather_beams(state.alive_tokens, parent)
     tokens = lax.dynamic_update_index_in_dim(tokens, token, i, axis=2)
     ended = token == EOS_ID
@@ -395,6 +389,27 @@ def _beam_step(
         finished_scores=where_grows(finished_scores, state.finished_scores),
         cache=cache,
     )
+
+
+def _best_extensions(
+    logits: Array, alive_logp: Array, count: int, min_length: int, step: Array
+) -> tuple[Array, Array, Array]:
+    """The `count` best one-token extensions of each sentence's hypotheses: their
+    log-probabilities [batch, count] (best first), parents and tokens [batch, count].
+
+    logits: [batch * beam, vocab]; alive_logp: [batch, beam]. The same as top_k over
+    alive_logp + log_softmax(logits), [batch, beam * vocab], ties included, without making
+    that array: within a row the order of the logits is that of the scores, so only each
+    row's best `count` can be among them (half the cost of a CPU beam step's bookkeeping)."""
+    batch, beam = alive_logp.shape
+    shifted = logits - lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    log_normalizer = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))  # As log_softmax.
+    per_row = min(count, logits.shape[-1])  # A whole row where the vocabulary is smaller.
+    top, token = lax.top_k(no_eos_before(min_length, shifted, step), per_row)  # [rows, per_row]
+    scores = _unflatten_beams(top - log_normalizer, beam) + alive_logp[..., None]
+    best, index = lax.top_k(scores.reshape(batch, beam * per_row), count)
+    token = jnp.take_along_axis(_unflatten_beams(token, beam).reshape(batch, -1), index, axis=1)
+    return best, index // per_row, token
 
 
 def _limits_or(limits: Array | None, batch: int, max_length: int) -> Array:

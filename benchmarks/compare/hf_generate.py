@@ -1,6 +1,6 @@
-"""The Hugging Face side of `benchmarks/decode.py --compare hf`: `generate` on a MarianMTModel
-of our model's sizes, in worker processes of its own (benchmarks/compare/worker.py). Needs
-`pip install -e '.[bench]'`; the builder imports no JAX, so a worker holds only PyTorch's
+"""The Hugging Face side of `benchmarks/decode.py --compare hf`: `generate` on our model
+exported as a MarianMTModel, in worker processes of its own (benchmarks/compare/worker.py). Needs
+`pip install -e '.[export]'`; the builder imports no JAX, so a worker holds only PyTorch's
 threads and heap.
 
 The model is ours, exported by transformer/export.py (the same weights; its attention biases
