@@ -7,7 +7,7 @@ the same function from our weights, with these differences by design:
 
 - Marian's sinusoidal table holds the sines in the first half of each vector and the cosines in
   the second; ours interleaves them (section 3.5). The export reorders every d_model axis
-  (`MARIAN_ORDER`): the model is invariant to a reordering of its features applied everywhere
+  (`marian_order`): the model is invariant to a reordering of its features applied everywhere
   (LayerNorm statistics, residual sums and the tied logits x E^T do not depend on it).
 - Marian's projections have biases, ours (the paper's) none: they are zero, as is its
   final_logits_bias.
