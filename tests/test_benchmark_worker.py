@@ -147,6 +147,7 @@ def test_flax_wmt_is_compared_from_a_process_of_its_own(capsys):
     assert result["tokens_per_second"] > 0
 
 
+@pytest.mark.slow  # A whole comparison run (40 s); the torch step's build is checked below.
 def test_pytorch_is_compared_from_a_process_of_its_own_with_our_parameter_count(capsys):
     pytest.importorskip("torch")
     args = dict(vars(BENCH_ARGS), compare=["torch"])

@@ -90,7 +90,7 @@ def our_outputs(restored, batch, beam: int) -> list[list[int]]:
     return [up_to_eos(row) for row in np.asarray(out)]
 
 
-@pytest.mark.parametrize("beam", [1, 4])
+@pytest.mark.parametrize("beam", [pytest.param(1, marks=pytest.mark.slow), 4])
 def test_hf_generate_decodes_our_tokens(exported, beam):
     restored, batch, hf_dir, *_ = exported
     hf = transformers.MarianMTModel.from_pretrained(hf_dir).eval()
@@ -158,6 +158,7 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # 14 s: the library calls it makes run in the fixture above.
 def test_export_cli_writes_a_ctranslate2_model_and_refuses_an_existing_output(exported, tmp_path):
     *_, path = exported
     out = tmp_path / "ct2"
