@@ -319,9 +319,10 @@ def ref_small_mode(args: argparse.Namespace) -> None:
     engines, workers = {"ours": "ours (JAX, KV cache)"}, []
     with tempfile.TemporaryDirectory() as exported:
         if args.compare:
-            engines, workers = compared_engines(
+            compared, workers = compared_engines(
                 args, config, params, tokenizer, exported, decoders, (length, batch_size, devices)
             )
+            engines |= compared
         params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
         try:
             results = time_decoders(decoders, params, batches, args.repeats)
@@ -344,7 +345,7 @@ def compared_engines(
     spm_model, hf_dir = os.path.join(directory, "spm.model"), os.path.join(directory, "hf")
     tokenizer.save(spm_model)
     export.write_hf(params, config, spm_model, hf_dir)
-    engines, workers = {"ours": "ours (JAX, KV cache)"}, []
+    engines, workers = {}, []
     try:
         if "ct2" in args.compare:
             ct2_dir = os.path.join(directory, "ct2")

@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 
 from transformer import sharding, trainer
 from transformer.config import Config, from_config_dict
-from transformer.data.pipeline import MAX_PADDING_GROWTH
+from transformer.data.pipeline import max_rows
 from transformer.model import count_parameters
 
 
@@ -29,11 +29,11 @@ def largest_batch(config: Config, rows_multiple: int) -> dict[str, jax.ShapeDtyp
     counting real tokens allows), rows rounded down to a multiple of the data-parallel
     shards. Packed rows add their positions and segments."""
     d = config.data
-    longest = max(d.max_length, d.source_length)
-    if d.token_count == "real":
-        longest /= MAX_PADDING_GROWTH
-    rows = int(config.batch_size // longest) if d.batching == "tokens" else config.batch_size
-    rows = max(rows - rows % rows_multiple, rows_multiple)
+    if d.batching == "tokens":
+        longest = max(d.max_length, d.source_length)
+        rows = max_rows(config.batch_size, longest, d.token_count, rows_multiple)
+    else:
+        rows = max(config.batch_size // rows_multiple * rows_multiple, rows_multiple)
     sides = {"inputs": d.source_length} if config.model.has_encoder else {}
     sides["targets"] = d.max_length
     batch = {}

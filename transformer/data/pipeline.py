@@ -39,6 +39,16 @@ BUCKET_LENGTHS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1
 MAX_PADDING_GROWTH = 1.5
 
 
+def max_rows(batch_size: int, length: float, token_count: str, row_multiple: int = 1) -> int:
+    """The most rows of `length` tokens a token batch of `batch_size` holds: the budget over
+    the length, or, counting real tokens, over length / MAX_PADDING_GROWTH (padding may take
+    the batch that far past the budget); cut to a multiple of `row_multiple`, at least one."""
+    if token_count == "real":
+        length = length / MAX_PADDING_GROWTH
+    rows = int(batch_size // length) // row_multiple * row_multiple
+    return max(rows, row_multiple)
+
+
 @dataclasses.dataclass(frozen=True)
 class Ragged:
     """Variable-length sequences stored flat: sequence i is tokens[offsets[i] : offsets[i+1]]."""
@@ -441,8 +451,7 @@ class TokenBatches(StepBatches):
 
     def _rows_per_batch(self, length: float) -> int:
         """Global rows of a token batch of rows of `length`: the budget, cut to a row_multiple."""
-        rows = int(self.batch_size // length) // self.row_multiple * self.row_multiple
-        return max(rows, self.row_multiple)
+        return max_rows(self.batch_size, length, "padded", self.row_multiple)
 
     def _rows_of_real_tokens(self, merged_counts: np.ndarray) -> np.ndarray:
         """[len(shapes)]: rows whose real tokens on the longer side come to about the budget,
@@ -452,7 +461,7 @@ class TokenBatches(StepBatches):
         mean_longer_side = (merged_counts[:, 1:] / pairs).max(1)
         rows = []
         for (source, target), mean in zip(self._shapes, mean_longer_side, strict=True):
-            cap = self._rows_per_batch(max(source, target) / MAX_PADDING_GROWTH)
+            cap = max_rows(self.batch_size, max(source, target), "real", self.row_multiple)
             rows.append(min(self._rows_per_batch(max(mean, 1.0)), cap))
         return np.array(rows)
 
