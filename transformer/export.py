@@ -73,9 +73,7 @@ def check_exportable(model: ModelConfig, tokenizer_kind: str) -> None:
 
 def check_installed(target: str) -> None:
     """Refuses an export whose packages (the `export` extra) are not installed."""
-    needed = ["torch", "transformers", "sentencepiece"] + (
-        ["ctranslate2"] if target == "ct2" else []
-    )
+    needed = ["torch", "transformers"] + (["ctranslate2"] if target == "ct2" else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise ExportError(
