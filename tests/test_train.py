@@ -1,9 +1,12 @@
 """Training end to end on real components: sharded steps, Orbax checkpoints, resume, CLI."""
 
+import asyncio
 import contextlib
 import dataclasses
+import gc
 import io
 import json
+import logging
 import os
 import pathlib
 import re
@@ -17,7 +20,7 @@ import sacrebleu
 
 from transformer import sharding, trainer
 from transformer.allocator import cpu_allocator_hint
-from transformer.checkpoint import Checkpointer, CheckpointMismatchError
+from transformer.checkpoint import Checkpointer, CheckpointMismatchError, CheckpointReadError
 from transformer.config import MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
 from transformer.evaluation import translate_split
@@ -321,3 +324,34 @@ def test_checkpointer_saves_on_its_interval_and_keeps_the_newest(tmp_path):
     assert saved == [2, 4, 6, 8]
     assert ckpt.all_steps() == [6, 8] and ckpt.latest_step() == 8
     ckpt.close()
+
+
+def test_an_abandoned_read_of_a_damaged_checkpoint_is_not_logged_later(tmp_path, caplog):
+    ckpt = Checkpointer(str(tmp_path), every_steps=1, keep=1)
+    ckpt.save(1, {f"w{i}": np.arange(1000.0) + i for i in range(8)}, {"model": {}})
+    ckpt.wait_until_finished()
+    for path in (tmp_path / "1" / "state").rglob("d/*"):  # Every data file cut in half.
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    abstract = {f"w{i}": jax.ShapeDtypeStruct((1000,), np.float64) for i in range(8)}
+    with pytest.raises(CheckpointReadError) as failed:
+        ckpt.restore(1, abstract, {"model": {}})
+    ckpt.close()
+    read_error = failed.value.__cause__  # TensorStore's own error, as the other reads get it.
+    assert "tensorstore_spec" in str(read_error)
+
+    def abandon(exception: Exception) -> None:
+        """A future that failed and that nobody awaits, collected as asyncio reports it."""
+        loop = asyncio.new_event_loop()
+        future = loop.create_future()
+        future.set_exception(exception)
+        del future
+        gc.collect()
+        loop.close()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        abandon(read_error)
+        assert not caplog.records
+        abandon(RuntimeError("some other failure"))
+    assert [r.getMessage().partition("\n")[0] for r in caplog.records] == [
+        "Future exception was never retrieved"
+    ]

@@ -118,6 +118,7 @@ class Checkpointer:
         for files that cannot be read or do not match their checksum; nothing is deleted.
         """
         _silence_reads_completing_into_a_closed_loop()
+        _silence_unretrieved_read_errors()
         try:
             meta = self._manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
@@ -231,6 +232,26 @@ def _silence_reads_completing_into_a_closed_loop() -> None:
 
     hook._drops_closed_loop_wakeups = True
     sys.unraisablehook = hook
+
+
+class _UnretrievedReadError(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" for a TensorStore read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (
+            record.getMessage().partition("\n")[0].endswith("exception was never retrieved")
+            and "tensorstore_spec" in str(exc)
+        )
+
+
+def _silence_unretrieved_read_errors() -> None:
+    """A failed restore abandons the reads of the other arrays; when one of them fails too
+    and is garbage-collected, asyncio logs its error and traceback, possibly long after our
+    warning. That exact report is dropped; asyncio's other messages pass."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedReadError) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_UnretrievedReadError())
 
 
 # What a full or read-only disk says, so the message names it wherever the library put it.
