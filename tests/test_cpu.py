@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from transformer import cpu
+from transformer.decode import argmax, top_k
 from transformer.layers import matmul, random_bits
 from transformer.loss import loss_and_metrics
 from transformer.model import Transformer
@@ -88,6 +89,41 @@ def test_recomputing_after_the_cotangent_keeps_the_gradients_and_cuts_the_memory
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), fast, plain)
     assert temp_fast < 0.5 * temp_none, (temp_fast, temp_none)
     assert temp_plain > 0.8 * temp_none, (temp_plain, temp_none)
+
+
+def scores_with_ties_and_extremes(rows: int, n: int) -> np.ndarray:
+    """[rows, n] float32 scores from a few distinct values (ties within and across blocks of
+    64), one row all -inf, one with -inf in most places, one with the maximum at the end."""
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, (rows, n)).astype(np.float32)
+    scores[1] = -np.inf
+    scores[2, 3:] = -np.inf
+    scores[3, -1] = 9.0
+    return scores
+
+
+@pytest.mark.parametrize("n", [8000, 130, 64, 7])
+def test_blocked_argmax_is_the_first_index_of_the_maximum_as_jnp_argmax(n):
+    scores = scores_with_ties_and_extremes(6, n)
+    fast = jax.jit(argmax)(scores)
+    np.testing.assert_array_equal(fast, jnp.argmax(scores, axis=-1))
+    with cpu.plain("blocked_argmax"):
+        np.testing.assert_array_equal(jax.jit(argmax)(scores), fast)
+    assert fast.dtype == jnp.int32
+    assert jax.jit(argmax)(scores[:0]).shape == (0,)  # No rows (a host's empty shard).
+
+
+@pytest.mark.parametrize(("n", "k"), [(8000, 8), (8000, 1), (200, 4), (130, 3), (64, 2)])
+def test_blocked_top_k_gives_lax_top_k_values_and_indices_ties_included(n, k):
+    scores = scores_with_ties_and_extremes(6, n)
+    fast = jax.jit(top_k, static_argnums=1)(scores, k)
+    want = jax.lax.top_k(scores, k)
+    for got, expected in zip(fast, want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    with cpu.plain("blocked_top_k"):
+        plain = jax.jit(top_k, static_argnums=1)(scores, k)
+    jax.tree.map(np.testing.assert_array_equal, plain, fast)
+    assert jax.jit(top_k, static_argnums=1)(scores[:0], k)[1].shape == (0, k)
 
 
 def test_an_unknown_form_is_refused_by_name():

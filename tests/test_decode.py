@@ -234,10 +234,10 @@ def test_cache_shapes_and_parameters_are_those_of_the_full_model():
     cache = init_cache(model, variables["params"], 3, MAX_LENGTH, encoded, src)["decoder"]
     assert cache["cached_tokens"].shape == (3, MAX_LENGTH)
     layer = cache["layer_0"]
-    assert layer["self_attention"]["cached_key"].shape == (3, cfg.num_heads, 3, MAX_LENGTH)
+    assert layer["self_attention"]["cached_key"].shape == (3, cfg.num_heads, MAX_LENGTH, 3)
     assert layer["self_attention"]["cached_value"].shape == (3, cfg.num_heads, MAX_LENGTH, 5)
     assert layer["cross_attention"]["cached_value"].shape == (3, cfg.num_heads, src.shape[1], 5)
-    assert layer["cross_attention"]["cached_key"].shape == (3, cfg.num_heads, 3, src.shape[1])
+    assert layer["cross_attention"]["cached_key"].shape == (3, cfg.num_heads, src.shape[1], 3)
     # decode=True creates the same parameters, so a trained checkpoint decodes.
     lm = DecoderOnlyLM(model_config(kind="decoder_only", num_encoder_layers=0))
     positions = jnp.broadcast_to(jnp.arange(10), TGT.shape)

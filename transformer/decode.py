@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from transformer import cpu
 from transformer.config import EXTRA_OUTPUT_TOKENS
 from transformer.masks import row_lengths
 from transformer.model import DecoderOnlyLM, EncoderDecoder
@@ -213,7 +214,20 @@ def _check_sampling_args(top_k: int, top_p: float, temperature: float = 0.0) -> 
 def _argmax(logits: Array, step: Array) -> Array:
     """Greedy decoding's ChooseFn."""
     del step
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return argmax(logits)
+
+
+@cpu.faster(cpu.blocked_argmax)
+def argmax(scores: Array) -> Array:
+    """[..., n] -> [...] int32: the index of each row's largest score, the first of ties."""
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+
+
+@cpu.faster(cpu.blocked_top_k)
+def top_k(scores: Array, k: int) -> tuple[Array, Array]:
+    """[rows, n] -> the k largest scores of each row, largest first, and their indices
+    [rows, k] int32 (ties: the lower index first), as lax.top_k."""
+    return lax.top_k(scores, k)
 
 
 def _decode_lm(
@@ -402,12 +416,14 @@ def _best_extensions(
     that array: within a row the order of the logits is that of the scores, so only each
     row's best `count` can be among them (half the cost of a CPU beam step's bookkeeping)."""
     batch, beam = alive_logp.shape
-    shifted = logits - lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    log_normalizer = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))  # As log_softmax.
+    row_max = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    # log_softmax's normaliser, read off the logits as they are: subtracting the maximum
+    # from the whole [rows, vocab] array first would write it once more.
+    log_normalizer = jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1, keepdims=True))
     per_row = min(count, logits.shape[-1])  # A whole row where the vocabulary is smaller.
-    top, token = lax.top_k(no_eos_before(min_length, shifted, step), per_row)  # [rows, per_row]
-    scores = _unflatten_beams(top - log_normalizer, beam) + alive_logp[..., None]
-    best, index = lax.top_k(scores.reshape(batch, beam * per_row), count)
+    top, token = top_k(no_eos_before(min_length, logits, step), per_row)  # [rows, per_row]
+    scores = _unflatten_beams(top - row_max - log_normalizer, beam) + alive_logp[..., None]
+    best, index = lax.top_k(scores.reshape(batch, -1), count)
     token = jnp.take_along_axis(_unflatten_beams(token, beam).reshape(batch, -1), index, axis=1)
     return best, index // per_row, token
 

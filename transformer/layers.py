@@ -81,7 +81,7 @@ def dot_product_attention(
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V (section 3.2.1), softmax in float32.
 
     query, key: [batch, q_len | kv_len, heads, d_k]; value: [batch, kv_len, heads, d_v] (with
-    `cache_layout`, the KV cache's key [batch, heads, d_k, kv_len] and value [batch, heads,
+    `cache_layout`, the KV cache's key [batch, heads, kv_len, d_k] and value [batch, heads,
     kv_len, d_v]); mask: bool, broadcastable to [batch, heads, q_len, kv_len]; dropout on the
     weights where `dropout_rng` is given. Returns ([batch, q_len, heads, d_v], weights [batch,
     heads, q_len, kv_len] float32); a query with no key gets zero weights, not NaN."""
@@ -98,11 +98,12 @@ def dot_product_attention(
 
 
 # The two products of attention, for keys and values [batch, length, heads, d] or in the KV
-# cache's layouts, which are the ones the products read: stored as [batch, length, heads, d],
-# every decode step would copy the whole cache into them (a third of a CPU decode step).
+# cache's layout, [batch, heads, length, d], which the products read as it is: stored as
+# [batch, length, heads, d], every decode step would copy the whole cache into it (a third of
+# a CPU decode step). A step writes one contiguous [d] row per head.
 ATTENTION_SPECS = {
     False: ("bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"),
-    True: ("bqhd,bhdk->bhqk", "bhqk,bhkd->bqhd"),
+    True: ("bqhd,bhkd->bhqk", "bhqk,bhkd->bqhd"),
 }
 
 
@@ -201,7 +202,7 @@ class MultiHeadAttention(nn.Module):
     def _cached_keys_values(
         self, context: Array, mask: AttentionMask
     ) -> tuple[Array, Array, AttentionMask]:
-        """A decode step's keys [batch, heads, d_k, kv_len], values [batch, heads, kv_len,
+        """A decode step's keys [batch, heads, kv_len, d_k], values [batch, heads, kv_len,
         d_v] (ATTENTION_SPECS' cache layout) and mask."""
         cfg = self.config
         h, d_k, d_v = cfg.num_heads, cfg.head_dim_k, cfg.head_dim_v
@@ -209,8 +210,8 @@ class MultiHeadAttention(nn.Module):
         if self.cross and created:
             keys = self.get_variable("cache", "cached_key")
             return keys, self.get_variable("cache", "cached_value"), mask
-        key = jnp.transpose(self._project("key", context, (h, d_k)), (0, 2, 3, 1))
-        key = constrain(key, (BATCH, HEADS, None, LENGTH))
+        key = jnp.transpose(self._project("key", context, (h, d_k)), (0, 2, 1, 3))
+        key = constrain(key, (BATCH, HEADS, LENGTH, None))
         value = jnp.transpose(self._project("value", context, (h, d_v)), (0, 2, 1, 3))
         value = constrain(value, (BATCH, HEADS, LENGTH, None))
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
@@ -221,14 +222,14 @@ class MultiHeadAttention(nn.Module):
         index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
         if not created:  # Only sizes the cache: this call's output is not used.
             return key, value, mask
-        if key.shape[3] != 1:
-            raise ValueError(f"Decode steps take one position at a time, got {key.shape[3]}.")
+        if key.shape[2] != 1:
+            raise ValueError(f"Decode steps take one position at a time, got {key.shape[2]}.")
         i = index.value
-        cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, i, axis=3)
+        cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, i, axis=2)
         cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value, i, 2)
         index.value = i + 1
         # Slots past the index hold no key yet: the new query must not see them.
-        visible = jnp.arange(cached_key.value.shape[3]) <= i
+        visible = jnp.arange(cached_key.value.shape[2]) <= i
         return cached_key.value, cached_value.value, AttentionMask(mask.dense & visible)
 
 
