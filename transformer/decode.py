@@ -328,9 +328,12 @@ def beam_search(
         raise ValueError(f"alpha must be >= 0 for the early-stopping bound, got {alpha}")
     batch = inputs.shape[0]
     encoded = model.apply({"params": params}, inputs, method=EncoderDecoder.encode)
-    # All beams of a sentence start from its one cache, so it is built per sentence and tiled.
+    # All beams of a sentence start from its one cache, so it is built per sentence and tiled,
+    # but for the keys and values of cross-attention, which they share (and never reorder).
     cache = init_cache(model, params, batch, max_length, encoded, inputs)
-    cache = jax.tree.map(lambda x: x if x.ndim == 0 else _tile_beams(x, beam_size), cache)
+    cache = jax.tree_util.tree_map_with_path(
+        lambda path, x: x if _per_sentence(path, x) else _tile_beams(x, beam_size), cache
+    )
     step = _encoder_decoder_step(
         model, params, _tile_beams(encoded, beam_size), _tile_beams(inputs, beam_size)
     )
@@ -486,10 +489,15 @@ def _reorder_cache(cache: Cache, parent: Array) -> Cache:
     beam = parent.shape[1]
 
     def reorder(path: tuple[Any, ...], x: Array) -> Array:
-        # Cross-attention keys and values are the encoder's, equal for every beam of a
-        # sentence: reordering them within it changes nothing and costs a copy per step.
-        if x.ndim == 0 or any(getattr(k, "key", None) == "cross_attention" for k in path):
+        if _per_sentence(path, x):
             return x
         return _flatten_beams(_gather_beams(_unflatten_beams(x, beam), parent))
 
     return jax.tree_util.tree_map_with_path(reorder, cache)
+
+
+def _per_sentence(path: tuple[Any, ...], x: Array) -> bool:
+    """Whether a cache leaf is one per sentence, shared by its hypotheses: the step counters
+    (scalars) and cross-attention's keys and values (the encoder's, the same for every
+    hypothesis; the layer attends each sentence's hypotheses to them together)."""
+    return x.ndim == 0 or any(getattr(k, "key", None) == "cross_attention" for k in path)

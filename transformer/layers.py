@@ -10,6 +10,7 @@ constrained by them; the config's `logical_axis_rules` map those names to mesh a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -94,17 +95,41 @@ def dot_product_attention(
     probs = weights.astype(value.dtype)
     if dropout_rng is not None:
         probs = dropout(probs, dropout_rate, dropout_rng)
-    return jnp.einsum(mix, probs, value), weights
+    out = jnp.einsum(mix, probs, value)
+    return (jnp.swapaxes(out, 1, 2) if cache_layout else out), weights
 
 
 # The two products of attention, for keys and values [batch, length, heads, d] or in the KV
 # cache's layout, [batch, heads, length, d], which the products read as it is: stored as
 # [batch, length, heads, d], every decode step would copy the whole cache into it (a third of
-# a CPU decode step). A step writes one contiguous [d] row per head.
+# a CPU decode step). A step writes one contiguous [d] row per head. Over the cache the
+# second product keeps the heads first; XLA's CPU backend otherwise transposes inside it.
 ATTENTION_SPECS = {
     False: ("bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"),
-    True: ("bqhd,bhkd->bhqk", "bhqk,bhkd->bqhd"),
+    True: ("bqhd,bhkd->bhqk", "bhqk,bhkd->bhqd"),
 }
+
+
+def attention_over_shared_rows(
+    query: Array, key: Array, value: Array, mask: Array, *args: Any
+) -> tuple[Array, Array]:
+    """`dot_product_attention` where each row of keys and values serves `group` consecutive
+    rows of queries (query rows = group x key rows): beam search's hypotheses of a sentence
+    share its cross-attention keys and values, which it stores once. The group's queries
+    attend as query positions of one row, so each key row is read once per step."""
+    group = query.shape[0] // key.shape[0]
+    if group == 1:
+        return dot_product_attention(query, key, value, mask, *args)
+    rows, q_len = key.shape[0], query.shape[1]
+    mask = jnp.broadcast_to(mask, (query.shape[0], 1, q_len, mask.shape[-1]))
+    out, weights = dot_product_attention(
+        query.reshape(rows, group * q_len, *query.shape[2:]), key, value,
+        mask.reshape(rows, 1, group * q_len, mask.shape[-1]), *args,
+    )  # fmt: skip
+    weights = weights.reshape(rows, weights.shape[1], group, q_len, -1).swapaxes(1, 2)
+    return out.reshape(query.shape[0], q_len, *out.shape[2:]), weights.reshape(
+        query.shape[0], -1, q_len, weights.shape[-1]
+    )
 
 
 def fused_attention(query: Array, key: Array, value: Array, mask: AttentionMask) -> Array:
@@ -173,7 +198,8 @@ class MultiHeadAttention(nn.Module):
             out = fused_attention(query, key, value, mask)
         else:
             rng = self.make_rng("dropout") if attend_dropout else None
-            out, weights = dot_product_attention(
+            attend = attention_over_shared_rows if decode else dot_product_attention
+            out, weights = attend(
                 query, key, value, mask.dense, cfg.attention_dropout_rate, rng, decode
             )
             # For attention maps and the explorer: `apply(..., mutable=["intermediates"])`
