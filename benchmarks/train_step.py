@@ -118,10 +118,14 @@ def parse_variant(spec: str, make_config) -> Variant:
 
 
 def plain_form_specs(config: Config) -> list[str]:
-    """--plain_forms' variants: each CPU form off alone (recomputed_after_cotangent only
-    where model.remat is set: it changes nothing else), then all of them."""
+    """--plain_forms' variants: each CPU form a train step uses off alone
+    (recomputed_after_cotangent only where model.remat is set: it changes nothing else), then
+    all of them."""
     forms = [
-        f for f in cpu.FORMS if f != "recomputed_after_cotangent" or config.model.remat != "none"
+        f
+        for f in cpu.FORMS
+        if f not in cpu.DECODING_FORMS
+        and (f != "recomputed_after_cotangent" or config.model.remat != "none")
     ]
     return [f"plain={form}" for form in forms] + ["plain=all"]
 

@@ -15,9 +15,11 @@ from transformer.decode import (
     BeamState,
     _settled,
     beam_search,
+    cache_lengths,
     filter_logits,
     greedy_decode,
     greedy_decode_lm,
+    grow_cache,
     init_cache,
     length_penalty,
     output_limits,
@@ -244,6 +246,31 @@ def test_cache_shapes_and_parameters_are_those_of_the_full_model():
     decode_init = init(lm, TGT, positions, decode=True, method=DecoderOnlyLM.decode)
     plain = jax.tree.map(jnp.shape, init(lm, TGT)["params"])
     assert jax.tree.map(jnp.shape, decode_init["params"]) == plain
+
+
+def test_the_cache_grows_through_doubling_lengths_to_the_output_buffer():
+    assert cache_lengths(5) == [5] and cache_lengths(23) == [23]
+    assert cache_lengths(24) == [16, 24] and cache_lengths(30) == [16, 30]
+    assert cache_lengths(80) == [16, 32, 80] and cache_lengths(96) == [16, 32, 64, 96]
+    cfg = model_config()
+    model = Transformer(cfg)
+    src = random_sources(8, SRC_LENGTHS[:3])
+    variables = init(model, src, TGT)
+    encoded = model.apply(variables, src, method=Transformer.encode)
+    cache = init_cache(model, variables["params"], 3, 8, encoded, src)  # Grown to MAX_LENGTH.
+    before = cache["decoder"]["layer_0"]
+    written = jax.random.normal(jax.random.key(1), before["self_attention"]["cached_key"].shape)
+    before["self_attention"]["cached_key"] = written
+    grown = grow_cache(cache, MAX_LENGTH)["decoder"]
+    keys, values = (grown["layer_0"]["self_attention"][k] for k in ("cached_key", "cached_value"))
+    assert keys.shape[2] == values.shape[2] == MAX_LENGTH
+    np.testing.assert_array_equal(keys[:, :, :8], written)  # What was cached stays, in place.
+    np.testing.assert_array_equal(keys[:, :, 8:], 0.0)
+    assert grown["cached_tokens"].shape == (3, MAX_LENGTH)
+    np.testing.assert_array_equal(grown["cached_tokens"][:, 8:], PAD_ID)  # Unfilled slots.
+    # Cross-attention's keys and values span the source, whatever the output length.
+    cross = grown["layer_0"]["cross_attention"]
+    assert jax.tree.map(jnp.shape, cross) == jax.tree.map(jnp.shape, before["cross_attention"])
 
 
 def test_greedy_decoding_on_a_sharded_mesh_matches_a_single_device():

@@ -192,10 +192,5 @@ def blocked_top_k(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return values, (block * BLOCK + where % BLOCK).astype(jnp.int32)
 
 
-FORMS = (
-    "flat_matmul",
-    "threefry_bits",
-    "recomputed_after_cotangent",
-    "blocked_argmax",
-    "blocked_top_k",
-)
+DECODING_FORMS = ("blocked_argmax", "blocked_top_k")  # Used by decoding alone.
+FORMS = ("flat_matmul", "threefry_bits", "recomputed_after_cotangent", *DECODING_FORMS)

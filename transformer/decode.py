@@ -65,6 +65,39 @@ def init_cache(
     return state["cache"]
 
 
+def cache_lengths(max_length: int) -> list[int]:
+    """The lengths the cache grows through while up to `max_length` tokens are decoded: 16,
+    32, 64, ... while the next phase would be at least half as long, then `max_length`. Each
+    phase of the loop reads, writes and (beam search) reorders only as many positions as its
+    cache holds, not the whole output buffer: most outputs end long before their limit of
+    input length + 50. (Every phase compiles the loop body once more.)"""
+    lengths = [16]
+    while lengths[-1] * 1.5 <= max_length:
+        lengths.append(2 * lengths[-1])
+    return [*lengths[:-1], max_length]
+
+
+# The cache leaves with a position axis: the decoder's tokens so far (model.py) and
+# self-attention's keys and values (layers.py), with the value that marks a slot unfilled.
+_GROWING = {"cached_tokens": (1, PAD_ID), "cached_key": (2, 0), "cached_value": (2, 0)}
+
+
+def grow_cache(cache: Cache, length: int) -> Cache:
+    """`cache` with room for `length` positions: its position axes padded with unfilled slots
+    (cross-attention's keys and values, over the source, stay as they are)."""
+
+    def grow(path: tuple[Any, ...], x: Array) -> Array:
+        name = getattr(path[-1], "key", None)
+        if name not in _GROWING or _per_sentence(path, x) or x.shape[_GROWING[name][0]] == length:
+            return x
+        axis, fill = _GROWING[name]
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, length - x.shape[axis])
+        return jnp.pad(x, widths, constant_values=fill)
+
+    return jax.tree_util.tree_map_with_path(grow, cache)
+
+
 def output_limits(inputs: Array, max_length: int, extra: int | None = EXTRA_OUTPUT_TOKENS) -> Array:
     """[batch] int32: how many tokens each row of `inputs` [batch, src_len] may produce, its
     input length (EOS included) plus `extra` (section 6.1: 50) but at most `max_length`, the
@@ -88,7 +121,8 @@ def greedy_decode(
     row stops at EOS or after its `output_limits(inputs, max_length, extra)` tokens, and
     produces at least `min_length` tokens before EOS."""
     encoded = model.apply({"params": params}, inputs, method=EncoderDecoder.encode)
-    cache = init_cache(model, params, inputs.shape[0], max_length, encoded, inputs)
+    first = cache_lengths(max_length)[0]
+    cache = init_cache(model, params, inputs.shape[0], first, encoded, inputs)
     step = _encoder_decoder_step(model, params, encoded, inputs)
     forced = jnp.full((inputs.shape[0], max_length), PAD_ID, jnp.int32)
     limits = output_limits(inputs, max_length, extra)
@@ -238,7 +272,7 @@ def _decode_lm(
     batch, prompt_len = prompt.shape
     if prompt_len > max_length:
         raise ValueError(f"prompts of {prompt_len} tokens do not fit max_length {max_length}")
-    cache = init_cache(model, params, batch, max_length)
+    cache = init_cache(model, params, batch, cache_lengths(max_length)[0])
     step = _cached_step(model, params, DecoderOnlyLM.decode)
     forced = jnp.pad(prompt.astype(jnp.int32), ((0, 0), (0, max_length - prompt_len)))
     return _decode_loop(step, cache, forced, choose)
@@ -276,8 +310,10 @@ def _decode_loop(
         limits <= 0,
         cache,
     )
-    _, _, tokens, _, _ = jax.lax.while_loop(cond, body, carry)
-    return tokens
+    for length in cache_lengths(max_length):
+        carry = (*carry[:4], grow_cache(carry[4], length))
+        carry = jax.lax.while_loop(lambda c, n=length: cond(c) & (c[0] < n), body, carry)
+    return carry[2]
 
 
 # ------------------------------------------------------------------------- beam search
@@ -330,7 +366,7 @@ def beam_search(
     encoded = model.apply({"params": params}, inputs, method=EncoderDecoder.encode)
     # All beams of a sentence start from its one cache, so it is built per sentence and tiled,
     # but for the keys and values of cross-attention, which they share (and never reorder).
-    cache = init_cache(model, params, batch, max_length, encoded, inputs)
+    cache = init_cache(model, params, batch, cache_lengths(max_length)[0], encoded, inputs)
     cache = jax.tree_util.tree_map_with_path(
         lambda path, x: x if _per_sentence(path, x) else _tile_beams(x, beam_size), cache
     )
@@ -345,7 +381,10 @@ def beam_search(
     def body(state: BeamState) -> BeamState:
         return _beam_step(step, state, alpha, limits, min_length)
 
-    state = lax.while_loop(cond, body, _initial_state(batch, beam_size, max_length, cache))
+    state = _initial_state(batch, beam_size, max_length, cache)
+    for length in cache_lengths(max_length):
+        state = state._replace(cache=grow_cache(state.cache, length))
+        state = lax.while_loop(lambda s, n=length: cond(s) & (s.step < n), body, state)
     return _best_hypotheses(state, alpha, limits)
 
 

@@ -117,9 +117,9 @@ def attention_over_shared_rows(
     rows of queries (query rows = group x key rows): beam search's hypotheses of a sentence
     share its cross-attention keys and values, which it stores once. The group's queries
     attend as query positions of one row, so each key row is read once per step."""
-    group = query.shape[0] // key.shape[0]
-    if group == 1:
+    if query.shape[0] == key.shape[0]:  # No rows shared (also: no rows at all).
         return dot_product_attention(query, key, value, mask, *args)
+    group = query.shape[0] // key.shape[0]
     rows, q_len = key.shape[0], query.shape[1]
     mask = jnp.broadcast_to(mask, (query.shape[0], 1, q_len, mask.shape[-1]))
     out, weights = dot_product_attention(
