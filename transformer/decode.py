@@ -3,15 +3,18 @@
 The encoder runs once. The decoder then runs one token per step (`decode=True`): each layer
 appends the new position's keys and values to its cache and attends over the cache, and the
 encoder output's cross-attention keys and values are projected once, when the cache is made.
-A step thus costs one position, not the whole output buffer, and the loop stops as soon as
-every sentence has produced EOS (greedy, sampling) or can no longer improve (beam search), or
-has reached its limit of output tokens (section 6.1: its input length + 50).
+A step thus costs one position, not the whole output buffer; the cache itself grows through
+static phases (16, 32, 64, ... positions, `cache_lengths`), so a step attends over only as
+many positions as its phase holds. The loop stops as soon as every sentence has produced
+EOS (greedy, sampling) or can no longer improve (beam search), or has reached its limit of
+output tokens (section 6.1: its input length + 50).
 Greedy decoding and sampling share that loop and differ only in how a step's logits become
 a token: the argmax, or a draw from the temperature-scaled, top-k / top-p filtered softmax.
 
 Beam search (section 6.1: beam 4, length penalty alpha = 0.6) runs `beam` hypotheses per
 sentence as `batch * beam` decoder rows, so the cache is the greedy one with more rows,
-reordered after every step to follow the hypotheses that survive.
+reordered after every step to follow the hypotheses that survive; a sentence's hypotheses
+share its one copy of the cross-attention keys and values.
 """
 
 from __future__ import annotations
