@@ -119,17 +119,14 @@ def attention_over_shared_rows(
     attend as query positions of one row, so each key row is read once per step."""
     if query.shape[0] == key.shape[0]:  # No rows shared (also: no rows at all).
         return dot_product_attention(query, key, value, mask, *args)
-    group = query.shape[0] // key.shape[0]
-    rows, q_len = key.shape[0], query.shape[1]
-    mask = jnp.broadcast_to(mask, (query.shape[0], 1, q_len, mask.shape[-1]))
+    (q_rows, q_len, heads, _), rows, kv_len = query.shape, key.shape[0], key.shape[2]
+    group = q_rows // rows
+    mask = jnp.broadcast_to(mask, (q_rows, 1, q_len, kv_len)).reshape(rows, 1, -1, kv_len)
     out, weights = dot_product_attention(
-        query.reshape(rows, group * q_len, *query.shape[2:]), key, value,
-        mask.reshape(rows, 1, group * q_len, mask.shape[-1]), *args,
-    )  # fmt: skip
-    weights = weights.reshape(rows, weights.shape[1], group, q_len, -1).swapaxes(1, 2)
-    return out.reshape(query.shape[0], q_len, *out.shape[2:]), weights.reshape(
-        query.shape[0], -1, q_len, weights.shape[-1]
-    )
+        query.reshape(rows, group * q_len, heads, -1), key, value, mask, *args
+    )  # out [rows, group * q_len, heads, d_v], weights [rows, heads, group * q_len, kv_len]
+    weights = weights.reshape(rows, heads, group, q_len, kv_len).swapaxes(1, 2)
+    return out.reshape(q_rows, q_len, heads, -1), weights.reshape(q_rows, heads, q_len, kv_len)
 
 
 def fused_attention(query: Array, key: Array, value: Array, mask: AttentionMask) -> Array:
@@ -236,10 +233,11 @@ class MultiHeadAttention(nn.Module):
         if self.cross and created:
             keys = self.get_variable("cache", "cached_key")
             return keys, self.get_variable("cache", "cached_value"), mask
-        key = jnp.transpose(self._project("key", context, (h, d_k)), (0, 2, 1, 3))
-        key = constrain(key, (BATCH, HEADS, LENGTH, None))
-        value = jnp.transpose(self._project("value", context, (h, d_v)), (0, 2, 1, 3))
-        value = constrain(value, (BATCH, HEADS, LENGTH, None))
+        key, value = (
+            constrain(jnp.swapaxes(self._project(name, context, (h, d)), 1, 2),
+                      (BATCH, HEADS, LENGTH, None))
+            for name, d in (("key", d_k), ("value", d_v))
+        )  # fmt: skip
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
         if self.cross:
