@@ -97,6 +97,31 @@ def test_cached_greedy_decoding_matches_full_model_argmax(normalization):
     assert len(np.unique(got)) > 3  # Not a degenerate model that repeats one token.
 
 
+def test_decoding_across_the_caches_growth_phases_matches_the_full_model():
+    # 48 tokens, EOS held off: every sentence runs through cache lengths 16, 32 and 48.
+    length = 48
+    assert cache_lengths(length) == [16, 32, 48]
+    model = Transformer(model_config(max_len=64))
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    greedy = jax.jit(lambda p, x: greedy_decode(model, p, x, length, extra=None, min_length=length))
+    got = greedy(variables["params"], src)
+    want = reference_greedy(model, variables, src, length, min_length=length)
+    np.testing.assert_array_equal(got, want)
+
+    def beam(size):
+        return jax.jit(
+            lambda p, x: beam_search(model, p, x, length, size, 0.0, extra=None, min_length=length)
+        )(variables["params"], src)
+
+    np.testing.assert_array_equal(beam(1)[0], want)  # Beam 1 is greedy.
+    # Beam 3 reorders its cache across the phases: its scores are the full model's
+    # log-probabilities of the tokens it returns.
+    tokens, scores = beam(3)
+    logp, _ = sequence_logp(model, variables, src, tokens)
+    np.testing.assert_allclose(scores, logp, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_min_length_keeps_eos_out_of_the_first_tokens_of_greedy_and_beam_search():
     model = Transformer(model_config())
