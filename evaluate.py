@@ -3,7 +3,7 @@ signature), chrF and the tokenized lowercased BLEU that Multi30k papers quote, o
 summariser (data.metric = "rouge") ROUGE-1/2/L/Lsum with rouge-score's settings.
 
   python evaluate.py --workdir DIR [--split test] [--step N] [--average_last 5]
-      [--beam_size 4 --alpha 0.6] [--checkpoint_dir DIR/averaged]
+      [--beam_size 4 --alpha 0.6] [--no_repeat_ngram 3] [--checkpoint_dir DIR/averaged]
 
 Restores the newest checkpoint (or --step), optionally averaged with the ones before it, onto
 whatever devices this machine has, and writes the hypotheses to DIR/translations/ (or
@@ -32,6 +32,9 @@ _BEAM = flags.DEFINE_integer(
 )
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha (section 6.1: 0.6).")
 flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
+_NO_REPEAT = flags.DEFINE_integer(
+    "no_repeat_ngram", 0, "No output repeats an n-gram of this many pieces; 0: off.", lower_bound=0
+)
 
 
 def evaluate() -> None:
@@ -45,13 +48,14 @@ def evaluate() -> None:
     with trainer.mesh_context(placed.mesh, config):
         scores, hypotheses, signature = evaluate_split(
             config, placed.model, restored.params, task, _SPLIT.value, placed.batch_sharding,
-            _BEAM.value, _ALPHA.value,
+            _BEAM.value, _ALPHA.value, _NO_REPEAT.value,
         )  # fmt: skip
     steps = restored.steps
     name = f"{_SPLIT.value}-step{steps[-1]}" + (f"-avg{len(steps)}" if len(steps) > 1 else "")
     if _CHECKPOINT_DIR.value:  # e.g. WORKDIR/averaged: not the training run's own step N.
         name += "-" + os.path.basename(os.path.normpath(_CHECKPOINT_DIR.value))
     name += f"-beam{_BEAM.value}" + (f"-alpha{_ALPHA.value:g}" if _BEAM.value > 1 else "")
+    name += f"-norepeat{_NO_REPEAT.value}" if _NO_REPEAT.value else ""
     out_dir = os.path.join(
         _WORKDIR.value, "translations" if config.data.metric == "bleu" else "summaries"
     )
@@ -61,8 +65,9 @@ def evaluate() -> None:
     source = (
         "average of steps " + ", ".join(map(str, steps)) if len(steps) > 1 else f"step {steps[0]}"
     )
+    blocked = f", no {_NO_REPEAT.value}-gram twice" if _NO_REPEAT.value else ""
     print(f"{_SPLIT.value}: {len(hypotheses)} sentences, {source}, beam {_BEAM.value}, "
-          f"alpha {_ALPHA.value}")  # fmt: skip
+          f"alpha {_ALPHA.value}{blocked}")  # fmt: skip
     if config.data.metric == "rouge":
         print(f"{describe(scores)}  ({signature})")
     else:

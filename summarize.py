@@ -4,6 +4,7 @@
   python summarize.py --workdir /tmp/samsum --input chat.txt            # one dialogue
   printf 'Ann: Lunch?\nBob: Sure, at 1.\n' | python summarize.py --workdir /tmp/samsum
       [--output summaries.txt] [--field dialogue] [--beam_size 4 --alpha 0.6]
+      [--no_repeat_ngram 3]
       [--step N] [--average_last 5]
 
 A .json file holds a list of records and a .jsonl file one record per line; the text is
@@ -36,6 +37,9 @@ _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/
 _BEAM = flags.DEFINE_integer("beam_size", 4, "Beam size; 1 decodes greedily.", lower_bound=1)
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha.")
 flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
+_NO_REPEAT = flags.DEFINE_integer(
+    "no_repeat_ngram", 0, "No output repeats an n-gram of this many pieces; 0: off.", lower_bound=0
+)
 
 
 def read_texts(path: str, field: str) -> list[str]:
@@ -73,7 +77,7 @@ def summarize() -> None:
     with trainer.mesh_context(placed.mesh, config):
         summaries = translate_ids(
             config, placed.model, restored.params, tokenizer, ids, placed.batch_sharding,
-            _BEAM.value, _ALPHA.value,
+            _BEAM.value, _ALPHA.value, _NO_REPEAT.value,
         )  # fmt: skip
     lines = [s.replace("\n", " ") + "\n" for s in summaries]
     if _OUTPUT.value == "-":

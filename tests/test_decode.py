@@ -22,6 +22,7 @@ from transformer.decode import (
     grow_cache,
     init_cache,
     length_penalty,
+    no_repeated_ngrams,
     output_limits,
     sample_lm,
 )
@@ -56,9 +57,18 @@ def random_sources(vocab_size, lengths, seed=3):
 SRC_LENGTHS = [7, 6, 5, 3, 2, 1, 7, 4]
 
 
-def reference_greedy(model, variables, inputs, max_length, min_length=0):
+def repeating_tokens(output, n):
+    """The tokens that would repeat an n-gram of `output` (a list) if they came next."""
+    if n <= 0 or len(output) < n:
+        return set()
+    last = output[len(output) - n + 1 :]
+    return {output[j + n - 1] for j in range(len(output) - n + 1) if output[j : j + n - 1] == last}
+
+
+def reference_greedy(model, variables, inputs, max_length, min_length=0, no_repeat_ngram=0):
     """Greedy decoding by re-running the whole model on every prefix (no cache); EOS is never
-    chosen at a position under `min_length`.
+    chosen at a position under `min_length`, nor a token that repeats an n-gram of
+    `no_repeat_ngram` tokens.
 
     Each prefix is given as the whole [batch, max_length] buffer, PAD after it: the causal
     mask keeps position i from seeing what follows it, and one shape compiles once."""
@@ -71,6 +81,8 @@ def reference_greedy(model, variables, inputs, max_length, min_length=0):
         logits = np.array(full_model(variables, inputs, jnp.asarray(tokens))[:, i])
         if i < min_length:
             logits[:, EOS_ID] = -np.inf
+        for row in range(batch):
+            logits[row, list(repeating_tokens(tokens[row, :i].tolist(), no_repeat_ngram))] = -np.inf
         next_token = np.where(done, PAD_ID, np.argmax(logits, axis=-1))
         tokens[:, i] = next_token
         done |= next_token == EOS_ID
@@ -137,6 +149,55 @@ def test_min_length_keeps_eos_out_of_the_first_tokens_of_greedy_and_beam_search(
             lambda p, x, b=beam_size: beam_search(model, p, x, MAX_LENGTH, b, 0.0, min_length=6)
         )(params, src)
         assert not (np.asarray(tokens)[:, :6] == EOS_ID).any()
+        if beam_size == 1:
+            np.testing.assert_array_equal(tokens, got)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_no_repeated_ngrams_bans_exactly_the_tokens_that_would_repeat_an_ngram(n):
+    rng = np.random.default_rng(n)
+    rows, length, vocab = 64, 12, 6
+    history = rng.integers(4, vocab, (rows, length)).astype(np.int32)  # Few tokens: many repeats.
+    scores = rng.normal(size=(rows, vocab)).astype(np.float32)
+    ban = jax.jit(no_repeated_ngrams, static_argnums=3)
+    banned_somewhere = False
+    for step in range(length + 1):
+        # Outputs from `step` on are not yet decoded: whatever they hold must not count.
+        got = np.asarray(ban(jnp.asarray(scores), jnp.asarray(history), jnp.int32(step), n))
+        for row in range(rows):
+            banned = repeating_tokens(history[row, :step].tolist(), n)
+            want = scores[row].copy()
+            want[list(banned)] = -np.inf
+            np.testing.assert_array_equal(got[row], want)
+            banned_somewhere |= bool(banned)
+    assert banned_somewhere
+    np.testing.assert_array_equal(ban(scores, history, jnp.int32(5), 0), scores)
+
+
+def test_greedy_and_beam_search_never_repeat_an_ngram_when_told():
+    model = Transformer(model_config())
+    src = random_sources(8, SRC_LENGTHS)
+    variables = init(model, src, src)
+    params = variables["params"]
+
+    def repeats(tokens):
+        outputs = [[t for t in row if t not in (PAD_ID, EOS_ID)] for row in np.asarray(tokens)]
+        return sum(len(set(itertools.pairwise(o))) < len(o) - 1 for o in outputs)
+
+    assert repeats(greedy_decode(model, params, src, MAX_LENGTH)) > 0  # Free, it repeats.
+    got = jax.jit(lambda p, x: greedy_decode(model, p, x, MAX_LENGTH, no_repeat_ngram=2))(
+        params, src
+    )
+    want = reference_greedy(model, variables, src, MAX_LENGTH, no_repeat_ngram=2)
+    np.testing.assert_array_equal(got, want)
+    assert repeats(got) == 0
+    for beam_size in (1, 4):
+        tokens, _ = jax.jit(
+            lambda p, x, b=beam_size: beam_search(
+                model, p, x, MAX_LENGTH, b, 0.0, no_repeat_ngram=2
+            )
+        )(params, src)
+        assert repeats(tokens) == 0
         if beam_size == 1:
             np.testing.assert_array_equal(tokens, got)
 

@@ -102,22 +102,24 @@ def test_training_prints_and_logs_the_rouge_of_its_summaries(trained):
 
 def test_summarize_restores_the_checkpoint_for_json_jsonl_text_and_stdin(trained, tmp_path):
     corpus, workdir, _ = trained
-    out = run("evaluate.py", "--workdir", str(workdir), "--split", "validation", "--alpha", "1.0")
+    options = ("--alpha", "1.0", "--no_repeat_ngram", "2")
+    out = run("evaluate.py", "--workdir", str(workdir), "--split", "validation", *options)
     assert out.returncode == 0, out.stderr[-3000:]
-    want = (workdir / "summaries" / "validation-step60-beam4-alpha1.txt").read_text()
+    assert "alpha 1.0, no 2-gram twice" in out.stdout
+    want = (workdir / "summaries" / "validation-step60-beam4-alpha1-norepeat2.txt").read_text()
     output = tmp_path / "summaries.txt"
     out = run("summarize.py", "--workdir", str(workdir), "--input", str(corpus / "val.jsonl"),
-              "--output", str(output), "--alpha", "1.0")  # fmt: skip
+              "--output", str(output), *options)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert output.read_text() == want  # Beam 4, alpha 1.0: evaluate.py's hypotheses.
+    assert output.read_text() == want  # Beam 4, alpha 1.0, bigrams once: evaluate.py's.
     first = json.loads((corpus / "val.jsonl").read_text().splitlines()[0])["dialogue"]
     (tmp_path / "chat.txt").write_text(first + "\n")
     for args, stdin in (((("--input", str(tmp_path / "chat.txt"))), None), ((), first)):
-        out = run("summarize.py", "--workdir", str(workdir), "--alpha", "1.0", *args, stdin=stdin)
+        out = run("summarize.py", "--workdir", str(workdir), *options, *args, stdin=stdin)
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout == want.splitlines(keepends=True)[0]
     (tmp_path / "records.json").write_text(json.dumps([{"text": first}]))
-    out = run("summarize.py", "--workdir", str(workdir), "--alpha", "1.0", "--field", "text",
+    out = run("summarize.py", "--workdir", str(workdir), *options, "--field", "text",
               "--input", str(tmp_path / "records.json"))  # fmt: skip
     assert out.stdout == want.splitlines(keepends=True)[0]
 

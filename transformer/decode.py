@@ -119,10 +119,12 @@ def greedy_decode(
     max_length: int,
     extra: int | None = EXTRA_OUTPUT_TOKENS,
     min_length: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> Array:
     """inputs: [batch, src_len] -> output ids [batch, max_length] int32, PAD after EOS; each
-    row stops at EOS or after its `output_limits(inputs, max_length, extra)` tokens, and
-    produces at least `min_length` tokens before EOS."""
+    row stops at EOS or after its `output_limits(inputs, max_length, extra)` tokens,
+    produces at least `min_length` tokens before EOS and, for `no_repeat_ngram` n > 0, no
+    n-gram twice (`no_repeated_ngrams`)."""
     encoded = model.apply({"params": params}, inputs, method=EncoderDecoder.encode)
     first = cache_lengths(max_length)[0]
     cache = init_cache(model, params, inputs.shape[0], first, encoded, inputs)
@@ -133,7 +135,7 @@ def greedy_decode(
     def choose(logits: Array, i: Array) -> Array:
         return _argmax(no_eos_before(min_length, logits, i), i)
 
-    return _decode_loop(step, cache, forced, choose, limits)
+    return _decode_loop(step, cache, forced, choose, limits, no_repeat_ngram)
 
 
 def no_eos_before(min_length: int, scores: Array, step: Array) -> Array:
@@ -143,6 +145,30 @@ def no_eos_before(min_length: int, scores: Array, step: Array) -> Array:
         return scores
     eos = jnp.arange(scores.shape[-1]) == EOS_ID
     return jnp.where(eos & (step < min_length), -jnp.inf, scores)
+
+
+def no_repeated_ngrams(scores: Array, history: Array, step: Array, n: int) -> Array:
+    """`scores` [rows, vocab] with -inf for every token that would repeat an n-gram of
+    `history` [rows, max_length], the rows' outputs so far (positions before `step`): a
+    token that followed the last n - 1 outputs once already (Paulus et al. 2018, section
+    2.5, with n = 3). n = 0 bans nothing."""
+    if n <= 0:
+        return scores
+    rows, length = history.shape
+    starts = length - n + 1  # Where an n-gram of the buffer may start.
+    if starts <= 0:
+        return scores
+    last = lax.dynamic_slice_in_dim(history, jnp.maximum(step - (n - 1), 0), n - 1, axis=1)
+    seen = jnp.arange(starts) + n <= step  # [starts]: the n-gram ends before `step`.
+    repeats = jnp.broadcast_to(seen, (rows, starts))
+    for k in range(n - 1):  # The n-gram's first n - 1 tokens are the last n - 1 outputs.
+        repeats &= history[:, k : k + starts] == last[:, k : k + 1]
+    banned = (
+        jnp.zeros_like(scores)
+        .at[jnp.arange(rows)[:, None], history[:, n - 1 :]]
+        .min(jnp.where(repeats, -jnp.inf, 0.0).astype(scores.dtype))
+    )
+    return scores + banned
 
 
 def _encoder_decoder_step(
@@ -282,12 +308,18 @@ def _decode_lm(
 
 
 def _decode_loop(
-    step: StepFn, cache: Cache, forced: Array, choose: ChooseFn, limits: Array | None = None
+    step: StepFn,
+    cache: Cache,
+    forced: Array,
+    choose: ChooseFn,
+    limits: Array | None = None,
+    no_repeat_ngram: int = 0,
 ) -> Array:
     """Runs `step` from BOS at position 0 until every row has EOS or `forced` [batch,
-    max_length] is full, turning each step's logits into tokens with `choose`. Where `forced`
-    is not PAD its token is taken instead (a prompt), so prompts of different lengths decode
-    in one batch. A row with a `limits` [batch] entry stops after that many tokens."""
+    max_length] is full, turning each step's logits into tokens with `choose`, never one
+    that repeats an n-gram of `no_repeat_ngram` tokens. Where `forced` is not PAD its token
+    is taken instead (a prompt), so prompts of different lengths decode in one batch. A row
+    with a `limits` [batch] entry stops after that many tokens."""
     batch, max_length = forced.shape
     limits = _limits_or(limits, batch, max_length)
 
@@ -300,6 +332,7 @@ def _decode_loop(
         # Step i reads output i-1 (BOS at i = 0) at position i and predicts output i.
         position = jnp.full((batch, 1), i, jnp.int32)
         logits, cache = step(token[:, None], position, cache)  # [batch, vocab]
+        logits = no_repeated_ngrams(logits, tokens, i, no_repeat_ngram)
         forced_i = forced[:, i]
         token = jnp.where(forced_i != PAD_ID, forced_i, choose(logits, i))
         token = jnp.where(done, PAD_ID, token).astype(jnp.int32)
@@ -350,10 +383,12 @@ def beam_search(
     alpha: float = 0.6,
     extra: int | None = EXTRA_OUTPUT_TOKENS,
     min_length: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> tuple[Array, Array]:
     """Beam search for `inputs` [batch, src_len], each sentence's hypotheses at most its
-    `output_limits(inputs, max_length, extra)` tokens long (section 6.1: input length + 50)
-    and at least `min_length` tokens before EOS.
+    `output_limits(inputs, max_length, extra)` tokens long (section 6.1: input length + 50),
+    at least `min_length` tokens before EOS and, for `no_repeat_ngram` n > 0, holding no
+    n-gram twice (`no_repeated_ngrams`).
 
     Returns the best finished hypothesis of each sentence, tokens [batch, max_length] int32
     with PAD after EOS, and its score [batch] float32, log-probability / length_penalty. A
@@ -382,7 +417,7 @@ def beam_search(
         return (state.step < max_length) & ~jnp.all(_settled(state, alpha, limits))
 
     def body(state: BeamState) -> BeamState:
-        return _beam_step(step, state, alpha, limits, min_length)
+        return _beam_step(step, state, alpha, limits, min_length, no_repeat_ngram)
 
     state = _initial_state(batch, beam_size, max_length, cache)
     for length in cache_lengths(max_length):
@@ -406,7 +441,12 @@ def _initial_state(batch: int, beam: int, max_length: int, cache: Cache) -> Beam
 
 
 def _beam_step(
-    step: StepFn, state: BeamState, alpha: float, limits: Array | None = None, min_length: int = 0
+    step: StepFn,
+    state: BeamState,
+    alpha: float,
+    limits: Array | None = None,
+    min_length: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> BeamState:
     """Extends every alive hypothesis by one token and keeps the best of the results; a
     sentence that has reached its `limits` [batch] entry of tokens keeps its hypotheses."""
@@ -418,9 +458,14 @@ def _beam_step(
     last = jnp.where(i == 0, BOS_ID, previous)  # [batch, beam]
     position = jnp.full((batch * beam, 1), i, jnp.int32)
     logits, cache = step(_flatten_beams(last)[:, None], position, state.cache)
+
+    def allowed(scores: Array) -> Array:
+        scores = no_eos_before(min_length, scores, i)
+        return no_repeated_ngrams(scores, _flatten_beams(state.alive_tokens), i, no_repeat_ngram)
+
     # Each hypothesis ends at most once among the candidates (one EOS), so 2 * beam of them
     # always leave `beam` that go on.
-    top_logp, parent, token = _best_extensions(logits, state.alive_logp, 2 * beam, min_length, i)
+    top_logp, parent, token = _best_extensions(logits, state.alive_logp, 2 * beam, allowed)
     tokens = _gather_beams(state.alive_tokens, parent)
     tokens = lax.dynamic_update_index_in_dim(tokens, token, i, axis=2)
     ended = token == EOS_ID
@@ -451,10 +496,11 @@ def _beam_step(
 
 
 def _best_extensions(
-    logits: Array, alive_logp: Array, count: int, min_length: int, step: Array
+    logits: Array, alive_logp: Array, count: int, allowed: Callable[[Array], Array]
 ) -> tuple[Array, Array, Array]:
     """The `count` best one-token extensions of each sentence's hypotheses: their
-    log-probabilities [batch, count] (best first), parents and tokens [batch, count].
+    log-probabilities [batch, count] (best first), parents and tokens [batch, count], among
+    the tokens `allowed` leaves above -inf.
 
     logits: [batch * beam, vocab]; alive_logp: [batch, beam]. The same as top_k over
     alive_logp + log_softmax(logits), [batch, beam * vocab], ties included, without making
@@ -466,7 +512,7 @@ def _best_extensions(
     # from the whole [rows, vocab] array first would write it once more.
     log_normalizer = jnp.log(jnp.sum(jnp.exp(logits - row_max), axis=-1, keepdims=True))
     per_row = min(count, logits.shape[-1])  # A whole row where the vocabulary is smaller.
-    top, token = top_k(no_eos_before(min_length, logits, step), per_row)  # [rows, per_row]
+    top, token = top_k(allowed(logits), per_row)  # [rows, per_row]
     scores = _unflatten_beams(top - row_max - log_normalizer, beam) + alive_logp[..., None]
     best, index = lax.top_k(scores.reshape(batch, -1), count)
     token = jnp.take_along_axis(_unflatten_beams(token, beam).reshape(batch, -1), index, axis=1)

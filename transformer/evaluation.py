@@ -40,9 +40,11 @@ def translate_ids(
     batch_sharding: jax.sharding.NamedSharding,
     beam_size: int = 1,
     alpha: float = 0.6,
+    no_repeat_ngram: int = 0,
 ) -> list[str]:
     """Detokenized outputs of EOS-terminated id sequences (at most data.source_length each),
-    greedy for beam_size 1, else beam search with length penalty `alpha`; in order.
+    greedy for beam_size 1, else beam search with length penalty `alpha`; in order. With
+    `no_repeat_ngram` n > 0 no output holds an n-gram of pieces twice.
 
     Sources are decoded longest first in batches of similar length, each padded to a
     multiple of a quarter of the longest source, with an output buffer `decode_length`: less
@@ -65,8 +67,9 @@ def translate_ids(
         rows = np.full((batch_size, width), PAD_ID, np.int32)
         rows[: len(idx)] = source.padded(idx, width)
         decode = _compiled_decoder(
-            model, decode_length(config, width), beam_size, alpha, batch_sharding, per_shard
-        )
+            model, decode_length(config, width), beam_size, alpha, batch_sharding, per_shard,
+            no_repeat_ngram,
+        )  # fmt: skip
         local = np.array_split(rows, jax.process_count())[jax.process_index()]
         tokens = decode(params, sharding.global_batch({"x": local}, batch_sharding)["x"])
         tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
@@ -83,6 +86,7 @@ def _compiled_decoder(
     alpha: float,
     batch_sharding: jax.sharding.NamedSharding,
     per_shard: bool,
+    no_repeat_ngram: int = 0,
 ):
     """One jitted decoder per setting, so evaluating again during training recompiles nothing.
 
@@ -94,8 +98,10 @@ def _compiled_decoder(
 
     def decode(params: Any, inputs: jax.Array) -> jax.Array:
         if beam_size == 1:
-            return greedy_decode(model, params, inputs, length)
-        return beam_search(model, params, inputs, length, beam_size, alpha)[0]
+            return greedy_decode(model, params, inputs, length, no_repeat_ngram=no_repeat_ngram)
+        return beam_search(
+            model, params, inputs, length, beam_size, alpha, no_repeat_ngram=no_repeat_ngram
+        )[0]
 
     return sharding.map_rows(decode, batch_sharding) if per_shard else jax.jit(decode)
 
@@ -109,12 +115,13 @@ def translate_split(
     batch_sharding: jax.sharding.NamedSharding,
     beam_size: int = 1,
     alpha: float = 0.6,
+    no_repeat_ngram: int = 0,
 ) -> list[str]:
     """Translations of every source sentence of `split`, in order."""
     inputs = task.splits[split].inputs
     return translate_ids(
         config, model, params, task.tokenizer, [inputs[i] for i in range(len(inputs.lengths))],
-        batch_sharding, beam_size, alpha,
+        batch_sharding, beam_size, alpha, no_repeat_ngram,
     )  # fmt: skip
 
 
@@ -127,11 +134,12 @@ def evaluate_split(
     batch_sharding: jax.sharding.NamedSharding,
     beam_size: int = 1,
     alpha: float = 0.6,
+    no_repeat_ngram: int = 0,
 ) -> tuple[dict[str, float], list[str], str]:
     """(scores, hypotheses, signature) of the outputs for `split`, as data.metric says:
     `bleu_scores` for translations, `rouge.rouge` for summaries."""
     hypotheses = translate_split(
-        config, model, params, task, split, batch_sharding, beam_size, alpha
+        config, model, params, task, split, batch_sharding, beam_size, alpha, no_repeat_ngram
     )
     references = list(task.splits[split].references)
     if config.data.metric == "rouge":
