@@ -16,6 +16,7 @@ from absl import app, flags
 
 from transformer import inference, trainer
 from transformer.data.tasks import load_task
+from transformer.decode import Search
 from transformer.errors import cli_main
 from transformer.evaluation import describe, evaluate_split
 from transformer.files import write_atomically
@@ -32,6 +33,9 @@ _BEAM = flags.DEFINE_integer(
 )
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha (section 6.1: 0.6).")
 flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
+_MIN_LENGTH = flags.DEFINE_integer(
+    "min_length", 0, "Each output has at least this many pieces before EOS.", lower_bound=0
+)
 _NO_REPEAT = flags.DEFINE_integer(
     "no_repeat_ngram", 0, "No output repeats an n-gram of this many pieces; 0: off.", lower_bound=0
 )
@@ -45,29 +49,22 @@ def evaluate() -> None:
             f"{_WORKDIR.value} holds a {config.model.kind} model; evaluate.py translates."
         )
     task = load_task(config.data, _WORKDIR.value, splits=(_SPLIT.value,))  # That split only.
+    how = Search(_BEAM.value, _ALPHA.value, _MIN_LENGTH.value, _NO_REPEAT.value)
     with trainer.mesh_context(placed.mesh, config):
         scores, hypotheses, signature = evaluate_split(
-            config, placed.model, restored.params, task, _SPLIT.value, placed.batch_sharding,
-            _BEAM.value, _ALPHA.value, _NO_REPEAT.value,
-        )  # fmt: skip
+            config, placed.model, restored.params, task, _SPLIT.value, placed.batch_sharding, how
+        )
     steps = restored.steps
-    name = f"{_SPLIT.value}-step{steps[-1]}" + (f"-avg{len(steps)}" if len(steps) > 1 else "")
-    if _CHECKPOINT_DIR.value:  # e.g. WORKDIR/averaged: not the training run's own step N.
-        name += "-" + os.path.basename(os.path.normpath(_CHECKPOINT_DIR.value))
-    name += f"-beam{_BEAM.value}" + (f"-alpha{_ALPHA.value:g}" if _BEAM.value > 1 else "")
-    name += f"-norepeat{_NO_REPEAT.value}" if _NO_REPEAT.value else ""
     out_dir = os.path.join(
         _WORKDIR.value, "translations" if config.data.metric == "bleu" else "summaries"
     )
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{name}.txt")
+    path = os.path.join(out_dir, f"{hypotheses_name(steps, how)}.txt")
     write_atomically(path, "".join(h + "\n" for h in hypotheses))
     source = (
         "average of steps " + ", ".join(map(str, steps)) if len(steps) > 1 else f"step {steps[0]}"
     )
-    blocked = f", no {_NO_REPEAT.value}-gram twice" if _NO_REPEAT.value else ""
-    print(f"{_SPLIT.value}: {len(hypotheses)} sentences, {source}, beam {_BEAM.value}, "
-          f"alpha {_ALPHA.value}{blocked}")  # fmt: skip
+    print(f"{_SPLIT.value}: {len(hypotheses)} sentences, {source}, {search_text(how)}")
     if config.data.metric == "rouge":
         print(f"{describe(scores)}  ({signature})")
     else:
@@ -78,6 +75,24 @@ def evaluate() -> None:
             f"{config.data.target_lang}, as multi-bleu.perl on *.lc.norm.tok files; not sacreBLEU)"
         )
     print(f"Hypotheses: {path}")
+
+
+def hypotheses_name(steps: list[int], how: Search) -> str:
+    """The hypotheses file's name: split, checkpoint(s) and search, e.g.
+    test-step3000-avg5-beam4-alpha0.6-norepeat3."""
+    name = f"{_SPLIT.value}-step{steps[-1]}" + (f"-avg{len(steps)}" if len(steps) > 1 else "")
+    if _CHECKPOINT_DIR.value:  # e.g. WORKDIR/averaged: not the training run's own step N.
+        name += "-" + os.path.basename(os.path.normpath(_CHECKPOINT_DIR.value))
+    name += f"-beam{how.beam_size}" + (f"-alpha{how.alpha:g}" if how.beam_size > 1 else "")
+    name += f"-min{how.min_length}" if how.min_length else ""
+    return name + (f"-norepeat{how.no_repeat_ngram}" if how.no_repeat_ngram else "")
+
+
+def search_text(how: Search) -> str:
+    """e.g. "beam 4, alpha 1.2, at least 16 pieces, no 3-gram twice"."""
+    text = f"beam {how.beam_size}, alpha {how.alpha}"
+    text += f", at least {how.min_length} pieces" if how.min_length else ""
+    return text + (f", no {how.no_repeat_ngram}-gram twice" if how.no_repeat_ngram else "")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from absl import app, flags
 from transformer import inference, trainer, workdir
 from transformer.data import json_files
 from transformer.data.text_files import CorpusError
+from transformer.decode import Search
 from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
 from transformer.files import write_atomically
@@ -37,6 +38,9 @@ _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/
 _BEAM = flags.DEFINE_integer("beam_size", 4, "Beam size; 1 decodes greedily.", lower_bound=1)
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha.")
 flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
+_MIN_LENGTH = flags.DEFINE_integer(
+    "min_length", 0, "Each output has at least this many pieces before EOS.", lower_bound=0
+)
 _NO_REPEAT = flags.DEFINE_integer(
     "no_repeat_ngram", 0, "No output repeats an n-gram of this many pieces; 0: off.", lower_bound=0
 )
@@ -77,7 +81,7 @@ def summarize() -> None:
     with trainer.mesh_context(placed.mesh, config):
         summaries = translate_ids(
             config, placed.model, restored.params, tokenizer, ids, placed.batch_sharding,
-            _BEAM.value, _ALPHA.value, _NO_REPEAT.value,
+            Search(_BEAM.value, _ALPHA.value, _MIN_LENGTH.value, _NO_REPEAT.value),
         )  # fmt: skip
     lines = [s.replace("\n", " ") + "\n" for s in summaries]
     if _OUTPUT.value == "-":

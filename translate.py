@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 
 from transformer import inference, trainer
+from transformer.decode import Search
 from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
 
@@ -47,7 +48,7 @@ def translate() -> None:
     with trainer.mesh_context(placed.mesh, config):
         outputs = translate_ids(
             config, placed.model, restored.params, tokenizer, [ids[i] for i in keep],
-            placed.batch_sharding, _BEAM.value, _ALPHA.value,
+            placed.batch_sharding, Search(_BEAM.value, _ALPHA.value),
         )  # fmt: skip
     translations = [""] * len(lines)
     for i, text in zip(keep, outputs, strict=True):

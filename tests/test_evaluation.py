@@ -12,7 +12,7 @@ import sacrebleu
 from transformer import sharding, trainer
 from transformer.config import MeshConfig, from_config_dict
 from transformer.data.tasks import load_task
-from transformer.decode import beam_search, greedy_decode
+from transformer.decode import Search, beam_search, greedy_decode
 from transformer.evaluation import tokenized_bleu, translate_ids
 
 from .model_configs import tiny_config
@@ -101,7 +101,13 @@ def test_every_device_decoding_its_own_rows_gives_one_devices_translations(untra
         placed = jax.device_put(params, built.state_shardings.params)
         with trainer.mesh_context(built.mesh, cfg):
             out = translate_ids(
-                cfg, built.model, placed, task.tokenizer, sources, built.batch_sharding, beam_size
+                cfg,
+                built.model,
+                placed,
+                task.tokenizer,
+                sources,
+                built.batch_sharding,
+                Search(beam_size),
             )
         return out, placed
 

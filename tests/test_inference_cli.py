@@ -25,7 +25,7 @@ from transformer import inference, trainer, workdir
 from transformer.attention_readout import attention_weights
 from transformer.config import from_config_dict
 from transformer.data.tasks import load_task
-from transformer.decode import greedy_decode_lm
+from transformer.decode import Search, greedy_decode_lm
 from transformer.evaluation import continue_prompts, translate_ids
 from transformer.model import Transformer
 
@@ -252,7 +252,7 @@ def library_translations(restored, params, sentences, beam_size=1):
     with trainer.mesh_context(placed.mesh, restored.config):
         return translate_ids(
             restored.config, placed.model, params, restored.tokenizer, ids,
-            placed.batch_sharding, beam_size,
+            placed.batch_sharding, Search(beam_size),
         )  # fmt: skip
 
 

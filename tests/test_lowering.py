@@ -13,6 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from configs import base, big
 from transformer import sharding, trainer
 from transformer.config import MeshConfig, from_config_dict
+from transformer.decode import Search
 from transformer.dry_run import largest_batch
 from transformer.evaluation import _compiled_decoder
 
@@ -82,7 +83,7 @@ def test_train_and_eval_steps_lower_for_tpu_and_cuda_in_bfloat16_with_sharded_pa
 def test_cached_decoding_lowers_for_tpu_and_cuda_with_each_device_on_its_rows(placed, beam_size):
     config, mesh = placed.config, placed.mesh
     rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp", "tensor")))
-    decode = _compiled_decoder(placed.model, 64, beam_size, 0.6, rows, per_shard=True)
+    decode = _compiled_decoder(placed.model, 64, Search(beam_size), rows, per_shard=True)
     replicated = NamedSharding(mesh, PartitionSpec())
     params = jax.tree.map(
         lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=replicated),

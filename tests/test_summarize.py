@@ -102,16 +102,16 @@ def test_training_prints_and_logs_the_rouge_of_its_summaries(trained):
 
 def test_summarize_restores_the_checkpoint_for_json_jsonl_text_and_stdin(trained, tmp_path):
     corpus, workdir, _ = trained
-    options = ("--alpha", "1.0", "--no_repeat_ngram", "2")
+    options = ("--alpha", "1.0", "--min_length", "3", "--no_repeat_ngram", "2")
     out = run("evaluate.py", "--workdir", str(workdir), "--split", "validation", *options)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "alpha 1.0, no 2-gram twice" in out.stdout
-    want = (workdir / "summaries" / "validation-step60-beam4-alpha1-norepeat2.txt").read_text()
+    assert "beam 4, alpha 1.0, at least 3 pieces, no 2-gram twice" in out.stdout
+    want = (workdir / "summaries" / "validation-step60-beam4-alpha1-min3-norepeat2.txt").read_text()
     output = tmp_path / "summaries.txt"
     out = run("summarize.py", "--workdir", str(workdir), "--input", str(corpus / "val.jsonl"),
               "--output", str(output), *options)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert output.read_text() == want  # Beam 4, alpha 1.0, bigrams once: evaluate.py's.
+    assert output.read_text() == want  # The same search: evaluate.py's hypotheses.
     first = json.loads((corpus / "val.jsonl").read_text().splitlines()[0])["dialogue"]
     (tmp_path / "chat.txt").write_text(first + "\n")
     for args, stdin in (((("--input", str(tmp_path / "chat.txt"))), None), ((), first)):

@@ -352,6 +352,33 @@ def _decode_loop(
     return carry[2]
 
 
+class Search(NamedTuple):
+    """How `search` looks for each input's output: greedily for beam_size 1, else by beam
+    search with length penalty `alpha` (section 6.1: beam 4, alpha 0.6); at least
+    `min_length` tokens before EOS; no n-gram of `no_repeat_ngram` pieces twice (0: off)."""
+
+    beam_size: int = 1
+    alpha: float = 0.6
+    min_length: int = 0
+    no_repeat_ngram: int = 0
+
+
+def search(
+    model: EncoderDecoder, params: Any, inputs: Array, max_length: int, how: Search
+) -> Array:
+    """inputs: [batch, src_len] -> output ids [batch, max_length] int32, PAD after EOS, by
+    greedy decoding or beam search as `how` says; each stops at its input length + 50."""
+    if how.beam_size == 1:
+        return greedy_decode(
+            model, params, inputs, max_length,
+            min_length=how.min_length, no_repeat_ngram=how.no_repeat_ngram,
+        )  # fmt: skip
+    return beam_search(
+        model, params, inputs, max_length, how.beam_size, how.alpha,
+        min_length=how.min_length, no_repeat_ngram=how.no_repeat_ngram,
+    )[0]  # fmt: skip
+
+
 # ------------------------------------------------------------------------- beam search
 class BeamState(NamedTuple):
     """The beam search loop's carry, for `batch` sentences of `beam` hypotheses each.

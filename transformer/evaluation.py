@@ -18,9 +18,11 @@ from transformer.config import EXTRA_OUTPUT_TOKENS, Config
 from transformer.data.pipeline import Ragged
 from transformer.data.tasks import Task
 from transformer.data.tokenizer import Tokenizer
-from transformer.decode import beam_search, greedy_decode, greedy_decode_lm
+from transformer.decode import Search, greedy_decode_lm, search
 from transformer.model import DecoderOnlyLM, Transformer
 from transformer.special_tokens import EOS_ID, PAD_ID
+
+GREEDY = Search()  # Training's validation and test scores.
 
 
 def decode_length(config: Config, source_length: int) -> int:
@@ -38,13 +40,10 @@ def translate_ids(
     tokenizer: Tokenizer,
     source_ids: Sequence[np.ndarray],
     batch_sharding: jax.sharding.NamedSharding,
-    beam_size: int = 1,
-    alpha: float = 0.6,
-    no_repeat_ngram: int = 0,
+    how: Search = GREEDY,
 ) -> list[str]:
     """Detokenized outputs of EOS-terminated id sequences (at most data.source_length each),
-    greedy for beam_size 1, else beam search with length penalty `alpha`; in order. With
-    `no_repeat_ngram` n > 0 no output holds an n-gram of pieces twice.
+    searched for as `how` says (default: greedily); in order.
 
     Sources are decoded longest first in batches of similar length, each padded to a
     multiple of a quarter of the longest source, with an output buffer `decode_length`: less
@@ -67,9 +66,8 @@ def translate_ids(
         rows = np.full((batch_size, width), PAD_ID, np.int32)
         rows[: len(idx)] = source.padded(idx, width)
         decode = _compiled_decoder(
-            model, decode_length(config, width), beam_size, alpha, batch_sharding, per_shard,
-            no_repeat_ngram,
-        )  # fmt: skip
+            model, decode_length(config, width), how, batch_sharding, per_shard
+        )
         local = np.array_split(rows, jax.process_count())[jax.process_index()]
         tokens = decode(params, sharding.global_batch({"x": local}, batch_sharding)["x"])
         tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
@@ -82,11 +80,9 @@ def translate_ids(
 def _compiled_decoder(
     model: Transformer,
     length: int,
-    beam_size: int,
-    alpha: float,
+    how: Search,
     batch_sharding: jax.sharding.NamedSharding,
     per_shard: bool,
-    no_repeat_ngram: int = 0,
 ):
     """One jitted decoder per setting, so evaluating again during training recompiles nothing.
 
@@ -97,11 +93,7 @@ def _compiled_decoder(
     training rules) one jit over the mesh."""
 
     def decode(params: Any, inputs: jax.Array) -> jax.Array:
-        if beam_size == 1:
-            return greedy_decode(model, params, inputs, length, no_repeat_ngram=no_repeat_ngram)
-        return beam_search(
-            model, params, inputs, length, beam_size, alpha, no_repeat_ngram=no_repeat_ngram
-        )[0]
+        return search(model, params, inputs, length, how)
 
     return sharding.map_rows(decode, batch_sharding) if per_shard else jax.jit(decode)
 
@@ -113,15 +105,13 @@ def translate_split(
     task: Task,
     split: str,
     batch_sharding: jax.sharding.NamedSharding,
-    beam_size: int = 1,
-    alpha: float = 0.6,
-    no_repeat_ngram: int = 0,
+    how: Search = GREEDY,
 ) -> list[str]:
     """Translations of every source sentence of `split`, in order."""
     inputs = task.splits[split].inputs
     return translate_ids(
         config, model, params, task.tokenizer, [inputs[i] for i in range(len(inputs.lengths))],
-        batch_sharding, beam_size, alpha, no_repeat_ngram,
+        batch_sharding, how,
     )  # fmt: skip
 
 
@@ -132,15 +122,11 @@ def evaluate_split(
     task: Task,
     split: str,
     batch_sharding: jax.sharding.NamedSharding,
-    beam_size: int = 1,
-    alpha: float = 0.6,
-    no_repeat_ngram: int = 0,
+    how: Search = GREEDY,
 ) -> tuple[dict[str, float], list[str], str]:
     """(scores, hypotheses, signature) of the outputs for `split`, as data.metric says:
     `bleu_scores` for translations, `rouge.rouge` for summaries."""
-    hypotheses = translate_split(
-        config, model, params, task, split, batch_sharding, beam_size, alpha, no_repeat_ngram
-    )
+    hypotheses = translate_split(config, model, params, task, split, batch_sharding, how)
     references = list(task.splits[split].references)
     if config.data.metric == "rouge":
         return rouge.rouge(hypotheses, references), hypotheses, rouge.signature(len(references))
