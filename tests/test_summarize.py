@@ -100,18 +100,33 @@ def test_training_prints_and_logs_the_rouge_of_its_summaries(trained):
     assert f"ROUGE-1/2/L/Lsum {want[0]:.2f}" in out.stdout and "stemmer: Porter" in out.stdout
 
 
-def test_summarize_restores_the_checkpoint_for_json_jsonl_text_and_stdin(trained, tmp_path):
-    corpus, workdir, _ = trained
-    options = ("--alpha", "1.0", "--min_length", "3", "--no_repeat_ngram", "2")
-    out = run("evaluate.py", "--workdir", str(workdir), "--split", "validation", *options)
+# Beam 4 with every control of the search: evaluate.py and summarize.py must agree on all.
+SEARCH = ("--alpha", "1.0", "--min_length", "3", "--no_repeat_ngram", "2")
+
+
+def evaluated_summaries(workdir) -> str:
+    """evaluate.py's validation summaries with SEARCH, as written to the workdir."""
+    out = run("evaluate.py", "--workdir", str(workdir), "--split", "validation", *SEARCH)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "beam 4, alpha 1.0, at least 3 pieces, no 2-gram twice" in out.stdout
-    want = (workdir / "summaries" / "validation-step60-beam4-alpha1-min3-norepeat2.txt").read_text()
+    return (workdir / "summaries" / "validation-step60-beam4-alpha1-min3-norepeat2.txt").read_text()
+
+
+def test_summarize_restores_the_checkpoint_as_evaluate_py_decodes(trained, tmp_path):
+    corpus, workdir, _ = trained
+    options = SEARCH
+    want = evaluated_summaries(workdir)
     output = tmp_path / "summaries.txt"
     out = run("summarize.py", "--workdir", str(workdir), "--input", str(corpus / "val.jsonl"),
               "--output", str(output), *options)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert output.read_text() == want  # The same search: evaluate.py's hypotheses.
+
+
+@pytest.mark.slow
+def test_summarize_reads_a_text_file_stdin_and_another_field(trained, tmp_path):
+    corpus, workdir, _ = trained
+    options, want = SEARCH, evaluated_summaries(workdir)
     first = json.loads((corpus / "val.jsonl").read_text().splitlines()[0])["dialogue"]
     (tmp_path / "chat.txt").write_text(first + "\n")
     for args, stdin in (((("--input", str(tmp_path / "chat.txt"))), None), ((), first)):
