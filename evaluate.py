@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from transformer import inference, trainer
+from transformer import command_line, inference, trainer
 from transformer.data.tasks import load_task
 from transformer.decode import Search
 from transformer.errors import cli_main
@@ -23,33 +23,19 @@ from transformer.files import write_atomically
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to translate.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_AVERAGE = flags.DEFINE_integer(
-    "average_last", 1, "Average this many checkpoints up to --step.", lower_bound=1
-)
-_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/checkpoints.")
-_BEAM = flags.DEFINE_integer(
-    "beam_size", 4, "Beam size; 1 decodes greedily (section 6.1: 4).", lower_bound=1
-)
-_ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha (section 6.1: 0.6).")
-flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
-_MIN_LENGTH = flags.DEFINE_integer(
-    "min_length", 0, "Each output has at least this many pieces before EOS.", lower_bound=0
-)
-_NO_REPEAT = flags.DEFINE_integer(
-    "no_repeat_ngram", 0, "No output repeats an n-gram of this many pieces; 0: off.", lower_bound=0
-)
+_CHECKPOINT = command_line.define_checkpoint_flags()
+_SEARCH = command_line.define_search_flags()
 
 
 def evaluate() -> None:
-    restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
+    restored = _CHECKPOINT.restore(_WORKDIR.value)
     config, placed = restored.config, restored.placed
     if not config.model.has_encoder:
         raise inference.CheckpointNotFoundError(
             f"{_WORKDIR.value} holds a {config.model.kind} model; evaluate.py translates."
         )
     task = load_task(config.data, _WORKDIR.value, splits=(_SPLIT.value,))  # That split only.
-    how = Search(_BEAM.value, _ALPHA.value, _MIN_LENGTH.value, _NO_REPEAT.value)
+    how = _SEARCH()
     with trainer.mesh_context(placed.mesh, config):
         scores, hypotheses, signature = evaluate_split(
             config, placed.model, restored.params, task, _SPLIT.value, placed.batch_sharding, how
@@ -81,8 +67,9 @@ def hypotheses_name(steps: list[int], how: Search) -> str:
     """The hypotheses file's name: split, checkpoint(s) and search, e.g.
     test-step3000-avg5-beam4-alpha0.6-norepeat3."""
     name = f"{_SPLIT.value}-step{steps[-1]}" + (f"-avg{len(steps)}" if len(steps) > 1 else "")
-    if _CHECKPOINT_DIR.value:  # e.g. WORKDIR/averaged: not the training run's own step N.
-        name += "-" + os.path.basename(os.path.normpath(_CHECKPOINT_DIR.value))
+    directory = _CHECKPOINT.checkpoint_dir.value
+    if directory:  # e.g. WORKDIR/averaged: not the training run's own step N.
+        name += "-" + os.path.basename(os.path.normpath(directory))
     name += f"-beam{how.beam_size}" + (f"-alpha{how.alpha:g}" if how.beam_size > 1 else "")
     name += f"-min{how.min_length}" if how.min_length else ""
     return name + (f"-norepeat{how.no_repeat_ngram}" if how.no_repeat_ngram else "")

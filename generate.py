@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from transformer import inference, trainer
+from transformer import command_line, inference, trainer
 from transformer.data.text_files import CorpusError
 from transformer.decode import sample_lm
 from transformer.errors import cli_main
@@ -35,11 +35,7 @@ flags.register_validator(
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Only the k likeliest tokens; 0: all.", lower_bound=0)
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus: the likeliest tokens of this probability mass.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_AVERAGE = flags.DEFINE_integer(
-    "average_last", 1, "Average this many checkpoints up to --step.", lower_bound=1
-)
-_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/checkpoints.")
+_CHECKPOINT = command_line.define_checkpoint_flags()
 flags.register_validator("top_p", lambda p: 0 < p <= 1, "--top_p must be in (0, 1].")
 
 
@@ -64,7 +60,7 @@ def prompt_rows(prompts: list[list[int]], copies: int, max_length: int) -> np.nd
 
 def generate() -> None:
     prompts = _PROMPT.value or inference.read_lines(_INPUT.value)
-    restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
+    restored = _CHECKPOINT.restore(_WORKDIR.value)
     config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
     if config.model.kind != "decoder_only":
         raise inference.CheckpointNotFoundError(

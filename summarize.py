@@ -18,10 +18,9 @@ import sys
 
 from absl import app, flags
 
-from transformer import inference, trainer, workdir
+from transformer import command_line, inference, trainer, workdir
 from transformer.data import json_files
 from transformer.data.text_files import CorpusError
-from transformer.decode import Search
 from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
 from transformer.files import write_atomically
@@ -30,20 +29,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A trained summariser's workdir.
 _INPUT = flags.DEFINE_string("input", "-", ".json / .jsonl records, a text file, or - (stdin).")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file, one summary per line; - for stdout.")
 _FIELD = flags.DEFINE_string("field", None, "Record field to summarise (default: as trained).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_AVERAGE = flags.DEFINE_integer(
-    "average_last", 1, "Average this many checkpoints up to --step.", lower_bound=1
-)
-_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/checkpoints.")
-_BEAM = flags.DEFINE_integer("beam_size", 4, "Beam size; 1 decodes greedily.", lower_bound=1)
-_ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha.")
-flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
-_MIN_LENGTH = flags.DEFINE_integer(
-    "min_length", 0, "Each output has at least this many pieces before EOS.", lower_bound=0
-)
-_NO_REPEAT = flags.DEFINE_integer(
-    "no_repeat_ngram", 0, "No output repeats an n-gram of this many pieces; 0: off.", lower_bound=0
-)
+_CHECKPOINT = command_line.define_checkpoint_flags()
+_SEARCH = command_line.define_search_flags()
 
 
 def read_texts(path: str, field: str) -> list[str]:
@@ -70,7 +57,7 @@ def summarize() -> None:
     trained = workdir.read_config(_WORKDIR.value)["data"].get("json_files")
     field = _FIELD.value or (trained["source_field"] if trained else "dialogue")
     texts = read_texts(_INPUT.value, field)
-    restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
+    restored = _CHECKPOINT.restore(_WORKDIR.value)
     config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
     if not config.model.has_encoder:
         raise inference.CheckpointNotFoundError(
@@ -81,7 +68,7 @@ def summarize() -> None:
     with trainer.mesh_context(placed.mesh, config):
         summaries = translate_ids(
             config, placed.model, restored.params, tokenizer, ids, placed.batch_sharding,
-            Search(_BEAM.value, _ALPHA.value, _MIN_LENGTH.value, _NO_REPEAT.value),
+            _SEARCH(),
         )  # fmt: skip
     lines = [s.replace("\n", " ") + "\n" for s in summaries]
     if _OUTPUT.value == "-":

@@ -2,38 +2,32 @@
 
   echo "the man sees the dog." | python translate.py --workdir /tmp/quickstart
   python translate.py --workdir DIR --input in.txt --output out.txt [--beam_size 4 --alpha 0.6]
-      [--step N] [--average_last 5]
+      [--step N] [--average_last 5] [--min_length 0] [--no_repeat_ngram 0]
 
 Writes one translation per input line, in order. An empty input line gives an empty output
 line; a line longer than the model was trained on is cut to that length; both are reported
-on stderr with their line numbers.
+on stderr with their line numbers. The search flags are evaluate.py's, so that a search
+chosen on a validation split translates alike.
 """
 
 import sys
 
 from absl import app, flags
 
-from transformer import inference, trainer
-from transformer.decode import Search
+from transformer import command_line, inference, trainer
 from transformer.errors import cli_main
 from transformer.evaluation import translate_ids
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=True)
 _INPUT = flags.DEFINE_string("input", "-", "Input file, one sentence per line; - for stdin.")
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file; - for stdout.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_AVERAGE = flags.DEFINE_integer(
-    "average_last", 1, "Average this many checkpoints up to --step.", lower_bound=1
-)
-_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Default: WORKDIR/checkpoints.")
-_BEAM = flags.DEFINE_integer("beam_size", 4, "Beam size; 1 decodes greedily.", lower_bound=1)
-_ALPHA = flags.DEFINE_float("alpha", 0.6, "Length penalty alpha.")
-flags.register_validator("alpha", lambda a: a >= 0, "--alpha must be >= 0.")
+_CHECKPOINT = command_line.define_checkpoint_flags()
+_SEARCH = command_line.define_search_flags()
 
 
 def translate() -> None:
     lines = inference.read_lines(_INPUT.value)
-    restored = inference.restore(_WORKDIR.value, _STEP.value, _AVERAGE.value, _CHECKPOINT_DIR.value)
+    restored = _CHECKPOINT.restore(_WORKDIR.value)
     config, placed, tokenizer = restored.config, restored.placed, restored.tokenizer
     if not config.model.has_encoder:
         raise inference.CheckpointNotFoundError(
@@ -48,7 +42,7 @@ def translate() -> None:
     with trainer.mesh_context(placed.mesh, config):
         outputs = translate_ids(
             config, placed.model, restored.params, tokenizer, [ids[i] for i in keep],
-            placed.batch_sharding, Search(_BEAM.value, _ALPHA.value),
+            placed.batch_sharding, _SEARCH(),
         )  # fmt: skip
     translations = [""] * len(lines)
     for i, text in zip(keep, outputs, strict=True):
