@@ -134,6 +134,7 @@ def test_an_error_in_a_workers_step_is_reported_with_its_message():
 
 
 # ------------------------------------------------------------- compared libraries
+@pytest.mark.slow  # A whole comparison run (30 s); the flax step's build is checked by default.
 @needs_example
 def test_flax_wmt_is_compared_from_a_process_of_its_own(capsys):
     args = dict(vars(BENCH_ARGS), compare=["flax"], flax_wmt=FLAX_WMT)

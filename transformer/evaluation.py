@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import numpy as np
 import sacrebleu
-import sacremoses
 from jax.experimental import multihost_utils
 
 from transformer import rouge, sharding
@@ -166,6 +165,8 @@ def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], lang: s
     Not comparable with sacreBLEU's figure: tokenized, lowercased BLEU runs higher for the
     same output. Both sides go through the same `lowercase | normalize-punctuation.perl -l
     lang | tokenizer.perl -l lang` steps (sacremoses' ports of the Moses scripts)."""
+    import sacremoses  # Here: it compiles its rules on import (0.3 s), needed only by this.
+
     normalizer = sacremoses.MosesPunctNormalizer(lang=lang)
     tokenizer = sacremoses.MosesTokenizer(lang=lang)
 

@@ -7,7 +7,6 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-from tensorboardX import SummaryWriter
 
 
 def summarize(sums: list[Mapping[str, np.ndarray]]) -> dict[str, float]:
@@ -30,6 +29,10 @@ class MetricWriter:
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         if enabled:
+            # Imported here: tensorboardX imports PyTorch where it is installed (1.5 s), which
+            # every command that only restores a checkpoint would pay.
+            from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
             # Held open for the whole run; close() releases it.
             path = os.path.join(workdir, "metrics.jsonl")
