@@ -25,6 +25,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir.", required=T
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to translate.")
 _CHECKPOINT = command_line.define_checkpoint_flags()
 _SEARCH = command_line.define_search_flags()
+flags.adopt_module_key_flags(command_line)  # Listed by --help, as this file's own.
 
 
 def evaluate() -> None:

@@ -36,6 +36,7 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Only the k likeliest tokens; 0: all."
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus: the likeliest tokens of this probability mass.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of the samples.")
 _CHECKPOINT = command_line.define_checkpoint_flags()
+flags.adopt_module_key_flags(command_line)  # Listed by --help, as this file's own.
 flags.register_validator("top_p", lambda p: 0 < p <= 1, "--top_p must be in (0, 1].")
 
 

@@ -31,6 +31,7 @@ _OUTPUT = flags.DEFINE_string("output", "-", "Output file, one summary per line;
 _FIELD = flags.DEFINE_string("field", None, "Record field to summarise (default: as trained).")
 _CHECKPOINT = command_line.define_checkpoint_flags()
 _SEARCH = command_line.define_search_flags()
+flags.adopt_module_key_flags(command_line)  # Listed by --help, as this file's own.
 
 
 def read_texts(path: str, field: str) -> list[str]:

@@ -23,6 +23,7 @@ _INPUT = flags.DEFINE_string("input", "-", "Input file, one sentence per line; -
 _OUTPUT = flags.DEFINE_string("output", "-", "Output file; - for stdout.")
 _CHECKPOINT = command_line.define_checkpoint_flags()
 _SEARCH = command_line.define_search_flags()
+flags.adopt_module_key_flags(command_line)  # Listed by --help, as this file's own.
 
 
 def translate() -> None:

@@ -378,6 +378,14 @@ def test_bad_requests_are_clear_errors(trained, args, message):
     assert "Traceback" not in out.stderr
 
 
+def test_help_lists_the_shared_checkpoint_and_search_flags():
+    """transformer/command_line.py defines them; each command's --help lists them as its own."""
+    out = run("translate.py", "--help")  # absl prints the help and exits with status 1.
+    for flag in ("--step", "--average_last", "--checkpoint_dir", "--beam_size", "--alpha",
+                 "--min_length", "--no_repeat_ngram"):  # fmt: skip
+        assert f"  {flag}:" in out.stdout, out.stdout
+
+
 def test_workdirs_without_checkpoints_or_config_are_clear_errors(tmp_path, trained):
     out = run("evaluate.py", "--workdir", str(tmp_path))
     assert out.returncode != 0 and "is not a trained workdir" in out.stderr

@@ -29,6 +29,7 @@ class CheckpointFlags:
 
 
 def define_checkpoint_flags() -> CheckpointFlags:
+    """--step, --average_last and --checkpoint_dir: which checkpoint(s) a command restores."""
     return CheckpointFlags(
         step=flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest)."),
         average_last=flags.DEFINE_integer(
