@@ -2,8 +2,12 @@
 vocabulary (so that words split into pieces) on generated English -> German-like pairs
 written here as JSON Lines, and a language model on the same German side."""
 
+import contextlib
+import fcntl
 import json
+import os
 import pathlib
+from collections.abc import Iterator
 
 from ml_collections import ConfigDict
 
@@ -52,16 +56,43 @@ def explorer_config(corpus: pathlib.Path, kind: str = "encoder_decoder") -> Conf
 DEFAULT_KINDS = (("translation", "encoder_decoder"), ("language_model", "decoder_only"))
 
 
+def run_directory(tmp_path_factory) -> pathlib.Path:
+    """A directory of this test run: under pytest-xdist, the one its workers share (so that
+    test_explorer.py and test_export.py, in two workers, train the translation model once)."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return tmp_path_factory.getbasetemp().parent
+    return tmp_path_factory.getbasetemp()
+
+
+@contextlib.contextmanager
+def locked(path: pathlib.Path) -> Iterator[None]:
+    """Holds an exclusive lock on `path` (made if missing), across processes."""
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def train_workdirs(tmp_path_factory, kinds=DEFAULT_KINDS) -> dict[str, pathlib.Path]:
     """{name: trained workdir} for each (name, model.kind) of `kinds`: by default
-    {"translation": ..., "language_model": ...}."""
-    corpus = tmp_path_factory.mktemp("pairs")
-    write_corpus(corpus)
+    {"translation": ..., "language_model": ...}. Each is trained once per test run, by the
+    first process to ask (the others wait for it), and only read after."""
+    root = run_directory(tmp_path_factory) / "explorer_workdirs"
+    root.mkdir(exist_ok=True)
+    corpus = root / "pairs"
+    with locked(root / "pairs.lock"):
+        if not (root / "pairs.done").exists():
+            corpus.mkdir(exist_ok=True)
+            write_corpus(corpus)
+            (root / "pairs.done").touch()
     workdirs = {}
     for name, kind in kinds:
-        workdirs[name] = tmp_path_factory.mktemp(name)
-        config = explorer_config(corpus, kind)
-        if kind == "decoder_only":  # Its one test needs a continuation, not a good one.
-            config.num_train_steps = config.checkpoint_every_steps = 150
-        trainer.run(config, str(workdirs[name]))
+        workdirs[name] = root / name
+        with locked(root / f"{name}.lock"):
+            if (root / f"{name}.done").exists():
+                continue
+            config = explorer_config(corpus, kind)
+            if kind == "decoder_only":  # Its one test needs a continuation, not a good one.
+                config.num_train_steps = config.checkpoint_every_steps = 150
+            trainer.run(config, str(workdirs[name]))
+            (root / f"{name}.done").touch()
     return workdirs
